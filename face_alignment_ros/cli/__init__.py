@@ -1,0 +1,1 @@
+"""cli layer of face_alignment_ros (see DESIGN in the README)."""

@@ -1,0 +1,1 @@
+"""core layer of face_alignment_ros (see DESIGN in the README)."""

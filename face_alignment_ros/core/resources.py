@@ -1,0 +1,39 @@
+"""Where the package finds its files: shipped assets, the converted 3DMM, data and work folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+REPO_ROOT = PACKAGE_DIR.parent
+
+MORPHABLE_MODEL_FILE = "morphable_model.npz"
+DFF_WEIGHTS_FILE = "dff_weights.pt"
+DESCENT_MODEL_FILES = {"dff": "descent_dff.npz", "sift": "descent_sift.npz"}
+
+TRAIN_HINT = (
+    "Train it with `face-align-train all` (see docs/training.md), "
+    "or run `make setup` on a checkout that ships the trained models."
+)
+
+
+def morphable_model_path() -> Path:
+    """The converted 3DMM: $FACE_MORPHABLE_MODEL, else the package assets folder."""
+    env = os.environ.get("FACE_MORPHABLE_MODEL")
+    return Path(env) if env else ASSETS_DIR / MORPHABLE_MODEL_FILE
+
+
+def data_dir() -> Path | None:
+    """Shared training data: $FACE_DATA_DIR, else ../shared/data beside the repo, else None."""
+    env = os.environ.get("FACE_DATA_DIR")
+    if env:
+        return Path(env)
+    guess = REPO_ROOT.parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+def work_dir() -> Path:
+    """Training work folder, outside the repository."""
+    env = os.environ.get("FACE_WORK_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "face_alignment_ros" / "work"

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from face_alignment_ros.core import mesh_topology
+from face_alignment_ros.core.model_conversion import face_region
+from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
+
+
+def test_units_and_frame(morphable_model):
+    m = morphable_model
+    lm = m.mean[m.landmarks]
+    width = lm[:, 0].max() - lm[:, 0].min()
+    assert 100 < width < 180, "jaw-to-jaw width should be a human face in millimetres"
+    # y down: the chin (8) is below the nose bridge (27); z away: the nose tip (30) is nearest.
+    assert lm[8, 1] > lm[27, 1]
+    assert lm[30, 2] < lm[0, 2] and lm[30, 2] < lm[16, 2]
+
+
+def test_dense_landmarks_start_with_the_68(morphable_model):
+    m = morphable_model
+    assert len(m.dense_landmarks) == 160 and len(np.unique(m.dense_landmarks)) == 160
+    np.testing.assert_array_equal(m.dense_landmarks[:68], m.landmarks)
+
+
+def test_mesh_uses_every_face_region_vertex(morphable_model):
+    m = morphable_model
+    used = np.zeros(m.n_vertices, bool)
+    used[m.triangles.ravel()] = True
+    region = face_region(m.mean, m.landmarks)
+    assert used[region].mean() > 0.99, f"{(~used[region]).sum()} face-region vertices unused"
+    assert used[m.dense_landmarks].all()
+
+
+def test_no_long_edges(morphable_model):
+    for verts, tris in ((morphable_model.mean, morphable_model.triangles),
+                        (morphable_model.mean[morphable_model.decimated], morphable_model.decimated_triangles)):
+        lengths = mesh_topology.edge_lengths(verts, tris)
+        assert lengths.max() <= 3.0 * np.median(lengths) + 1e-4
+
+
+def test_normals_face_outward(morphable_model):
+    m = morphable_model
+    axis = m.metadata["axis_depth_mm"]
+    for verts, tris in ((m.mean, m.triangles), (m.mean[m.decimated], m.decimated_triangles)):
+        dots = np.einsum("ij,ij->i", mesh_topology.triangle_normals(verts, tris),
+                         mesh_topology.outward_directions(verts, tris, axis))
+        assert (dots >= 0).all()
+    # The frontal face looks at the camera (-z): most front-region normals point that way.
+    region = np.isin(m.triangles, face_region(m.mean, m.landmarks)).all(axis=1)
+    normals = mesh_topology.triangle_normals(m.mean, m.triangles[region])
+    assert (normals[:, 2] < 0).mean() > 0.8  # the rest: nostrils, jaw sides
+
+
+def test_shape_params_move_vertices_with_the_right_scale(morphable_model):
+    m = morphable_model
+    p = np.zeros(50, np.float32)
+    p[0] = m.id_sigma[0]
+    offset = np.linalg.norm(m.vertices(p) - m.mean, axis=1).max()
+    assert 1.0 < offset < 60.0, "one sigma of the first identity component is millimetres, not metres"
+    sub = m.vertices(p, m.dense_landmarks)
+    np.testing.assert_allclose(sub, m.vertices(p)[m.dense_landmarks], atol=1e-3)
+
+
+def test_contour_moves_far_jaw_inwards(morphable_model):
+    from face_alignment_ros.core.camera import rotation_matrix
+
+    m = morphable_model
+    np.testing.assert_array_equal(m.contour_landmarks(np.eye(3)), m.landmarks)
+    yawed = m.contour_landmarks(rotation_matrix(0, np.radians(60), 0))
+    moved = np.flatnonzero(yawed != m.landmarks)
+    assert len(moved) >= 3 and set(moved) <= set(range(17))
+
+
+def test_load_errors(tmp_path, morphable_model):
+    with pytest.raises(ModelFileError, match="not found"):
+        MorphableModel.load(tmp_path / "absent.npz")
+    bad = tmp_path / "trunc.npz"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(ModelFileError, match="unreadable"):
+        MorphableModel.load(bad)
