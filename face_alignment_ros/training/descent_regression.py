@@ -16,7 +16,7 @@ from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.cascade import Cascade, CascadeState, Sampler
 from face_alignment_ros.core.descent_model import DescentModel
 
-DEFAULT_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+DEFAULT_LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
 @dataclass
@@ -73,11 +73,13 @@ def _features(cascade: Cascade, samples, states, desc: str) -> np.ndarray:
 
 
 def learn_descent(cascade: Cascade, train: Sequence[TrainingSample], validation: Sequence[TrainingSample],
-                  iterations: int, template: DescentModel, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-                  report: Callable[[dict], None] | None = None) -> DescentModel:
+                  iterations: int, regularisation: float, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+                  report: Callable[[dict], None] | None = None, **model_fields) -> DescentModel:
     """Learn ``iterations`` regressors; lambda chosen per iteration by validation NME.
 
-    ``template`` supplies everything but the matrices (descriptor, crop size, box priors, ...).
+    ``regularisation`` is the shape prior weight of eq. 6-8 used between iterations;
+    ``model_fields`` are the DescentModel's other fields (descriptor, descriptor_dim,
+    crop_size, box_priors, provenance, extra).
     """
     states = [s.state for s in train]
     val_states = [s.state for s in validation]
@@ -95,7 +97,7 @@ def learn_descent(cascade: Cascade, train: Sequence[TrainingSample], validation:
         for lam in lambdas:
             r, b = ridge_regression(phi, np.concatenate([dx, dw], axis=1), lam)
             trial = [cascade.update(st, r[:dx.shape[1]] @ f + b[:dx.shape[1]], r[dx.shape[1]:] @ f + b[dx.shape[1]:],
-                                    template.regularisation) for st, f in zip(val_states, phi_val)]
+                                    regularisation) for st, f in zip(val_states, phi_val)]
             err = landmark_error(trial, validation)
             if best is None or err < best[0]:
                 best = (err, lam, r, b, trial)
@@ -103,13 +105,10 @@ def learn_descent(cascade: Cascade, train: Sequence[TrainingSample], validation:
         nx = dx.shape[1]
         mats["R_X"].append(r[:nx]); mats["b_X"].append(b[:nx])
         mats["R_w"].append(r[nx:]); mats["b_w"].append(b[nx:])
-        states = [cascade.update(st, r[:nx] @ f + b[:nx], r[nx:] @ f + b[nx:], template.regularisation)
+        states = [cascade.update(st, r[:nx] @ f + b[:nx], r[nx:] @ f + b[nx:], regularisation)
                   for st, f in zip(states, phi)]
         record = {"iteration": k + 1, "lambda": lam, "train_nme": landmark_error(states, train), "val_nme": err}
         if report:
             report(record)
     return DescentModel(R_X=np.stack(mats["R_X"]), b_X=np.stack(mats["b_X"]), R_w=np.stack(mats["R_w"]),
-                        b_w=np.stack(mats["b_w"]), descriptor=template.descriptor,
-                        descriptor_dim=template.descriptor_dim, crop_size=template.crop_size,
-                        regularisation=template.regularisation, box_priors=template.box_priors,
-                        provenance=template.provenance, extra=template.extra)
+                        b_w=np.stack(mats["b_w"]), regularisation=regularisation, **model_fields)

@@ -1,0 +1,74 @@
+"""Descriptor back-ends of the cascade: the DFF network, or SIFT for the paper's ablation.
+
+A back-end turns a face crop into a ``Sampler``: a function of (points, camera) in crop pixels
+that returns one descriptor row per point.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core.cascade import Sampler
+from face_alignment_ros.core.descent_model import DescentModel
+
+# SIFT patch side on the face, in millimetres: the keypoint size follows the face scale.
+SIFT_PATCH_MM = 32.0
+
+
+class DescriptorBackend(Protocol):
+    kind: str
+    dim: int
+    crop_size: int
+
+    def prepare(self, crop_bgr: np.ndarray) -> Sampler: ...
+
+
+class DffBackend:
+    """Runs the DFF network once per crop; samples bilinearly at sub-pixel points."""
+    kind = "dff"
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+        self.dim = extractor.config.descriptor_dim
+        self.crop_size = extractor.input_size
+        self._identity_box = (0.0, 0.0, float(self.crop_size), float(self.crop_size))
+
+    @classmethod
+    def from_file(cls, weights: str | Path, device=None) -> "DffBackend":
+        from face_alignment_ros.core.dff_extractor import DFFExtractor
+
+        return cls(DFFExtractor.from_file(weights, device=device))
+
+    def prepare(self, crop_bgr: np.ndarray) -> Sampler:
+        dmap = self.extractor.descriptor_map(crop_bgr, self._identity_box)
+        return lambda points, camera: dmap.sample(points)
+
+
+class SiftBackend:
+    """OpenCV SIFT at the projected points, keypoint size tied to the face scale."""
+    kind = "sift"
+
+    def __init__(self, crop_size: int, patch_mm: float = SIFT_PATCH_MM):
+        from face_alignment_ros.core.sift_descriptor import SiftDescriptor
+
+        self.sift = SiftDescriptor()
+        self.dim = self.sift.dim
+        self.crop_size = crop_size
+        self.patch_mm = patch_mm
+
+    def prepare(self, crop_bgr: np.ndarray) -> Sampler:
+        gray = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2GRAY) if crop_bgr.ndim == 3 else crop_bgr
+        return lambda points, camera: self.sift.compute(gray, points, self.patch_mm * float(camera[cam.S]))
+
+
+def create_backend(descent: DescentModel, dff_weights: str | Path | None = None, device=None) -> DescriptorBackend:
+    """The back-end a descent model was trained with."""
+    if descent.descriptor == "sift":
+        return SiftBackend(descent.crop_size, float(descent.extra.get("sift_patch_mm", SIFT_PATCH_MM)))
+    if dff_weights is None:
+        raise ValueError("a DFF descent model needs the DFF weights file (dff_weights=...)")
+    return DffBackend.from_file(dff_weights, device=device)

@@ -1,0 +1,246 @@
+"""``face_alignment_node``: camera images in; landmarks, meshes, head TF, diagnostics out.
+
+Threads: the executor runs the subscription callbacks, which only store the newest image (a
+frame still waiting when a newer one arrives is dropped and counted), the newest CameraInfo and
+the newest descent model. One worker thread takes the newest image, applies a pending descent
+model first (so models change only between frames), runs the pipeline and publishes.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.event_handler import SubscriptionEventCallbacks
+from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import MarkerArray
+
+from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.face_detector import available_detectors
+from face_alignment_ros.core.morphable_model import ModelFileError
+from face_alignment_ros.msg import DescentModel as DescentModelMsg
+from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
+from face_alignment_ros.ros import diagnostics as diag
+from face_alignment_ros.ros.image_conversion import ImageConversionError
+from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
+from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
+from face_alignment_ros.ros.qos import (DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS,
+                                        image_qos)
+from face_alignment_ros.ros.tf import TfPublisher
+
+NODE_NAME = "face_alignment_node"
+
+PARAMS = [
+    Param("image_reliability", "best_effort",
+          "QoS reliability of the image subscription. best_effort (sensor-data QoS) is served by "
+          "best-effort and reliable publishers; reliable only by reliable ones.",
+          choices=IMAGE_RELIABILITY, read_only=True),
+    Param("use_camera_info", True,
+          "Subscribe to camera_info and use its K for the metric pose; without a valid CameraInfo "
+          "focal_length_px / horizontal_fov_deg are used.", read_only=True),
+    Param("focal_length_px", 0.0,
+          "Focal length in pixels assumed without CameraInfo; 0 derives it from horizontal_fov_deg.",
+          range=(0.0, 100000.0)),
+    Param("horizontal_fov_deg", 60.0,
+          "Horizontal field of view assumed without CameraInfo when focal_length_px is 0.",
+          range=(1.0, 179.0)),
+    Param("detector", "default", "Face detector of the core (docs/detector.md).",
+          choices=["default", *available_detectors()], read_only=True),
+    Param("dff_weights", "",
+          "DFF network weights file; empty means the shipped assets/dff_weights.pt. Unused by SIFT models.",
+          read_only=True),
+    Param("device", "auto", "Torch device of the DFF network.", choices=["auto", "cpu", "cuda"], read_only=True),
+    Param("num_threads", 0, "Torch and OpenCV CPU threads; 0 leaves the libraries' defaults.",
+          range=(0, 256), read_only=True),
+    Param("redetect_every", 10, "Run the detector every N frames while tracking.", range=(1, 10000)),
+    Param("min_confidence", 0.3, "Re-detect when a tracked face's alignment confidence falls below this.",
+          range=(0.0, 1.0)),
+    Param("max_faces", 8, "Most faces aligned per frame (highest detector scores first).", range=(1, 64)),
+    Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
+    Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),
+    Param("face_frame_prefix", "face_", "Head frame name = prefix + face id.", check=frame_prefix_check),
+    Param("gaze_frame_prefix", "gaze_", "Gaze frame name = prefix + face id.", check=frame_prefix_check),
+    Param("publish_debug_image", False, "Publish debug/image: the input with mesh, landmarks and axes drawn."),
+    Param("publish_markers", False, "Publish debug/markers: the mesh as a TRIANGLE_LIST and the landmarks."),
+    Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0),
+          read_only=True),
+]
+
+
+class FaceAlignmentNode(Node):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.stats = diag.PipelineStats()
+        self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
+        p = self.params
+        if p["num_threads"] > 0:
+            import cv2
+            import torch
+
+            torch.set_num_threads(p["num_threads"])
+            cv2.setNumThreads(p["num_threads"])
+        self.pipeline = FramePipeline(PipelineConfig.from_values(self._config_values()), dff_weights=p["dff_weights"],
+                                      detector=p["detector"], device=p["device"])
+
+        self._cond = threading.Condition()
+        self._frame = None          # newest unprocessed Image
+        self._camera_info = None
+        self._pending_model = None  # (DescentModel, sha256) waiting for the worker
+        self._pending_config = None
+        self._stop = False
+
+        self.pub_landmarks = self.create_publisher(LandmarksArray, "landmarks", OUTPUT_QOS)
+        self.pub_mesh = self.create_publisher(FaceMeshArray, "face_mesh", OUTPUT_QOS)
+        self.pub_topology = self.create_publisher(MeshTopology, "mesh_topology", LATCHED_QOS)
+        self.pub_debug = self.create_publisher(Image, "debug/image", OUTPUT_QOS)
+        self.pub_markers = self.create_publisher(MarkerArray, "debug/markers", OUTPUT_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self.tf = TfPublisher(self)
+
+        inputs = ReentrantCallbackGroup()
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        self.create_subscription(Image, "image", self._on_image, image_qos(p["image_reliability"]),
+                                 callback_group=inputs, event_callbacks=events)
+        if p["use_camera_info"]:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                     image_qos(p["image_reliability"]), callback_group=inputs)
+        self.create_subscription(DescentModelMsg, "descent_model", self._on_descent_model, LATCHED_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self._worker = threading.Thread(target=self._run, name=f"{node_name}_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"{diag.WAITING_FOR_MODEL} on {self.resolve_topic_name('descent_model')}; "
+                               f"images from {self.resolve_topic_name('image')} ({p['image_reliability']}), "
+                               f"TF via {self.tf.backend}")
+
+    # --- parameters -----------------------------------------------------------------------
+    def _config_values(self) -> dict:
+        v = dict(self.params.values)
+        v["debug_image"], v["markers"] = v["publish_debug_image"], v["publish_markers"]
+        return v
+
+    def _on_params(self, changed: dict) -> None:
+        if hasattr(self, "pipeline"):
+            with self._cond:  # the worker applies it between frames
+                self._pending_config = PipelineConfig.from_values(self._config_values()).__dict__
+
+    # --- callbacks (executor threads): store only -----------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        with self._cond:
+            self.stats.add(received=1)
+            if self._frame is not None:
+                self.stats.add(dropped=1)
+            self._frame = msg
+            self._cond.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_descent_model(self, msg: DescentModelMsg) -> None:
+        data = bytes(msg.npz_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            if msg.sha256 and msg.sha256.lower() != sha:
+                raise ModelFileError(f"descent model message: sha256 {msg.sha256} does not match its bytes ({sha})")
+            descent = DescentModel.from_bytes(data, source="descent_model message")
+        except ModelFileError as exc:
+            self.stats.model_error = str(exc)
+            self.get_logger().error(f"rejected descent model: {exc}")
+            return
+        with self._cond:
+            self._pending_model = (descent, sha)
+            self._cond.notify()
+        self.get_logger().info(f"received descent model {sha[:12]} ({descent.descriptor}, "
+                               f"{descent.iterations} iterations); used from the next frame")
+
+    def _on_incompatible_qos(self, event) -> None:
+        self.get_logger().warn(f"an image publisher has incompatible QoS (policy {event.last_policy_kind}); "
+                               "with image_reliability=reliable, best-effort cameras are not received")
+
+    # --- worker ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and self._frame is None and self._pending_model is None:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                frame, self._frame = self._frame, None
+                pending, self._pending_model = self._pending_model, None
+                config, self._pending_config = self._pending_config, None
+            if config is not None:
+                self.pipeline.update_config(config)
+            if pending is not None:
+                self._apply_model(*pending)
+            if frame is not None:
+                self._process(frame)
+
+    def _apply_model(self, descent: DescentModel, sha: str) -> None:
+        try:
+            self.pipeline.set_descent_model(descent, sha)
+        except Exception as exc:  # e.g. missing DFF weights, descriptor mismatch
+            self.stats.model_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"cannot use descent model {sha[:12]}: {exc}")
+            return
+        self.stats.add(model_updates=1)
+        self.stats.model_sha256, self.stats.model_error = sha, ""
+        topology = self.pipeline.take_topology()
+        if topology is not None:
+            self.pub_topology.publish(topology)
+        self.get_logger().info(f"descent model {sha[:12]} in use")
+
+    def _process(self, msg: Image) -> None:
+        if not self.pipeline.ready:
+            self.stats.add(without_model=1)
+            return
+        t0 = time.perf_counter()
+        try:
+            out = self.pipeline.process(msg, self._camera_info)
+        except ImageConversionError as exc:
+            self.stats.error(str(exc), bad=True)
+            self.get_logger().error(f"frame dropped: {exc}", throttle_duration_sec=5.0)
+            return
+        except Exception as exc:  # keep running: report, skip the frame
+            self.stats.error(f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            return
+        if out.topology is not None:
+            self.pub_topology.publish(out.topology)
+        self.pub_landmarks.publish(out.landmarks)
+        self.pub_mesh.publish(out.meshes)
+        if self.params["publish_tf"]:
+            self.tf.send(out.transforms)
+        if out.debug_image is not None:
+            self.pub_debug.publish(out.debug_image)
+        if out.markers is not None:
+            self.pub_markers.publish(out.markers)
+        self.stats.frame_done(len(out.faces), (time.perf_counter() - t0) * 1e3, out.stages_ms)
+
+    def _publish_diagnostics(self) -> None:
+        self.pub_diag.publish(diag.diagnostic_array(self.get_clock().now().to_msg(), self.get_name(),
+                                                    self.stats, self.pipeline.ready))
+
+    def destroy_node(self):
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._worker.join(timeout=10.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = FaceAlignmentNode()
+    try:
+        rclpy.spin(node, executor=rclpy.executors.MultiThreadedExecutor())
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

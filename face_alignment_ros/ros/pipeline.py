@@ -1,0 +1,183 @@
+"""One frame in, all output messages out: the code shared by ``face_alignment_node`` and
+``face-align-bag``. ROS messages in and out, the core in between; no maths here.
+
+Not thread-safe by design: one thread calls ``set_descent_model`` and ``process``, so a model
+swap can only happen between two frames.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from face_alignment_ros.core import resources
+from face_alignment_ros.core.aligner import FaceAligner
+from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.descriptors import create_backend
+from face_alignment_ros.core.face_detector import create_detector
+from face_alignment_ros.core.head_frame import Intrinsics, metric_landmarks_mm, metric_pose
+from face_alignment_ros.core.morphable_model import MorphableModel
+from face_alignment_ros.core.overlay import draw_faces
+from face_alignment_ros.core.tracker import FaceTracker
+from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
+from face_alignment_ros.ros import messages
+from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
+
+
+@dataclass
+class PipelineConfig:
+    redetect_every: int = 10
+    min_confidence: float = 0.3
+    max_faces: int = 8
+    focal_length_px: float = 0.0          # 0: from horizontal_fov_deg (without CameraInfo)
+    horizontal_fov_deg: float = 60.0
+    face_frame_prefix: str = "face_"
+    gaze_frame_prefix: str = "gaze_"
+    publish_gaze: bool = False
+    debug_image: bool = False
+    markers: bool = False
+
+    @classmethod
+    def from_values(cls, values: dict) -> "PipelineConfig":
+        return cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
+
+
+@dataclass
+class FrameOutput:
+    header: object
+    landmarks: LandmarksArray
+    meshes: FaceMeshArray
+    transforms: list
+    topology: MeshTopology | None = None    # set when the topology (re)appears
+    debug_image: Image | None = None
+    markers: object | None = None
+    faces: list = field(default_factory=list)  # core TrackedFace
+    intrinsics: Intrinsics | None = None
+    stages_ms: dict = field(default_factory=dict)
+
+
+def default_dff_weights() -> Path:
+    return resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+
+
+class FramePipeline:
+    def __init__(self, config: PipelineConfig | None = None, dff_weights: str | Path | None = None,
+                 detector: str = "default", device: str | None = None, model: MorphableModel | None = None):
+        self.config = config or PipelineConfig()
+        self.dff_weights = Path(dff_weights) if dff_weights else default_dff_weights()
+        self.device = None if device in (None, "", "auto") else device
+        self._detector_name = detector
+        self._detector = None
+        self._model = model
+        self.aligner: FaceAligner | None = None
+        self.tracker: FaceTracker | None = None
+        self.topology: MeshTopology | None = None
+        self._topology_sent = False
+        self.descent_sha256 = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.aligner is not None
+
+    def set_descent_model(self, descent: DescentModel, sha256: str = "") -> None:
+        """Use ``descent`` from the next frame on. Reuses the descriptor back-end when it fits;
+        builds a new one (and restarts tracking) when the descriptor kind changes."""
+        if self._model is None:
+            self._model = MorphableModel.load()
+        if self._detector is None:
+            self._detector = create_detector(self._detector_name)
+        a = self.aligner
+        if a is not None and (a.backend.kind, a.backend.dim, a.backend.crop_size) == \
+                (descent.descriptor, descent.descriptor_dim, descent.crop_size):
+            a.set_descent_model(descent)
+        else:
+            backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device)
+            self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector)
+            self.tracker = None
+        if self.tracker is None:
+            self.tracker = FaceTracker(self.aligner, self.config.redetect_every, self.config.min_confidence,
+                                       max_faces=self.config.max_faces)
+        self.descent_sha256 = sha256
+        tris = self.aligner.model.decimated_triangles
+        topo = messages.mesh_topology(tris, len(self.aligner.model.decimated))
+        if self.topology is None or topo.topology_id != self.topology.topology_id:
+            self.topology, self._topology_sent = topo, False
+
+    def set_aligner(self, aligner: FaceAligner) -> None:
+        """Use a ready-made aligner (benchmarks, tests of the core); tracking restarts."""
+        self.aligner = aligner
+        self.tracker = FaceTracker(aligner, self.config.redetect_every, self.config.min_confidence,
+                                   max_faces=self.config.max_faces)
+        self.topology = messages.mesh_topology(aligner.model.decimated_triangles, len(aligner.model.decimated))
+        self._topology_sent = False
+
+    def update_config(self, values: dict) -> None:
+        for k, v in values.items():
+            if k in PipelineConfig.__dataclass_fields__:
+                setattr(self.config, k, v)
+        if self.tracker is not None:
+            self.tracker.redetect_every = self.config.redetect_every
+            self.tracker.min_confidence = self.config.min_confidence
+            self.tracker.max_faces = self.config.max_faces
+
+    def take_topology(self) -> MeshTopology | None:
+        """The mesh topology once after it (re)appears, else None (it is published latched)."""
+        if self.topology is None or self._topology_sent:
+            return None
+        self._topology_sent = True
+        return self.topology
+
+    def intrinsics(self, width: int, height: int, camera_info=None) -> Intrinsics:
+        if camera_info is not None:
+            intr = Intrinsics.from_k(camera_info.k)
+            if intr.is_valid():
+                return intr
+        return Intrinsics.assumed(width, height, self.config.focal_length_px, self.config.horizontal_fov_deg)
+
+    def process(self, image_msg, camera_info=None, header=None) -> FrameOutput:
+        """Align every face of ``image_msg``. Raises ``ImageConversionError`` for a bad frame.
+        ``header``: the output header (default: the image's own)."""
+        if not self.ready:
+            raise RuntimeError("no descent model yet")
+        header = image_msg.header if header is None else header
+        stages = {}
+        t0 = time.perf_counter()
+        image = image_to_bgr(image_msg)
+        t1 = time.perf_counter()
+        tracked = self.tracker.process(image)
+        t2 = time.perf_counter()
+        cfg = self.config
+        intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)
+        out = FrameOutput(header=header, landmarks=LandmarksArray(header=header), meshes=FaceMeshArray(header=header),
+                          transforms=[], faces=tracked, intrinsics=intr)
+        marker_faces = []
+        topo_id = self.topology.topology_id
+        for t in tracked:
+            face = t.face
+            metric = metric_pose(face, intr)
+            lms_m = metric.points_m(metric_landmarks_mm(face))
+            verts_m = metric.points_m(face.vertices_mm())
+            out.landmarks.faces.append(messages.landmarks(header, t.face_id, face, lms_m))
+            mesh = messages.face_mesh(header, t.face_id, face, verts_m, topo_id, metric)
+            out.meshes.faces.append(mesh)
+            head_frame = f"{cfg.face_frame_prefix}{t.face_id}"
+            out.transforms.append(messages.transform(header, head_frame, mesh.head_pose))
+            if cfg.publish_gaze:
+                out.transforms.append(messages.gaze_transform(header.stamp, head_frame,
+                                                              f"{cfg.gaze_frame_prefix}{t.face_id}"))
+            if cfg.markers:
+                marker_faces.append((t.face_id, verts_m, face.triangles, lms_m))
+        t3 = time.perf_counter()
+        out.topology = self.take_topology()
+        if cfg.debug_image:
+            out.debug_image = Image(header=header, **bgr_to_image_fields(draw_faces(image, [t.face for t in tracked])))
+        if cfg.markers:
+            out.markers = messages.markers(header, marker_faces)
+        t4 = time.perf_counter()
+        stages.update({"convert": (t1 - t0) * 1e3, "detect+track+align": (t2 - t1) * 1e3,
+                       "messages": (t3 - t2) * 1e3, "debug": (t4 - t3) * 1e3})
+        out.stages_ms = stages
+        return out

@@ -1,0 +1,232 @@
+"""Stage ``descent``: learn the cascade's generic descent directions (Sec. III-C4, eq. 9-11).
+
+Training samples are perturbed initialisations on the training photos (and, when present,
+synthesized large-pose renders): the crop comes from the shipped detector's box (or the
+landmark box) through the box prior, jittered by the prior's spread. Ground truth is the
+photo's 68 annotated points and the fitted camera (stage ``fit``). The regularisation lambda
+of each iteration is chosen on a validation part of the *training* identities; the held-out
+split is only evaluated, after training.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core import face_crop
+from face_alignment_ros.core.cascade import Cascade
+from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
+from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_detector import box_iou, create_detector
+from face_alignment_ros.core.morphable_model import MorphableModel
+from face_alignment_ros.evaluation.pts_io import read_pts
+from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
+from face_alignment_ros.training.photo_split import source_id
+from face_alignment_ros.training.stage_io import Stage
+
+VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
+DEFAULT_CROP = 128
+
+
+def inter_pupil(landmarks: np.ndarray) -> float:
+    """Distance between the eye centres (mean of landmarks 36-41 and 42-47)."""
+    return float(np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0)))
+
+
+def is_validation(subset: str, name: str) -> bool:
+    digest = hashlib.sha256(f"validation/{subset}/{source_id(name)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 100 < VALIDATION_PERCENT
+
+
+@dataclass
+class PhotoRecord:
+    image_path: str
+    subset: str
+    name: str
+    split: str
+    landmarks: np.ndarray   # (68, 2) annotated
+    camera: np.ndarray      # (6,) fitted, image px
+    detector_box: np.ndarray | None
+
+
+def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
+    """Fitted photos with the detector's matching box (cached: the detector runs once)."""
+    import cv2
+
+    fits = np.load(stage.input("fit", "fits.npz"), allow_pickle=False)
+    cache = stage.path(f"detections_{detector_name}.npz")
+    if cache.exists():
+        boxes = np.load(cache)["boxes"]
+    else:
+        detector = create_detector(detector_name)
+        boxes = np.full((len(fits["name"]), 4), np.nan, np.float32)
+        for i, path in enumerate(tqdm(fits["image_path"], desc=f"detector {detector_name}", unit="img")):
+            gt_box = face_crop.landmark_box(fits["landmarks"][i])
+            best = max(((box_iou(d.box, gt_box), d.box) for d in detector.detect(cv2.imread(str(path)))),
+                       default=(0.0, None))
+            if best[0] >= 0.3:
+                boxes[i] = best[1]
+        np.savez(cache, boxes=boxes)
+    records = []
+    for i in range(len(fits["name"])):
+        box = boxes[i] if np.all(np.isfinite(boxes[i])) else None
+        records.append(PhotoRecord(str(fits["image_path"][i]), str(fits["subset"][i]), str(fits["name"][i]),
+                                   str(fits["split"][i]), fits["landmarks"][i].astype(np.float32),
+                                   fits["camera"][i].astype(np.float32), box))
+    return records
+
+
+def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
+    train = [r for r in records if r.split == "train"]
+    with_det = [r for r in train if r.detector_box is not None]
+    return {
+        "detector": face_crop.BoxPrior.fit(np.stack([r.detector_box for r in with_det]),
+                                           np.stack([r.camera for r in with_det])),
+        "landmarks": face_crop.BoxPrior.fit(np.stack([face_crop.landmark_box(r.landmarks) for r in train]),
+                                            np.stack([r.camera for r in train])),
+    }
+
+
+def jittered_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    crop = prior.crop_box(box)
+    side = float(crop[2] - crop[0])
+    centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
+    half = 0.5 * side * np.exp(amount * prior.std_log_scale * rng.normal())
+    return np.array([*(centre - half), *(centre + half)], np.float32)
+
+
+def make_sample(cascade: Cascade, backend, image: np.ndarray, crop_box: np.ndarray, landmarks: np.ndarray,
+                camera_image: np.ndarray, crop_size: int) -> TrainingSample:
+    crop = crop_image(image, crop_box, crop_size)[0]
+    target = face_crop.image_to_crop(landmarks, crop_box, crop_size)
+    return TrainingSample(make_sampler=lambda c=crop: backend.prepare(c), state=cascade.initial_state(crop_size),
+                          target_landmarks=target,
+                          target_camera=face_crop.camera_image_to_crop(camera_image, crop_box, crop_size),
+                          normaliser=inter_pupil(target))
+
+
+def photo_samples(cascade, backend, records, priors, rng, perturbations: int, jitter: float, crop_size: int):
+    import cv2
+
+    samples = []
+    for r in tqdm(records, desc="crops", unit="photo", leave=False):
+        image = cv2.imread(r.image_path)
+        for k in range(perturbations):
+            use_detector = r.detector_box is not None and k % 2 == 0
+            kind = "detector" if use_detector else "landmarks"
+            box = r.detector_box if use_detector else face_crop.landmark_box(r.landmarks)
+            crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+            samples.append(make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, crop_size))
+    return samples
+
+
+def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
+    """Inter-pupil NME (%) after each iteration on the records, one start per photo."""
+    import cv2
+
+    errors = []
+    for r in tqdm(records, desc=f"eval {box_kind}", unit="photo", leave=False):
+        box = r.detector_box if box_kind == "detector" else face_crop.landmark_box(r.landmarks)
+        if box is None:
+            continue
+        image = cv2.imread(r.image_path)
+        crop_box = descent.box_priors[box_kind].crop_box(box)
+        sample = make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, descent.crop_size)
+        state, per_iter = sample.state, []
+        sampler = sample.make_sampler()
+        per_iter.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
+        for k in range(descent.iterations):
+            dx, dw = descent.step(k, cascade.features(sampler, state))
+            state = cascade.update(state, dx, dw, descent.regularisation)
+            per_iter.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
+        errors.append(per_iter)
+    errors = np.array(errors) * 100
+    return {"count": len(errors), "nme_per_iteration": errors.mean(axis=0).round(3).tolist(),
+            "nme_median": float(np.median(errors[:, -1]))}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--descriptor", choices=("dff", "sift", "both"), default="both")
+    parser.add_argument("--dff-weights", default=None, help="default: <work>/train-dff/dff_weights.pt")
+    parser.add_argument("--detector", default="default")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--perturbations", type=int, default=6, help="starts per training photo")
+    parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
+    parser.add_argument("--regularisation", type=float, default=10.0, help="shape prior weight of eq. 6-8")
+    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP, help="SIFT crop (DFF: the network's input)")
+    parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    stage = Stage("descent", args.work, args.seed)
+    rng = stage.rng()
+    model = MorphableModel.load()
+    cascade = Cascade(model)
+    records = load_photo_records(stage, args.detector)
+    priors = fit_box_priors(records)
+    stage.save_json("box_priors.json", {k: v.to_dict() for k, v in priors.items()})
+    train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
+    val = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
+    heldout = [r for r in records if r.split == "heldout"]
+    if args.limit:
+        train = train[: args.limit]
+    stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
+                   len(train), len(val), len(heldout))
+    kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
+    summary = {}
+    for kind in kinds:
+        if kind == "dff":
+            weights = args.dff_weights or stage.input("train-dff", "dff_weights.pt")
+            backend = DffBackend.from_file(weights)
+            extra = {"dff_weights": str(weights)}
+        else:
+            backend = SiftBackend(args.crop_size)
+            extra = {"sift_patch_mm": SIFT_PATCH_MM}
+        crop_size = backend.crop_size
+        train_samples = photo_samples(cascade, backend, train, priors, rng, args.perturbations, args.jitter, crop_size)
+        val_samples = photo_samples(cascade, backend, val, priors, rng, 2, args.jitter, crop_size)
+
+        def report(rec, kind=kind):
+            stage.log.info("%s iteration %d: lambda %s, train NME %.2f%%, validation NME %.2f%%", kind,
+                           rec["iteration"], rec.get("lambda"), 100 * rec["train_nme"], 100 * rec["val_nme"])
+            stage.record(descriptor=kind, **rec)
+
+        descent = learn_descent(
+            cascade, train_samples, val_samples, args.iterations, args.regularisation, report=report,
+            descriptor=kind, descriptor_dim=backend.dim, crop_size=crop_size, box_priors=priors,
+            provenance={"stage": "descent", "seed": args.seed, "train_photos": len(train),
+                        "perturbations": args.perturbations, "jitter": args.jitter, "detector": args.detector,
+                        "validation_photos": len(val)},
+            extra=extra)
+        sha = descent.save(stage.path(f"descent_{kind}.npz"))
+        results = {box_kind: evaluate_split(cascade, backend, descent, heldout, box_kind)
+                   for box_kind in ("landmarks", "detector")}
+        summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results}
+        stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
+    stage.save_json("summary.json", summary)
+    _plot(stage, summary)
+    return 0
+
+
+def _plot(stage: Stage, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for kind, res in summary.items():
+        for box_kind, r in res["heldout_inter_pupil_nme_percent"].items():
+            ax.plot(r["nme_per_iteration"], marker="o", label=f"{kind.upper()}, {box_kind} box")
+    ax.set_xlabel("cascade iteration")
+    ax.set_ylabel("inter-pupil NME (%)")
+    ax.set_title("held-out 300-W photos")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(stage.path("nme_per_iteration.png"), dpi=100)
+    plt.close(fig)

@@ -1,0 +1,101 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from face_alignment_ros.core.dff_extractor import (DescriptorMap, DFFExtractor, apply_affine,
+                                                   bilinear_sample, crop_image)
+from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
+
+CFG = DFFConfig(input_size=32, base_width=4, depth=3)
+
+
+def _map(d=3, n=5, seed=0):
+    data = np.random.default_rng(seed).normal(size=(d, n, n)).astype(np.float32)
+    return DescriptorMap(data, np.eye(2, 3))
+
+
+def test_bilinear_exact_at_known_points():
+    m = _map()
+    D = m.data
+    # grid points give the stored values
+    assert np.allclose(m.sample([[2, 3]])[0], D[:, 3, 2])
+    assert np.allclose(m.sample([[4, 4]])[0], D[:, 4, 4])  # last pixel is inside
+    # hand computation at (x, y) = (1.25, 2.5)
+    x, y = 1.25, 2.5
+    ref = ((1 - 0.25) * (1 - 0.5) * D[:, 2, 1] + 0.25 * (1 - 0.5) * D[:, 2, 2]
+           + (1 - 0.25) * 0.5 * D[:, 3, 1] + 0.25 * 0.5 * D[:, 3, 2])
+    assert np.allclose(m.sample([[x, y]])[0], ref, atol=1e-6)
+    # on the right edge, interpolating along y only
+    ref = 0.7 * D[:, 1, 4] + 0.3 * D[:, 2, 4]
+    assert np.allclose(m.sample([[4.0, 1.3]])[0], ref, atol=1e-6)
+
+
+def test_outside_gives_zeros():
+    m = _map()
+    out = m.sample([[-0.01, 2], [2, 4.01], [np.nan, 1], [5, 5], [1, 1]])
+    assert out.shape == (5, 3) and out.dtype == np.float32
+    assert not out[:4].any() and out[4].any()
+
+
+def test_sampling_is_fast():
+    m = DescriptorMap(np.random.rand(32, 128, 128).astype(np.float32), np.eye(2, 3))
+    pts = np.random.rand(160, 2) * 127
+    m.sample(pts)
+    t = time.perf_counter()
+    for _ in range(100):
+        m.sample(pts)
+    assert (time.perf_counter() - t) / 100 < 2e-3  # ~0.05 ms here; generous for shared CI
+
+
+def test_crop_affine_corner_and_consistency():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, size=(200, 300, 3), dtype=np.uint8)
+    box = (40.0, 30.0, 120.0, 110.0)  # 80 px -> 32 px crop
+    crop, A = crop_image(img, box, 32)
+    assert crop.shape == (32, 32, 3)
+    assert np.allclose(apply_affine(A, [[40, 30]]), [[0, 0]])
+    assert np.allclose(apply_affine(A, [[120, 110]]), [[32, 32]])
+    # a bright dot in the image appears at its mapped crop position
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[70:75, 80:85] = 255  # centre (82, 72)
+    crop, A = crop_image(img, (50.0, 40.0, 114.0, 104.0), 64)  # scale 1: exact integer shift
+    cx, cy = apply_affine(A, [[82, 72]])[0]
+    ys, xs = np.nonzero(crop[:, :, 0] > 128)
+    assert abs(xs.mean() - cx) < 0.5 and abs(ys.mean() - cy) < 0.5
+
+
+def test_gray_image_and_border_replicate():
+    img = np.full((50, 50), 77, np.uint8)
+    crop, _ = crop_image(img, (-20, -20, 30, 30), 16)
+    assert crop.shape == (16, 16, 3) and (crop == 77).all()
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)
+    return DFFExtractor(DFFNet(CFG), CFG, device="cpu")
+
+
+def test_extractor_map_and_batch(extractor):
+    img = np.random.default_rng(2).integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
+    boxes = [(10, 10, 74, 74), (60, 20, 140, 100)]
+    m = extractor.descriptor_map(img, boxes[0])
+    assert m.data.shape == (32, 32, 32) and m.data.dtype == np.float32
+    assert np.allclose(np.linalg.norm(m.data, axis=0), 1, atol=1e-4)
+    maps = extractor.descriptor_maps(img, boxes)
+    assert len(maps) == 2
+    assert np.allclose(maps[0].data, m.data, atol=1e-4)
+    assert np.allclose(maps[1].affine, extractor.descriptor_map(img, boxes[1]).affine)
+    # sample_image and sample agree through the affine
+    p_img = np.array([[30.0, 40.0]])
+    assert np.allclose(m.sample_image(p_img), m.sample(apply_affine(m.affine, p_img)))
+    gray = extractor.descriptor_map(img[:, :, 0], boxes[0])
+    assert gray.data.shape == (32, 32, 32)
+
+
+def test_bilinear_sample_generic():
+    hwd = np.arange(12, dtype=np.float32).reshape(3, 4, 1)  # value = 4*y + x
+    pts = np.array([[0.5, 0.5], [3, 2], [2.2, 1.7]])
+    assert np.allclose(bilinear_sample(hwd, pts)[:, 0], 4 * pts[:, 1] + pts[:, 0], atol=1e-5)

@@ -1,0 +1,77 @@
+"""Image conversion (no cv_bridge) and the metric head pose of core.head_frame: no ROS graph."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
+
+from sensor_msgs.msg import Image  # noqa: E402
+
+from face_alignment_ros.core.head_frame import (HEAD_FROM_GAZE, Intrinsics, metric_pose,  # noqa: E402
+                                                quaternion_xyzw)
+from face_alignment_ros.ros.image_conversion import (SUPPORTED_ENCODINGS, ImageConversionError,  # noqa: E402
+                                                     bgr_to_image_fields, image_to_bgr)
+
+RNG = np.random.default_rng(0)
+BGR = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
+def test_round_trip_every_encoding(encoding):
+    msg = Image(**bgr_to_image_fields(BGR if encoding != "mono8" else BGR[:, :, 0], encoding))
+    back = image_to_bgr(msg)
+    assert np.array_equal(back, BGR if encoding != "mono8" else BGR[:, :, 0])
+
+
+def test_rgb_channel_order_and_padded_step():
+    rgb = BGR[:, :, ::-1]
+    padded = np.zeros((5, 7 * 3 + 3), np.uint8)
+    padded[:, :21] = rgb.reshape(5, 21)
+    msg = Image(height=5, width=7, encoding="rgb8", step=24, data=padded.tobytes())
+    assert np.array_equal(image_to_bgr(msg), BGR)
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(encoding="16UC1", step=14), "unsupported image encoding"),
+    (dict(height=0, data=b""), "empty image"),
+    (dict(step=20), "step 20 is smaller"),
+    (dict(data=bytes(5 * 21 - 1)), "truncated"),
+    (dict(data=bytes(5 * 21 + 1)), "too long"),
+])
+def test_bad_images_raise_clear_errors(fields, words):
+    base = dict(height=5, width=7, encoding="bgr8", step=21, data=bytes(5 * 21))
+    base.update(fields)
+    with pytest.raises(ImageConversionError, match=words):
+        image_to_bgr(Image(**base))
+
+
+class _Face:
+    """Just what metric_pose reads (a FaceResult from a frontal fit)."""
+    def __init__(self, model, s, tx, ty):
+        self.camera = np.array([s, 0, 0, 0, tx, ty], np.float32)
+        self.rotation = np.eye(3, dtype=np.float32)
+        self.model = model
+        self.params = np.zeros(model.n_id + model.n_exp, np.float32)
+
+
+def test_metric_pose_depth_and_back_projection(morphable_model):
+    intr = Intrinsics(fx=500.0, fy=500.0, cx=319.5, cy=239.5)
+    face = _Face(morphable_model, s=0.5, tx=419.5, ty=239.5)  # 0.5 px/mm -> 1 m deep
+    pose = metric_pose(face, intr)
+    assert pose.translation_mm == pytest.approx([200.0, 0.0, 1000.0])
+    # the model origin projects back to its image point through the pinhole
+    x, y, z = pose.translation_mm
+    assert (intr.fx * x / z + intr.cx, intr.fy * y / z + intr.cy) == pytest.approx((419.5, 239.5))
+    # frontal face: head x (forward) points at the camera, z up (-y optical)
+    assert pose.head_rotation[:, 0] == pytest.approx([0, 0, -1])
+    assert pose.head_rotation[:, 2] == pytest.approx([0, -1, 0])
+    assert 0.8 < pose.head_position_m[2] < 1.2
+    q = quaternion_xyzw(pose.head_rotation)
+    assert np.linalg.norm(q) == pytest.approx(1.0) and q[3] >= 0
+    assert np.linalg.det(HEAD_FROM_GAZE) == pytest.approx(1.0)
+
+
+def test_assumed_intrinsics():
+    intr = Intrinsics.assumed(640, 480, 0.0, 90.0)
+    assert intr.fx == pytest.approx(320.0) and (intr.cx, intr.cy) == (319.5, 239.5)
+    assert Intrinsics.assumed(640, 480, 700.0).fx == 700.0
+    assert not Intrinsics.from_k([0.0] * 9).is_valid()
