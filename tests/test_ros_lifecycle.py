@@ -118,4 +118,3 @@ def test_every_transition_and_model_delivery(ros, files):
     wait_until(lambda: received[-1].sha256 == other_sha, 10.0, what="second model")
     assert client.change_state("active_shutdown") and client.get_state() == "finalized"
     assert node.model is None
-    assert client.change_state("configure") is False  # finalized is final

@@ -163,6 +163,33 @@ def _diffuse(colors, known, indptr, indices):
 
 
 @njit(cache=True, nogil=True)
+def _relax(values, solve, use, indptr, indices, iterations, omega):
+    """Successive over-relaxation of Laplace's equation on the ``solve`` vertices: each becomes
+    the mean of its ``use`` neighbours; the other ``use`` vertices are fixed boundary values and
+    non-``use`` neighbours are ignored (a free boundary)."""
+    n = values.shape[0]
+    for _ in range(iterations):
+        for v in range(n):
+            if not solve[v]:
+                continue
+            c0 = 0.0
+            c1 = 0.0
+            c2 = 0.0
+            cnt = 0
+            for j in range(indptr[v], indptr[v + 1]):
+                u = indices[j]
+                if use[u]:
+                    c0 += values[u, 0]
+                    c1 += values[u, 1]
+                    c2 += values[u, 2]
+                    cnt += 1
+            if cnt > 0:
+                values[v, 0] += omega * (c0 / cnt - values[v, 0])
+                values[v, 1] += omega * (c1 / cnt - values[v, 1])
+                values[v, 2] += omega * (c2 / cnt - values[v, 2])
+
+
+@njit(cache=True, nogil=True)
 def _front_facing(tv, triangles):
     """Triangles whose outward normal faces the camera: negative signed image area (y down)."""
     out = np.empty(triangles.shape[0], np.bool_)
@@ -223,27 +250,65 @@ class MeshTools:
                    np.ascontiguousarray(model.exp_basis.T), code)
 
 
+RELAX_ITERATIONS = 150
+RELAX_OMEGA = 1.8
+
+
 def fill_texture(colors: np.ndarray, seen: np.ndarray, tools: MeshTools) -> tuple[np.ndarray, dict]:
     """Complete a per-vertex texture: unseen vertices take their mirror's colour when that is
-    seen, then the nearest seen colour over the mesh. Returns the texture and fill fractions."""
+    seen, then the nearest seen colour over the mesh. Returns the texture and fill fractions.
+
+    Both fills are then blended into their surroundings so that no seam or flat facet shows:
+    the mirrored region gets a smooth (harmonic) colour offset that matches the seen colours
+    along its border (Poisson blending on the mesh), and the diffused region is relaxed to the
+    harmonic interpolant of its border colours."""
     colors = np.array(colors, np.float32)
     seen = np.asarray(seen, bool)
     n = len(colors)
     if not seen.any():
         colors[:] = 128.0
         return colors, {"seen": 0.0, "mirrored": 0.0, "diffused": 1.0}
-    mirrored = ~seen & seen[tools.mirror]
-    colors[mirrored] = colors[tools.mirror[mirrored]]
+    # one ring of mesh erosion: isolated seen specks would pin spikes into the blended fills
+    has_edges = tools.indptr[1:] > tools.indptr[:-1]
+    ring = np.logical_and.reduceat(seen[tools.indices], tools.indptr[:-1][has_edges])
+    seen = seen.copy()
+    seen[has_edges] &= ring
+    mirror = tools.mirror
+    mirrored = ~seen & seen[mirror]
+    colors[mirrored] = colors[mirror[mirrored]]
+    # offset = seen colour minus its mirror's colour, where both are seen; harmonic inside
+    offset = np.zeros_like(colors)
+    anchor = seen & seen[mirror]
+    offset[anchor] = colors[anchor] - colors[mirror[anchor]]
+    _relax(offset, mirrored, anchor | mirrored, tools.indptr, tools.indices, RELAX_ITERATIONS, RELAX_OMEGA)
+    colors[mirrored] += offset[mirrored]
     known = seen | mirrored
     reached = _diffuse(colors, known.copy(), tools.indptr, tools.indices)
-    colors[~reached] = colors[known].mean(axis=0)  # vertices on no edge (none in a clean mesh)
+    hidden = reached & ~known
+    _relax(colors, hidden, reached, tools.indptr, tools.indices, RELAX_ITERATIONS, RELAX_OMEGA)
+    colors[~reached] = colors[known].mean(axis=0)  # vertices on no triangle: never drawn
+    np.clip(colors, 0.0, 255.0, out=colors)
     return colors, {"seen": float(seen.sum()) / n, "mirrored": float(mirrored.sum()) / n,
                     "diffused": float((~known).sum()) / n}
 
 
+def face_region_mask(landmarks: np.ndarray, shape_hw) -> np.ndarray:
+    """(H, W) bool: where a photo shows face skin, by its 68 landmarks: inside the jaw line and
+    a forehead above the brows (raised by 0.8 nose lengths along the face's up direction).
+    Mesh vertices that the fit projects outside it would sample hair, neck or background."""
+    pts = np.asarray(landmarks, np.float32)
+    up = pts[27] - pts[33]  # nose bridge top minus nose tip: the face's up direction
+    brows = pts[26:16:-1] + 0.8 * up
+    poly = np.concatenate([pts[:17], brows]).round().astype(np.int32)
+    mask = np.zeros(shape_hw, np.uint8)
+    cv2.fillPoly(mask, [poly], 1)
+    return mask.astype(bool)
+
+
 def photo_texture(image: np.ndarray, camera_image: np.ndarray, shape_params: np.ndarray,
-                  tools: MeshTools) -> tuple[np.ndarray, dict]:
-    """(n, 3) float32 BGR texture of the fitted mesh, from the photo (step 1 of the stage)."""
+                  tools: MeshTools, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """(n, 3) float32 BGR texture of the fitted mesh, from the photo (step 1 of the stage).
+    With the photo's 68 landmarks, only vertices inside ``face_region_mask`` count as seen."""
     model = tools.model
     verts = model.vertices(shape_params)
     tv = cam.transform(camera_image, verts)
@@ -258,6 +323,9 @@ def photo_texture(image: np.ndarray, camera_image: np.ndarray, shape_params: np.
     rot = cam.rotation_matrix(*camera_image[cam.PITCH:cam.ROLL + 1])
     facing = -(vertex_normals(verts, model.triangles) @ rot[2])  # cosine to the viewer (-z)
     seen = inside & front & (facing > GRAZING_COS)
+    if landmarks is not None:
+        region = face_region_mask(landmarks, (h, w))
+        seen[inside] &= region[py[inside], px[inside]]
     return fill_texture(bilinear_sample(image, tv[:, :2]), seen, tools)
 
 
@@ -407,10 +475,34 @@ class Identity:
 def prepare_identity(fits: Fits, row: int, tools: MeshTools, image: np.ndarray | None = None) -> Identity:
     model = tools.model
     image = read_image(fits, row) if image is None else image
-    texture, stats = photo_texture(image, fits.camera[row], fits.shape_params[row], tools)
+    texture, stats = photo_texture(image, fits.camera[row], fits.shape_params[row], tools, fits.landmarks[row])
     alpha = np.asarray(fits.shape_params[row][: model.n_id], np.float32)
     neutral = model.mean + (model.id_basis @ alpha).reshape(-1, 3)
     return Identity(row, alpha, neutral, vertex_normals(neutral, model.triangles), texture, stats)
+
+
+_CLOSE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+def _close_holes(tri_id: np.ndarray, bary: np.ndarray) -> None:
+    """The mesh has holes (nostrils, ear and jaw regions) through which the background would
+    show: background pixels enclosed by the face, and notches that a 5x5 closing fills, copy the
+    nearest covered pixel, in place."""
+    mask = (tri_id >= 0).astype(np.uint8)
+    holes = (cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _CLOSE_KERNEL) > mask)
+    n_bg, bg_labels = cv2.connectedComponents(1 - mask, connectivity=4)
+    if n_bg > 2:
+        border = np.unique(np.concatenate([bg_labels[0], bg_labels[-1], bg_labels[:, 0], bg_labels[:, -1]]))
+        holes |= ~np.isin(bg_labels, border) & (mask == 0)
+    if not holes.any():
+        return
+    _, labels = cv2.distanceTransformWithLabels(1 - mask, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    covered = np.flatnonzero(mask.reshape(-1))
+    lut = np.zeros(labels.max() + 1, np.int64)
+    lut[labels.reshape(-1)[covered]] = covered
+    src = lut[labels[holes]]
+    tri_id[holes] = tri_id.reshape(-1)[src]
+    bary[holes] = bary.reshape(-1, 3)[src]
 
 
 def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view: int, seed: int,
@@ -431,6 +523,7 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     # the raster work and keeps the mask's inside out of profile views.
     tris = model.triangles[_front_facing(tv, model.triangles)]
     _, tri_id, bary = rasterize_ids(tv, tris, size, size)
+    _close_holes(tri_id, bary)
     mask = tri_id >= 0
     corners = tris[tri_id[mask]]
     w = bary[mask]
@@ -518,8 +611,8 @@ _CTX: dict = {}
 
 
 def _init_worker(ctx: dict) -> None:
-    cv2.setNumThreads(1)
-    limit_blas_threads(1)
+    # Thread limits are set by run() before the fork: cv2.setNumThreads in a forked child whose
+    # parent had a busy OpenCV pool hangs.
     _CTX.clear()
     _CTX.update(ctx)
 
@@ -621,6 +714,10 @@ def run(args: argparse.Namespace) -> int:
              {s: len(r) for s, r in rows.items()}, views, totals, args.size, args.size, fits_path, done)
 
     t_start = time.perf_counter()
+    # One thread per process: the workers fill the cores, and spinning BLAS or OpenCV threads
+    # beside them slow the many small operations several-fold.
+    restore = (cv2.getNumThreads(), limit_blas_threads(1))
+    cv2.setNumThreads(1)
     rng = stage.rng()
     backgrounds = {s: _build_backgrounds(fits, rows[s], args.size, rng) for s in SPLITS}
     log.info("background bank: %s patches (%.1f s)", {s: len(b) for s, b in backgrounds.items()},
@@ -640,7 +737,6 @@ def run(args: argparse.Namespace) -> int:
         pool = mp.get_context("fork").Pool(args.workers, _init_worker, (ctx,))
         results = pool.imap(_render_identity, tasks, chunksize=1)
     else:
-        restore = (cv2.getNumThreads(), limit_blas_threads(1))
         _init_worker(ctx)
         results = map(_render_identity, tasks)
     t_loop = time.perf_counter()
@@ -666,11 +762,10 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if pool is not None:
             pool.terminate()
-        else:
-            cv2.setNumThreads(restore[0])
-            if restore[1] is not None:
-                limit_blas_threads(restore[1])
-            _CTX.clear()
+        _CTX.clear()
+        cv2.setNumThreads(restore[0])
+        if restore[1] is not None:
+            limit_blas_threads(restore[1])
         if chunk_stats:
             _checkpoint(stage, outputs, config, done, chunk_stats, split, views, t_loop)
 

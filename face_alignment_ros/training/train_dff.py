@@ -107,7 +107,7 @@ def pixel_labels(vertex_ids: np.ndarray, pixels: np.ndarray, seg_labels: np.ndar
 @torch.no_grad()
 def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: AngularHeads, mean_shape: np.ndarray,
              rng: np.random.Generator, count: int = 128, pairs: int = 48) -> dict:
-    """Patch accuracy on held-out identities' renders (10 heads) and the dense matching rate
+    """Patch accuracy on held-out identities' renders (the first 10 heads) and the dense matching rate
     between views of one identity: a pixel of view A matches its nearest descriptor among
     view B's face pixels; correct if their surface points lie within MATCH_THRESHOLD_MM."""
     net.eval()
@@ -118,7 +118,7 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
     vids = np.asarray(data["vertex_ids"][idx])
     feats = torch.cat([net(net.normalize_input(images[i:i + 32])) for i in range(0, len(idx), 32)])
     pixels = sample_pixels(vids, labelled, 256, rng)
-    heads = np.arange(10)
+    heads = np.arange(min(10, seg_labels.shape[0]))
     d = feats.shape[1]
     picked = torch.gather(feats.reshape(len(idx), d, -1), 2,
                           torch.from_numpy(pixels)[:, None, :].expand(len(idx), d, pixels.shape[1]))
@@ -225,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
         optimiser.step()
         step += 1
         bar.update(1)
-        window["loss"].append(float(loss) / args.heads_per_step)
-        window["acc"].append(float(acc))
+        window["loss"].append(loss.item() / args.heads_per_step)
+        window["acc"].append(acc.item())
         if rank != 0:
             continue
         if step % 50 == 0:
