@@ -18,7 +18,7 @@ from face_alignment_ros.training import synthesize as syn
 
 @pytest.fixture(scope="module")
 def tools():
-    return syn.MeshTools.build(MorphableModel.load())
+    return syn.default_tools()
 
 
 def test_mirror_map_flips_x(tools):

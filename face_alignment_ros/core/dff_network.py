@@ -5,9 +5,12 @@ Paper (Jiang et al., Fig. 1): a symmetric encoder/decoder with skip concatenatio
 of Sec. III-B compares unit features with unit class vectors).
 
 Choices made here for the 2-core CPU budget (figures in ``docs/dff_network.md``):
-- ``block="dwsep"``: each level's second 3x3 conv is depthwise-separable (depthwise 3x3 +
-  pointwise 1x1); the first one of each level stays a full 3x3 conv so that every level mixes
-  space and channels. ``block="conv"`` is the plain two-3x3 U-Net.
+- ``block="hybrid"`` (default): each level's second 3x3 conv is depthwise-separable
+  (depthwise 3x3 + pointwise 1x1); the first stays a full 3x3 conv. ``"conv"`` is the plain
+  two-3x3 U-Net; ``"dwsep"`` makes both separable: fastest inference, but PyTorch's CPU
+  depthwise backward is slow, so it trains 2-3x slower than ``"hybrid"``.
+- ``depth=5`` levels (bottleneck at 8x8 for a 128 input): a receptive field spanning the
+  whole crop, which a descriptor that must know *where on the face* a pixel is needs.
 - ``decoder_stride`` = 2: the decoder stops at half resolution and the 32-d map is upsampled
   bilinearly to full resolution before the L2 normalisation, so the output is still H x W.
   The descriptor is smooth at the pixel scale anyway (neighbouring pixels lie on the same
@@ -47,9 +50,9 @@ class DFFConfig:
 
     input_size: int = 128
     base_width: int = 16
-    depth: int = 4  # resolution levels; depth - 1 poolings
+    depth: int = 5  # resolution levels; depth - 1 poolings
     descriptor_dim: int = 32
-    block: str = "dwsep"  # "conv" | "hybrid" | "dwsep", see ``_block``
+    block: str = "hybrid"  # "conv" | "hybrid" | "dwsep", see ``_block``
     decoder_stride: int = 2  # 1: decoder to full resolution; 2 or 4: bilinear upsample at the end
     max_width: int = 256  # cap on channels per level
     mean: tuple = _MEAN_BGR

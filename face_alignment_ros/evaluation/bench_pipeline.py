@@ -13,26 +13,8 @@ import numpy as np
 import torch
 
 from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
-from face_alignment_ros.core.descent_model import DescentModel
-from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
-from face_alignment_ros.core.dff_extractor import DFFExtractor, crop_image
-from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
-from face_alignment_ros.core.face_crop import BoxPrior
-from face_alignment_ros.core.morphable_model import N_DENSE, N_LANDMARKS
-
-
-def _timing_stand_in(descriptor: str, detector) -> FaceAligner:
-    """An aligner with untrained weights, for timing only."""
-    if descriptor == "dff":
-        backend = DffBackend(DFFExtractor(DFFNet(DFFConfig())))
-    else:
-        backend = SiftBackend(128)
-    k, d = 3, N_DENSE * backend.dim
-    descent = DescentModel(R_X=np.zeros((k, 2 * N_LANDMARKS, d), np.float32), b_X=np.zeros((k, 2 * N_LANDMARKS), np.float32),
-                           R_w=np.zeros((k, 6, d), np.float32), b_w=np.zeros((k, 6), np.float32), descriptor=descriptor,
-                           descriptor_dim=backend.dim, crop_size=backend.crop_size, regularisation=10.0,
-                           box_priors={"detector": BoxPrior(log_scale=0.28)}, provenance={"timing stand-in": True})
-    return FaceAligner(descent, backend, detector=detector)
+from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
 
 
 def load_aligner(descriptor: str, detector="default") -> tuple[FaceAligner, bool]:
@@ -40,7 +22,7 @@ def load_aligner(descriptor: str, detector="default") -> tuple[FaceAligner, bool
     try:
         return FaceAligner.from_default(descriptor=descriptor, detector=detector), True
     except ModelNotTrainedError:
-        return _timing_stand_in(descriptor, detector), False
+        return stand_in_aligner(descriptor, detector), False
 
 
 class StageTimer:

@@ -80,11 +80,11 @@ def fit_landmarks(model: MorphableModel, targets: np.ndarray, regularisation: fl
     return LandmarkFit(camera, params, ids, projected, landmark_nme(projected, targets))
 
 
-def _fit_all(model, photos_pts, regularisation, desc, disable=False):
+def _fit_all(model, photos_pts, regularisation, desc, n_alternations=N_ALTERNATIONS):
     from tqdm import tqdm
 
-    return [fit_landmarks(model, pts, regularisation)
-            for pts in tqdm(photos_pts, desc=desc, unit="photo", disable=disable)]
+    return [fit_landmarks(model, pts, regularisation, n_alternations)
+            for pts in tqdm(photos_pts, desc=desc, unit="photo", mininterval=1.0)]
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     import cv2
 
     stage = Stage("fit", args.work, args.seed)
+    stage.path("metrics.jsonl").unlink(missing_ok=True)  # a rerun recomputes everything
     rng = stage.rng()
     model = MorphableModel.load()
     photos = list_photos("all", args.data, SUBSETS)
@@ -221,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if sweep:
         stage.save_json("lambda_sweep.json", sweep)
 
-    fits = [fit_landmarks(model, pts, args.regularisation, args.iterations)
-            for pts in _progress(pts_list, "fit")]
+    fits = _fit_all(model, pts_list, args.regularisation, "fit", n_alternations=args.iterations)
     sizes = []
     for p in photos:
         image = cv2.imread(str(p.image), cv2.IMREAD_UNCHANGED)
@@ -279,8 +279,3 @@ def run(args: argparse.Namespace) -> int:
                    stage.dir, stage.elapsed())
     return 0
 
-
-def _progress(items, desc):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="photo")

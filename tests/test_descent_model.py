@@ -1,0 +1,97 @@
+import io
+import json
+
+import numpy as np
+import pytest
+
+from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.face_crop import BoxPrior
+from face_alignment_ros.core.morphable_model import ModelFileError
+
+
+def _model(descriptor="dff", dim=4, k=2):
+    rng = np.random.default_rng(0)
+    d = 160 * dim
+    return DescentModel(R_X=rng.normal(size=(k, 136, d)).astype(np.float32), b_X=np.zeros((k, 136), np.float32),
+                        R_w=rng.normal(size=(k, 6, d)).astype(np.float32), b_w=np.zeros((k, 6), np.float32),
+                        descriptor=descriptor, descriptor_dim=dim, crop_size=64, regularisation=3.0,
+                        box_priors={"detector": BoxPrior(0.01, -0.02, 0.3, 0.05, 0.03, 0.05)},
+                        provenance={"command": "test"})
+
+
+def _rewrite(path, **changes):
+    """Re-save the file with some arrays or metadata fields replaced."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays["metadata_json"]))
+    for key, value in changes.items():
+        if key in arrays and key != "metadata_json":
+            arrays[key] = value
+        else:
+            meta[key] = value
+    arrays["metadata_json"] = np.array(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+def test_round_trip_float16(tmp_path):
+    model = _model()
+    path = tmp_path / "m.npz"
+    sha = model.save(path)
+    assert len(sha) == 64
+    loaded = DescentModel.load(path, expect_descriptor="dff")
+    np.testing.assert_allclose(loaded.R_X, model.R_X, rtol=1e-3, atol=1e-3)
+    assert loaded.box_priors["detector"] == model.box_priors["detector"]
+    assert loaded.iterations == 2 and loaded.crop_size == 64 and loaded.regularisation == 3.0
+    dx, dw = loaded.step(0, np.ones(loaded.feature_dim, np.float32))
+    assert dx.shape == (68, 2) and dw.shape == (6,)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    path.write_bytes(path.read_bytes()[: 200])
+    with pytest.raises(ModelFileError, match="unreadable or truncated"):
+        DescentModel.load(path)
+
+
+def test_wrong_shape_names_the_field(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, R_w=np.zeros((2, 5, 640), np.float16))
+    with pytest.raises(ModelFileError, match="'R_w' has shape"):
+        DescentModel.load(path)
+
+
+def test_nan_names_the_field(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    bad = np.zeros((2, 136), np.float32)
+    bad[1, 3] = np.nan
+    _rewrite(path, b_X=bad)
+    with pytest.raises(ModelFileError, match="'b_X' holds NaN"):
+        DescentModel.load(path)
+
+
+def test_wrong_descriptor_kind(tmp_path):
+    path = tmp_path / "m.npz"
+    _model(descriptor="sift").save(path)
+    with pytest.raises(ModelFileError, match="'descriptor' is 'sift', expected 'dff'"):
+        DescentModel.load(path, expect_descriptor="dff")
+    _rewrite(path, descriptor="hog")
+    with pytest.raises(ModelFileError, match="'descriptor' is 'hog'"):
+        DescentModel.load(path)
+
+
+def test_missing_and_inconsistent_metadata(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, iterations=3)
+    with pytest.raises(ModelFileError, match="'iterations' says 3"):
+        DescentModel.load(path)
+    _rewrite(path, iterations=2, schema_version=99)
+    with pytest.raises(ModelFileError, match="schema_version"):
+        DescentModel.load(path)
+    with pytest.raises(ModelFileError, match="not found"):
+        DescentModel.load(tmp_path / "absent.npz")
