@@ -15,8 +15,9 @@ from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.cascade import Sampler
 from face_alignment_ros.core.descent_model import DescentModel
 
-# SIFT patch side on the face, in millimetres: the keypoint size follows the face scale.
-SIFT_PATCH_MM = 32.0
+# SIFT keypoint size on the face, in millimetres (about 5 px on a 128 px crop; OpenCV's
+# descriptor window is about 6 times the size): the keypoint size follows the face scale.
+SIFT_PATCH_MM = 8.0
 
 
 class DescriptorBackend(Protocol):

@@ -8,7 +8,7 @@ Choices made here for the 2-core CPU budget (figures in ``docs/dff_network.md``)
 - ``block="hybrid"`` (default): each level's second 3x3 conv is depthwise-separable
   (depthwise 3x3 + pointwise 1x1); the first stays a full 3x3 conv. ``"conv"`` is the plain
   two-3x3 U-Net; ``"dwsep"`` makes both separable: fastest inference, but PyTorch's CPU
-  depthwise backward is slow, so it trains 2-3x slower than ``"hybrid"``.
+  depthwise backward is slow, so it trained 1.3-2.5x slower than ``"hybrid"`` here.
 - ``depth=5`` levels (bottleneck at 8x8 for a 128 input): a receptive field spanning the
   whole crop, which a descriptor that must know *where on the face* a pixel is needs.
 - ``decoder_stride`` = 2: the decoder stops at half resolution and the 32-d map is upsampled
@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

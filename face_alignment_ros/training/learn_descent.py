@@ -30,6 +30,7 @@ from face_alignment_ros.training.stage_io import Stage
 
 VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
 DEFAULT_CROP = 128
+LARGE_POSE_EVAL_PER_BIN = 600
 
 
 def inter_pupil(landmarks: np.ndarray) -> float:
@@ -124,6 +125,50 @@ def photo_samples(cascade, backend, records, priors, rng, perturbations: int, ji
     return samples
 
 
+def box_size(landmarks: np.ndarray) -> float:
+    """sqrt(w h) of the landmark box: the normaliser for large poses (AFLW2000-3D protocol)."""
+    x0, y0, x1, y1 = face_crop.landmark_box(landmarks)
+    return float(np.sqrt(max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6)))
+
+
+def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[TrainingSample]:
+    """Renders of stage ``synthesize``: already canonical crops (with box-like jitter)."""
+    samples = []
+    for i in rows:
+        crop = np.ascontiguousarray(data["images"][i])
+        target = np.asarray(data["landmarks"][i], np.float32)
+        samples.append(TrainingSample(make_sampler=lambda c=crop: backend.prepare(c),
+                                      state=cascade.initial_state(crop.shape[0]), target_landmarks=target,
+                                      target_camera=np.asarray(data["camera"][i], np.float32),
+                                      normaliser=box_size(target)))
+    return samples
+
+
+def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
+    """Normalised landmark error before and after each iteration."""
+    state, sampler = sample.state, sample.make_sampler()
+    errors = [np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser]
+    for k in range(descent.iterations):
+        dx, dw = descent.step(k, cascade.features(sampler, state))
+        state = cascade.update(state, dx, dw, descent.regularisation)
+        errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
+    return errors
+
+
+def evaluate_large_pose(cascade, backend, descent, data: dict) -> dict:
+    """Box-normalised NME (%) per yaw bin on held-out identities' renders."""
+    bins = np.asarray(data["yaw_bin"])
+    out = {}
+    for b, name in enumerate(("[0,30]", "[30,60]", "[60,90]")):
+        rows = np.flatnonzero(bins == b)
+        rows = rows[:: max(1, len(rows) // LARGE_POSE_EVAL_PER_BIN)]  # evenly spaced: every identity
+        errors = np.array([run_cascade_errors(cascade, descent, s)
+                           for s in tqdm(synthetic_samples(cascade, backend, data, rows), desc=f"yaw {name}",
+                                         leave=False, mininterval=10)]) * 100
+        out[name] = {"count": len(rows), "nme_per_iteration": errors.mean(axis=0).round(3).tolist()}
+    return out
+
+
 def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
     """Inter-pupil NME (%) after each iteration on the records, one start per photo."""
     import cv2
@@ -136,14 +181,7 @@ def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
         image = cv2.imread(r.image_path)
         crop_box = descent.box_priors[box_kind].crop_box(box)
         sample = make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, descent.crop_size)
-        state, per_iter = sample.state, []
-        sampler = sample.make_sampler()
-        per_iter.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
-        for k in range(descent.iterations):
-            dx, dw = descent.step(k, cascade.features(sampler, state))
-            state = cascade.update(state, dx, dw, descent.regularisation)
-            per_iter.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
-        errors.append(per_iter)
+        errors.append(run_cascade_errors(cascade, descent, sample))
     errors = np.array(errors) * 100
     return {"count": len(errors), "nme_per_iteration": errors.mean(axis=0).round(3).tolist(),
             "nme_median": float(np.median(errors[:, -1]))}
@@ -159,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regularisation", type=float, default=10.0, help="shape prior weight of eq. 6-8")
     parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP, help="SIFT crop (DFF: the network's input)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
+    parser.add_argument("--synthetic", type=int, default=4000,
+                        help="large-pose renders of training identities added to the training samples")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,6 +217,14 @@ def run(args: argparse.Namespace) -> int:
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
+    synth = None
+    if args.synthetic:
+        from face_alignment_ros.training.synthesize import load_outputs
+
+        stage.input("synthesize", "train_images.npy")
+        synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
+    fit_rows = np.load(stage.input("fit", "fits.npz"))
+    val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
     summary = {}
     for kind in kinds:
         if kind == "dff":
@@ -189,6 +237,13 @@ def run(args: argparse.Namespace) -> int:
         crop_size = backend.crop_size
         train_samples = photo_samples(cascade, backend, train, priors, rng, args.perturbations, args.jitter, crop_size)
         val_samples = photo_samples(cascade, backend, val, priors, rng, 2, args.jitter, crop_size)
+        if args.synthetic and synth is not None:
+            if synth["train"]["images"].shape[1] != crop_size:
+                raise ValueError(f"renders are {synth['train']['images'].shape[1]} px, the {kind} crop is {crop_size}")
+            # identities of the lambda-validation photos stay out of training here too
+            rows = [i for i in rng.permutation(len(synth["train"]["images"]))
+                    if not val_identity[synth["train"]["identity"][i]]][: args.synthetic]
+            train_samples += synthetic_samples(cascade, backend, synth["train"], np.sort(rows))
 
         def report(rec, kind=kind):
             stage.log.info("%s iteration %d: lambda %s, train NME %.2f%%, validation NME %.2f%%", kind,
@@ -205,7 +260,11 @@ def run(args: argparse.Namespace) -> int:
         sha = descent.save(stage.path(f"descent_{kind}.npz"))
         results = {box_kind: evaluate_split(cascade, backend, descent, heldout, box_kind)
                    for box_kind in ("landmarks", "detector")}
-        summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results}
+        summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results,
+                         "train_samples": len(train_samples)}
+        if synth is not None:
+            summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
+                                                                                   synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
     stage.save_json("summary.json", summary)
     _plot(stage, summary)
