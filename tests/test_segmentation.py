@@ -2,15 +2,11 @@
 import numpy as np
 import pytest
 
-from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
 
 
 @pytest.fixture(scope="module")
-def model():
-    try:
-        return MorphableModel.load()
-    except ModelFileError as exc:
-        pytest.skip(f"3DMM not converted: {exc}")
+def model(morphable_model):
+    return morphable_model
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,15 @@ import numpy as np
 import pytest
 
 from face_alignment_ros.core import camera as cam
-from face_alignment_ros.core.morphable_model import JAW, ModelFileError, MorphableModel
+from face_alignment_ros.core.morphable_model import JAW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("FACE_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))
 
 
 @pytest.fixture(scope="module")
-def model():
-    try:
-        return MorphableModel.load()
-    except ModelFileError as exc:
-        pytest.skip(f"3DMM not converted: {exc}")
+def model(morphable_model):
+    return morphable_model
 
 
 def _synthetic(model, yaw_deg, rng, noise_px=0.5):

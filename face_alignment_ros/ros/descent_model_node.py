@@ -121,13 +121,6 @@ class DescentModelNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = DescentModelNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from face_alignment_ros.ros.node_main import spin_node
+
+    return spin_node(DescentModelNode, args=args)

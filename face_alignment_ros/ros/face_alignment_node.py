@@ -234,13 +234,6 @@ class FaceAlignmentNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = FaceAlignmentNode()
-    try:
-        rclpy.spin(node, executor=rclpy.executors.MultiThreadedExecutor())
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from face_alignment_ros.ros.node_main import spin_node
+
+    return spin_node(FaceAlignmentNode, executor_factory=rclpy.executors.MultiThreadedExecutor, args=args)

@@ -23,6 +23,7 @@ from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftB
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import MorphableModel
+from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.evaluation.pts_io import read_pts
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
 from face_alignment_ros.training.photo_split import source_id
@@ -31,11 +32,6 @@ from face_alignment_ros.training.stage_io import Stage
 VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
 DEFAULT_CROP = 128
 LARGE_POSE_EVAL_PER_BIN = 600
-
-
-def inter_pupil(landmarks: np.ndarray) -> float:
-    """Distance between the eye centres (mean of landmarks 36-41 and 42-47)."""
-    return float(np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0)))
 
 
 def is_validation(subset: str, name: str) -> bool:
@@ -123,12 +119,6 @@ def photo_samples(cascade, backend, records, priors, rng, perturbations: int, ji
             crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
             samples.append(make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, crop_size))
     return samples
-
-
-def box_size(landmarks: np.ndarray) -> float:
-    """sqrt(w h) of the landmark box: the normaliser for large poses (AFLW2000-3D protocol)."""
-    x0, y0, x1, y1 = face_crop.landmark_box(landmarks)
-    return float(np.sqrt(max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6)))
 
 
 def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[TrainingSample]:
@@ -258,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
                         "validation_photos": len(val)},
             extra=extra)
         sha = descent.save(stage.path(f"descent_{kind}.npz"))
+        descent.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)  # export checks float16 against it
         results = {box_kind: evaluate_split(cascade, backend, descent, heldout, box_kind)
                    for box_kind in ("landmarks", "detector")}
         summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results,

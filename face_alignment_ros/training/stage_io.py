@@ -31,7 +31,11 @@ class Stage:
         self.dir = self.root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = logging.getLogger(f"face_alignment_ros.train.{name}")
-        if not self.log.handlers:
+        log_file = str((self.dir / "log.txt").resolve())
+        if not any(getattr(h, "baseFilename", None) == log_file for h in self.log.handlers):
+            for handler in list(self.log.handlers):  # another work folder in the same process
+                self.log.removeHandler(handler)
+                handler.close()
             self.log.setLevel(logging.INFO)
             fmt = logging.Formatter("%(asctime)s %(name)s %(message)s")
             for handler in (logging.FileHandler(self.dir / "log.txt"), logging.StreamHandler()):

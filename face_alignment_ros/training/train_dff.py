@@ -33,11 +33,11 @@ from torch import nn
 from tqdm import tqdm
 
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
+from face_alignment_ros.evaluation.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
 from face_alignment_ros.training.stage_io import Stage
 
 BACKGROUND = 65535
 SCALE = 16.0
-MATCH_THRESHOLD_MM = 5.0
 
 
 class AngularHeads(nn.Module):
@@ -140,9 +140,8 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
         q = rng.choice(common, min(200, len(common)), replace=False)
         da = feats[a].reshape(d, -1)[:, q].T
         db = feats[b].reshape(d, -1)[:, fb]
-        nearest = fb[(da @ db).argmax(1).numpy()]
-        dist_mm = np.linalg.norm(mean_shape[va[q]] - mean_shape[vb[nearest]], axis=1)
-        rates.append(float((dist_mm < MATCH_THRESHOLD_MM).mean()))
+        nearest = fb[nearest_neighbours(da.numpy(), db.numpy())]
+        rates.append(correct_match_rate(mean_shape[va[q]], mean_shape[vb[nearest]], MATCH_THRESHOLD_MM))
     net.train()
     return {"val_patch_accuracy": float(acc), "val_match_rate": float(np.mean(rates)) if rates else float("nan")}
 

@@ -1,0 +1,75 @@
+"""`face-align-eval`: landmark accuracy of this project's aligners and peers, side by side.
+
+    face-align-eval [--data SPEC ...] [--methods ours-dff,ours-sift,dlib-ert,mediapipe-facemesh]
+                    [--protocols given_box,detector] [--limit N] [--out DIR]
+    face-align-eval --benchmarks-md BENCHMARKS.md [--quick]   # regenerate BENCHMARKS.md + plots
+
+SPEC: ``300w-heldout`` (the held-out split of the shared 300-W photos), ``synthetic-heldout``
+(large-pose renders of held-out identities; --limit counts per yaw bin) or a folder in 300-W
+(.jpg/.png + .pts) or AFLW2000-3D (.jpg + .mat) layout. Default: the first two.
+Writes results.json, per_image.csv and CED / NME-vs-yaw PNGs to --out; prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="face-align-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", action="append", help="data set spec (repeatable)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every available one)")
+    p.add_argument("--protocols", default="given_box,detector")
+    p.add_argument("--limit", type=int, default=0, help="images per data set (per yaw bin for synthetic); 0: all")
+    p.add_argument("--out", type=Path, default=Path("out/eval"))
+    p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
+    p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
+    p.add_argument("--quick", action="store_true", help="with --benchmarks-md: small counts (a smoke run)")
+    args = p.parse_args(argv)
+
+    if args.benchmarks_md:
+        from face_alignment_ros.evaluation.report import generate
+
+        generate(args.benchmarks_md, quick=args.quick, allow_stand_in=not args.no_stand_in)
+        return 0
+
+    from face_alignment_ros.evaluation.datasets import open_dataset
+    from face_alignment_ros.evaluation.evaluate import PROTOCOLS, evaluate, format_tables, write_outputs
+    from face_alignment_ros.evaluation.peers import OursMethod, available_methods, create_method
+
+    names = args.methods.split(",") if args.methods else available_methods()
+    protocols = tuple(args.protocols.split(","))
+    bad = [x for x in protocols if x not in PROTOCOLS]
+    if bad:
+        p.error(f"unknown protocol(s) {bad}; choose from {PROTOCOLS}")
+    methods = [OursMethod(n.split("-", 1)[1], allow_stand_in=not args.no_stand_in) if n.startswith("ours-")
+               else create_method(n) for n in names]
+    for m in methods:
+        if not m.trained:
+            print(f"face-align-eval: {m.label}: no trained model shipped, figures are meaningless", file=sys.stderr)
+    results = []
+    for spec in args.data or ["300w-heldout", "synthetic-heldout"]:
+        try:
+            dataset = open_dataset(spec, args.limit or None)
+        except FileNotFoundError as exc:
+            print(f"face-align-eval: skipping {spec}: {exc}", file=sys.stderr)
+            continue
+        res = evaluate(dataset, methods, protocols)
+        results.append(res)
+        print(format_tables(res))
+    if not results:
+        print("face-align-eval: no data set could be read", file=sys.stderr)
+        return 2
+    meta = {"command": " ".join(["face-align-eval", *(argv if argv is not None else sys.argv[1:])]),
+            "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": platform.platform()}
+    files = write_outputs(results, args.out, meta)
+    print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The ``main`` of a stand-alone node executable: init, spin until Ctrl-C or shutdown, clean up."""
+from __future__ import annotations
+
+import rclpy
+import rclpy.executors
+
+
+def spin_node(node_factory, executor_factory=None, args=None) -> int:
+    rclpy.init(args=args)
+    node = node_factory()
+    try:
+        rclpy.spin(node, executor=executor_factory() if executor_factory else None)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

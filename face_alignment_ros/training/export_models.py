@@ -1,0 +1,116 @@
+"""Stage ``export``: copy the trained DFF weights and both descent models into the package, with
+a model card each (data, commands, metrics, date), after checking that they load and that
+float16 storage costs no accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+from face_alignment_ros.core import resources
+from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.dff_network import load_dff_weights
+from face_alignment_ros.training.photo_split import SPLIT_NAME
+from face_alignment_ros.training.stage_io import Stage
+
+SIZE_LIMIT_MB = 25.0
+CARDS_DIR = "model_cards"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
+    parser.add_argument("--check-photos", type=int, default=40,
+                        help="held-out photos on which float16 and float32 descent models are compared")
+
+
+def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int) -> dict | None:
+    """Held-out inter-pupil NME with the float16 file against its float32 twin."""
+    f32 = stage.root / "descent" / f"descent_{kind}_float32.npz"
+    if not f32.exists():
+        return None
+    from face_alignment_ros.core.cascade import Cascade
+    from face_alignment_ros.core.descriptors import create_backend
+    from face_alignment_ros.core.morphable_model import MorphableModel
+    from face_alignment_ros.training.learn_descent import evaluate_split, load_photo_records
+
+    cascade = Cascade(MorphableModel.load())
+    records = [r for r in load_photo_records(Stage("descent", stage.root, stage.seed), "default")
+               if r.split == "heldout"][:photos]
+    out = {}
+    for name, path in (("float16", stage.root / "descent" / f"descent_{kind}.npz"), ("float32", f32)):
+        descent = DescentModel.load(path)
+        backend = create_backend(descent, dff_weights=dff_weights)
+        out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
+    out["photos"] = len(records)
+    return out
+
+
+def _card(title: str, lines: list[str]) -> str:
+    return "\n".join([f"# Model card: {title}", ""] + lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    stage = Stage("export", args.work, args.seed)
+    weights_src = stage.input("train-dff", "dff_weights.pt")
+    descent_src = {k: stage.input("descent", f"descent_{k}.npz") for k in ("dff", "sift")}
+    _, config = load_dff_weights(weights_src, device="cpu")  # refuses a broken file
+    import torch
+
+    provenance = torch.load(weights_src, map_location="cpu", weights_only=True)["provenance"]
+    descent_summary = json.loads(stage.input("descent", "summary.json").read_text())
+    fit_summary = json.loads(stage.input("fit", "summary.json").read_text())
+    synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+    args.assets.mkdir(parents=True, exist_ok=True)
+    cards = args.assets / CARDS_DIR
+    cards.mkdir(exist_ok=True)
+    shutil.copyfile(weights_src, args.assets / resources.DFF_WEIGHTS_FILE)
+    checks = {}
+    for kind, src in descent_src.items():
+        model = DescentModel.load(src, expect_descriptor=kind)
+        if kind == "dff" and model.crop_size != config.input_size:
+            raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
+        shutil.copyfile(src, args.assets / resources.DESCENT_MODEL_FILES[kind])
+        checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos)
+    sizes = {p.name: p.stat().st_size / 2**20 for p in
+             [args.assets / resources.DFF_WEIGHTS_FILE] + [args.assets / f for f in resources.DESCENT_MODEL_FILES.values()]}
+    total = sum(sizes.values())
+    if total > SIZE_LIMIT_MB:
+        raise ValueError(f"shipped models total {total:.1f} MB > {SIZE_LIMIT_MB} MB")
+
+    data_line = (f"- Data: 300-W photos (AFW + HELEN train subsets, ../shared/data/300w), split by "
+                 f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
+                 f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
+    common = [data_line,
+              f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",
+              f"- Synthesized renders (stage synthesize): {synth_progress['config']}.",
+              f"- Exported {date} by `face-align-train export`."]
+    (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
+        f"- Architecture: {json.dumps(config.to_dict())}",
+        "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
+        "of the mean face, sampled pixels; see training/train_dff.py).",
+        f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
+        f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
+        f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
+        *common]))
+    for kind in ("dff", "sift"):
+        s = descent_summary.get(kind, {})
+        lines = [f"- Descriptor: {kind.upper()}; trained by `face-align-train descent --descriptor {kind}` "
+                 "(ridge regressions of eq. 9-11 on perturbed starts from the shipped detector's and landmark boxes"
+                 " plus large-pose renders; lambda chosen per iteration on a validation part of the training identities).",
+                 f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration: "
+                 f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
+                 f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
+                 f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
+                 f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
+                 f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 {s.get('sha256')}.",
+                 *common]
+        (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
+    stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date})
+    stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)
+    return 0
