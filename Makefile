@@ -10,8 +10,11 @@ export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 setup:
 	bash scripts/setup_env.sh
 
+# The main job: the one-process ROS graph fed by a sample stream of a real face (overlay PNGs in
+# out/ros_demo), after the plain CLI on the same photo (out/demo).
 demo: setup
 	$(VENV)/bin/face-align --demo --out out/demo
+	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(VENV)/bin/face-align-ros --demo --frames 20 --out out/ros_demo
 
 # pytest exit 5 (no tests collected) fails like any other non-zero status.
 test: setup

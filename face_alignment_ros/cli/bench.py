@@ -1,8 +1,14 @@
-"""`face-align-bench`: per-stage timings (median, p95) at 1 and 2 threads, printed and saved."""
+"""`face-align-bench`: per-stage timings (median, p95) at 1 and 2 threads, printed and saved.
+
+With ``--peers`` (e.g. ``--peers all``): this project's aligners and the peers (dlib ERT,
+MediaPipe FaceMesh) timed in the same run on the same images, each in its own process for its
+peak RSS, threads 1 and 2, CUDA when present; speed as ratios to the peers.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -19,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.add_argument("--markdown", type=Path, help="write the figures as a markdown table")
+    p.add_argument("--peers", default=None,
+                   help="'all' or comma-separated methods (ours-dff,ours-sift,dlib-ert,mediapipe-facemesh): "
+                        "compare end to end with the peers instead of the per-stage timings")
+    p.add_argument("--limit", type=int, default=10, help="with --peers: held-out photos to time on")
     args = p.parse_args(argv)
+    if args.peers:
+        return _peers(args)
 
     from face_alignment_ros.cli.align import demo_image
     from face_alignment_ros.evaluation.bench_pipeline import benchmark, format_markdown
@@ -36,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"header": header.strip(), "results": results}, indent=1))
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0
+
+
+def _peers(args) -> int:
+    from face_alignment_ros.evaluation.bench_peers import benchmark_methods, format_markdown
+    from face_alignment_ros.evaluation.peers import available_methods
+
+    methods = available_methods() if args.peers == "all" else args.peers.split(",")
+    bench = benchmark_methods(methods, tuple(args.threads), runs=max(1, min(args.runs, 5)), limit=args.limit)
+    header = (f"face-align-bench --peers {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
+    text = header + "\n" + format_markdown(bench)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"header": header.strip(), **bench}, indent=1))
     if args.markdown:
         args.markdown.write_text(text)
     return 0

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="given_box,detector")
     p.add_argument("--limit", type=int, default=0, help="images per data set (per yaw bin for synthetic); 0: all")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
+    p.add_argument("--threads", type=int, default=0, help="torch/OpenCV threads for our aligners (0: their default)")
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="with --benchmarks-md: small counts (a smoke run)")
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = [OursMethod(n.split("-", 1)[1], allow_stand_in=not args.no_stand_in) if n.startswith("ours-")
                else create_method(n) for n in names]
     for m in methods:
+        if args.threads:
+            m.set_threads(args.threads)
         if not m.trained:
             print(f"face-align-eval: {m.label}: no trained model shipped, figures are meaningless", file=sys.stderr)
     results = []

@@ -61,14 +61,15 @@ def demo(args) -> int:
     from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
     from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
     from face_alignment_ros.ros.sample_stream import sample_frames
-    from face_alignment_ros.ros.testing import model_files
+    from face_alignment_ros.core import resources
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    descent, weights, trained = model_files(out_dir / "stand_in_models")
-    if not trained:
-        print("NOTE: no trained model shipped yet; running an UNTRAINED STAND-IN (mean face at the detected box): "
-              "the output shows the plumbing, not the accuracy.")
+    if not resources.trained_models_present("dff"):
+        print(f"face-align-ros: no trained DFF model in the package. {resources.TRAIN_HINT}", file=sys.stderr)
+        return 2
+    descent = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"]
+    weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
     rclpy.init()
     graph = Graph("/camera/image_raw", args.params, aligner_overrides={
         "publish_debug_image": True, "dff_weights": str(weights)}, model_overrides={"model_file": str(descent)})

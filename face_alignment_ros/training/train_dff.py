@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         step, best = ckpt["step"], ckpt["best"]
         rng = np.random.default_rng(args.seed + 1000 * rank + step)
         if rank == 0:
-            stage.log.info("resumed at step %d (best validation match rate %.3f)", step, best)
+            stage.log.info("resumed at step %d (highest monitored match rate so far %.3f)", step, best)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     total_steps = args.steps or int(1e9)
     # cosine schedule over the planned run; the plan is the step budget, or an estimate of it
@@ -238,30 +238,32 @@ def run(args: argparse.Namespace) -> int:
             metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
             stage.record(step=step, **metrics)
             stage.log.info("step %d: %s", step, metrics)
-            if metrics["val_match_rate"] > best:
-                best = metrics["val_match_rate"]
-                save_dff_weights(stage.path("dff_weights.pt"), model.net, config,
-                                 provenance={"stage": "train-dff", "step": step, "seed": args.seed,
-                                             "train_samples": n_train, "segmentations": n_seg, "patches": n_patch,
-                                             "args": {k: v for k, v in vars(args).items() if k != "func"},
-                                             **metrics})
+            best = max(best, metrics["val_match_rate"])
+            _save_weights(stage, model.net, config, step, args, n_train, n_seg, n_patch, metrics)
             _checkpoint(stage, model, optimiser, config, step, best)
             stage.plot_curves("step", ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_match_rate"])
     bar.close()
     if rank == 0:
         metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
         stage.record(step=step, **metrics)
-        if metrics["val_match_rate"] > best or not stage.path("dff_weights.pt").exists():
-            best = metrics["val_match_rate"]
-            save_dff_weights(stage.path("dff_weights.pt"), model.net, config,
-                             provenance={"stage": "train-dff", "step": step, "seed": args.seed, **metrics})
+        best = max(best, metrics["val_match_rate"])
+        _save_weights(stage, model.net, config, step, args, n_train, n_seg, n_patch, metrics)
         _checkpoint(stage, model, optimiser, config, step, best)
         stage.plot_curves("step", ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_match_rate"])
-        stage.log.info("stopped at step %d after %.1f min; best validation match rate %.3f",
+        stage.log.info("stopped at step %d after %.1f min; highest monitored match rate %.3f",
                        step, (time.perf_counter() - start) / 60, best)
     if world > 1:
         dist.destroy_process_group()
     return 0
+
+
+def _save_weights(stage: Stage, net: DFFNet, config: DFFConfig, step: int, args, n_train: int, n_seg: int,
+                  n_patch: int, metrics: dict) -> None:
+    """The latest weights: the held-out renders only monitor training, they never pick a model."""
+    save_dff_weights(stage.path("dff_weights.pt"), net, config,
+                     provenance={"stage": "train-dff", "step": step, "seed": args.seed, "train_samples": n_train,
+                                 "segmentations": n_seg, "patches": n_patch,
+                                 "args": {k: v for k, v in vars(args).items() if k != "func"}, **metrics})
 
 
 def _checkpoint(stage: Stage, model: DFFTrainer, optimiser, config: DFFConfig, step: int, best: float) -> None:

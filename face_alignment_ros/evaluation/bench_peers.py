@@ -1,0 +1,192 @@
+"""Speed and memory of this project's aligners and the peers, in one run, on the same images.
+
+Each (method, threads, device) runs in a fresh child process (``spawn``) so that its peak
+resident memory (``peak_rss_mb``: interpreter and imported libraries included) is its own. Per image, the child times
+``align_box`` (given landmark box, no detector) and ``detect_and_align`` (own detector). Absolute
+times on a shared machine move between runs, so the report gives speed as ratios to the peers
+measured in the same run. Thread limits: torch and OpenCV for this project's aligners; dlib is
+single-threaded; MediaPipe's TFLite runtime keeps its own thread pool (not limited).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+
+
+def _child(method_name: str, threads: int, device: str | None, images: list, boxes: list, runs: int,
+           warmup: int, queue) -> None:
+    try:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        from face_alignment_ros.evaluation.peers import OursMethod, create_method
+
+        if method_name.startswith("ours-"):
+            kind = method_name.split("-", 1)[1]
+            method = OursMethod(kind, aligner=_cuda_aligner(kind, device)) if device else OursMethod(kind)
+        else:
+            method = create_method(method_name)
+        method.set_threads(threads)
+        times: dict[str, list] = {"given_box": [], "detect_and_align": []}
+        sync = _cuda_sync if device else (lambda: None)
+        for r in range(warmup + runs):
+            for img, box in zip(images, boxes):
+                t = time.perf_counter()
+                method.align_box(img, box)
+                sync()
+                t1 = time.perf_counter()
+                method.detect_and_align(img)
+                sync()
+                t2 = time.perf_counter()
+                if r >= warmup:
+                    times["given_box"].append((t1 - t) * 1000)
+                    times["detect_and_align"].append((t2 - t1) * 1000)
+        out = {k: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "samples": len(v)}
+               for k, v in times.items()}
+        out["peak_rss_mb"] = peak_rss_mb()
+        out["trained"] = method.trained
+        out["label"] = method.label
+        queue.put(out)
+    except Exception as exc:  # reported, not raised: the other methods still run
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB. Linux: VmHWM of /proc/self/status, which
+    belongs to the process's own address space; ``getrusage``'s ru_maxrss is kept across
+    fork + exec, so a spawned child would report its parent's peak when that is larger."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cuda_sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def _cuda_aligner(kind: str, device: str):
+    from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
+
+    try:
+        return FaceAligner.from_default(descriptor=kind, device=device)
+    except ModelNotTrainedError:
+        from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
+        from face_alignment_ros.core.dff_extractor import DFFExtractor
+        from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
+        from face_alignment_ros.evaluation.stand_in_models import stand_in_descent
+
+        backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if kind == "dff"
+                   else SiftBackend(DFFConfig().input_size))
+        return FaceAligner(stand_in_descent(kind), backend)
+
+
+def bench_images(limit: int = 10, data_dir=None) -> tuple[list, list, str]:
+    """(images, given boxes, description): held-out 300-W photos with their landmark boxes, or
+    the demo photo with its detector box when the shared data is absent."""
+    from face_alignment_ros.core.face_crop import landmark_box
+
+    try:
+        from face_alignment_ros.evaluation.datasets import heldout_300w
+
+        ds = heldout_300w(data_dir, limit)
+        samples = list(ds)
+        return ([s.image for s in samples], [landmark_box(s.landmarks) for s in samples],
+                f"{len(samples)} photos of {ds.name} (crops, longer side <= 512 px)")
+    except FileNotFoundError:
+        from face_alignment_ros.cli.align import demo_image
+        from face_alignment_ros.core.face_detector import create_detector
+
+        img = demo_image()
+        return [img], [np.asarray(create_detector().detect(img)[0].box)], "the demo photo (512x512)"
+
+
+def benchmark_methods(methods: list[str], threads=(1, 2), runs: int = 3, warmup: int = 1, limit: int = 10,
+                      cuda: bool | None = None, data_dir=None) -> dict:
+    images, boxes, what = bench_images(limit, data_dir)
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    configs = [(m, t, None) for m in methods for t in threads]
+    if cuda:
+        configs += [(m, max(threads), "cuda") for m in methods if m == "ours-dff"]
+    ctx = mp.get_context("spawn")
+    results = {}
+    for name, t, device in configs:
+        q = ctx.Queue()
+        p = ctx.Process(target=_child, args=(name, t, device, images, boxes, runs, warmup, q))
+        p.start()
+        res = q.get()
+        p.join()
+        results[f"{name}/threads={t}" + (f"/{device}" if device else "")] = {"method": name, "threads": t,
+                                                                            "device": device or "cpu", **res}
+    return {"images": what, "runs": runs, "results": results, "ratios": speed_ratios(results)}
+
+
+def speed_ratios(results: dict, ours=("ours-dff", "ours-sift")) -> dict:
+    """time(ours) / time(peer), per thread count and timing kind: < 1 means ours is faster."""
+    out = {}
+    for key, r in results.items():
+        if r["method"] not in ours or r["device"] != "cpu" or "error" in r:
+            continue
+        for key2, p in results.items():
+            if p["method"] in ours or p["threads"] != r["threads"] or p["device"] != "cpu" or "error" in p:
+                continue
+            for kind in ("given_box", "detect_and_align"):
+                out.setdefault(f"{r['method']} / {p['method']}", {}).setdefault(f"threads={r['threads']}", {})[kind] = \
+                    round(r[kind]["median_ms"] / p[kind]["median_ms"], 3)
+    return out
+
+
+def format_markdown(bench: dict) -> str:
+    lines = [f"Images: {bench['images']}, {bench['runs']} timed passes each.", "",
+             "| method | threads | device | given box, median ms (p95) | detect + align, median ms (p95) | peak RSS MB |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in bench["results"].values():
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['threads']} | {r['device']} | error: {r['error']} | | |")
+            continue
+        lines.append(f"| {r['label']} | {r['threads']} | {r['device']} | {r['given_box']['median_ms']:.1f} "
+                     f"({r['given_box']['p95_ms']:.1f}) | {r['detect_and_align']['median_ms']:.1f} "
+                     f"({r['detect_and_align']['p95_ms']:.1f}) | {r['peak_rss_mb']:.0f} |")
+    if bench["ratios"]:
+        lines += ["", "Speed ratios, time(ours) / time(peer), same run (< 1: ours faster):", "",
+                  "| ours / peer | threads | given box | detect + align |", "|---|---:|---:|---:|"]
+        for pair, per in bench["ratios"].items():
+            for t, r in per.items():
+                lines.append(f"| {pair} | {t.split('=')[1]} | {r['given_box']:.2f} | {r['detect_and_align']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speed(bench: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in bench["results"].values() if "error" not in r]
+    if not rows:
+        return
+    labels = [f"{r['method']}\n{r['threads']}t {r['device']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.6))
+    ax.bar(x - 0.2, [r["given_box"]["median_ms"] for r in rows], 0.4, label="given box")
+    ax.bar(x + 0.2, [r["detect_and_align"]["median_ms"] for r in rows], 0.4, label="detect + align")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("median ms per face")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
