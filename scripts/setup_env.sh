@@ -23,9 +23,10 @@ export AMENT_PREFIX_PATH="$VENV"
 # Everything the venv is built from; any change re-runs the full set-up.
 inputs_hash() {
   {
-    find requirements.txt requirements-ros.txt requirements-nodeps.txt msg CMakeLists.txt package.xml setup.py \
+    find requirements.txt requirements-ros.txt requirements-nodeps.txt requirements-eval.txt msg CMakeLists.txt package.xml setup.py \
       setup.cfg pyproject.toml ros_deps scripts/setup_env.sh scripts/fix_ros_wheel_cmake.py \
       -type f -print0 | sort -z | xargs -0 sha256sum
+    echo "FACE_EVAL_PEERS=${FACE_EVAL_PEERS:-0}"
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -89,6 +90,12 @@ full_setup() {
     grep -q "Stand-in" "$VENV/share/tf2_msgs/package.xml" 2>/dev/null; then
     step "building the tf2_msgs stand-in (TFMessage only) into the venv"
     build_into_venv "$ROOT/ros_deps/tf2_msgs" tf2_msgs
+  fi
+
+  # Peers of the evaluation (dlib, its CC0 weights): optional, FACE_EVAL_PEERS=1 make setup.
+  if [[ "${FACE_EVAL_PEERS:-0}" == 1 ]]; then
+    step "pip: requirements-eval.txt (evaluation peers)"
+    "$VPY" -m pip install -q --progress-bar off -r requirements-eval.txt
   fi
 
   step "pip: this package, editable"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,6 @@ from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
-from face_alignment_ros.evaluation.pts_io import read_pts
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
 from face_alignment_ros.training.photo_split import source_id
 from face_alignment_ros.training.stage_io import Stage
@@ -257,8 +257,12 @@ def run(args: argparse.Namespace) -> int:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-    stage.save_json("summary.json", summary)
-    _plot(stage, summary)
+    # DFF and SIFT may be learned by separate (even concurrent) runs: merge into one summary
+    previous = stage.path("summary.json")
+    merged = json.loads(previous.read_text()) if previous.exists() else {}
+    merged.update(summary)
+    stage.save_json("summary.json", merged)
+    _plot(stage, merged)
     return 0
 
 
