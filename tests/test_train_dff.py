@@ -16,7 +16,7 @@ SIZE = 32
 
 def _fake_work(tmp_path, morphable_model, n=8):
     rng = np.random.default_rng(0)
-    (tmp_path / "segment").mkdir()
+    (tmp_path / "segment").mkdir(parents=True)
     labels = rng.integers(0, 10, (3, morphable_model.n_vertices)).astype(np.int16)
     np.savez(tmp_path / "segment" / "segmentations.npz", labels=labels)
     (tmp_path / "synthesize").mkdir()
@@ -34,7 +34,7 @@ def _fake_work(tmp_path, morphable_model, n=8):
 
 def _args(work, **kw):
     base = dict(work=str(work), seed=0, data=None, minutes=5.0, steps=3, batch=2, pixels=16, heads_per_step=2,
-                lr=1e-3, base_width=4, validate_every=2, threads=1)
+                lr=1e-3, base_width=4, validate_every=2, threads=1, init_from=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -72,6 +72,9 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, morphable_model):
 
     net, config = load_dff_weights(stage / "dff_weights.pt", device="cpu")
     assert config.input_size == SIZE
+    # A new run can start from shipped weights instead of random ones.
+    fresh = _fake_work(tmp_path / "fresh", morphable_model)
+    assert train_dff.run(_args(fresh, steps=1, init_from=str(stage / "dff_weights.pt"))) == 0
 
 
 def test_two_processes_with_torchrun(tmp_path, morphable_model):

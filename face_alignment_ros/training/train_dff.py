@@ -156,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-width", type=int, default=None, help="default: DFFConfig's")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: cores / processes)")
+    parser.add_argument("--init-from", default=None,
+                        help="start the network from a weights file (e.g. the shipped assets/dff_weights.pt) "
+                             "instead of random; ignored when resuming a checkpoint")
 
 
 def _setup_distributed() -> tuple[int, int]:
@@ -198,6 +201,15 @@ def run(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(args.seed + 1000 * rank + step)
         if rank == 0:
             stage.log.info("resumed at step %d (highest monitored match rate so far %.3f)", step, best)
+    elif args.init_from:
+        from face_alignment_ros.core.dff_network import load_dff_weights
+
+        net, init_config = load_dff_weights(args.init_from, device=device)
+        if init_config.to_dict() != config.to_dict():
+            raise ValueError(f"--init-from {args.init_from} has another network config: {init_config}")
+        model.net.load_state_dict(net.state_dict())
+        if rank == 0:
+            stage.log.info("network initialised from %s; heads start afresh", args.init_from)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     total_steps = args.steps or int(1e9)
     # cosine schedule over the planned run; the plan is the step budget, or an estimate of it
