@@ -1,5 +1,6 @@
 """The DFF training stage on a tiny fake data set: loss, pixel sampling, resume, torchrun."""
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ def _fake_work(tmp_path, morphable_model, n=8):
     for split in ("train", "heldout"):
         out = open_outputs(tmp_path / "synthesize", split, n, SIZE, "w+")
         out["images"][:] = rng.integers(0, 255, out["images"].shape)
-        vid = rng.integers(0, morphable_model.n_vertices, out["vertex_ids"].shape)
+        vid = rng.integers(0, 300, out["vertex_ids"].shape)  # views share vertices: matching is exercised
         vid[:, :4] = train_dff.BACKGROUND
         out["vertex_ids"][:] = vid
         out["identity"][:] = np.arange(n) // 2
@@ -64,6 +65,9 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, morphable_model):
     work = _fake_work(tmp_path, morphable_model)
     assert train_dff.run(_args(work)) == 0
     stage = work / "train-dff"
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["val_match_rate"] for m in rows if "val_match_rate" in m]
+    assert rates and all(0.0 <= r <= 1.0 for r in rates), "cross-view matching must run on views sharing vertices"
     assert (stage / "dff_weights.pt").exists() and (stage / "curves.png").exists()
     assert torch.load(stage / "checkpoint.pt", weights_only=False)["step"] == 3
     assert train_dff.run(_args(work, steps=5)) == 0

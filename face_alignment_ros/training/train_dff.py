@@ -139,7 +139,7 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
             continue
         q = rng.choice(common, min(200, len(common)), replace=False)
         da = feats[a].reshape(d, -1)[:, q].T
-        db = feats[b].reshape(d, -1)[:, fb]
+        db = feats[b].reshape(d, -1)[:, fb].T
         nearest = fb[nearest_neighbours(da.numpy(), db.numpy())]
         rates.append(correct_match_rate(mean_shape[va[q]], mean_shape[vb[nearest]], MATCH_THRESHOLD_MM))
     net.train()
