@@ -39,6 +39,11 @@ FULL = {"limit_300w": None, "per_bin": 200, "pairs_per_bin": 40, "photo_pairs": 
 QUICK = {"limit_300w": 8, "per_bin": 3, "pairs_per_bin": 2, "photo_pairs": 3, "bench_runs": 1, "bench_images": 2}
 
 
+# The matching figures show 300-W photos (or renders textured from them), which their licence
+# lets us use but not redistribute: the generator writes them, git ignores them.
+LOCAL_ONLY = ("The figure is written by the command above on your machine and is not in the repository: "
+              "it shows 300-W research photos, which may not be redistributed")
+
 def _pct(v) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{100 * v:.2f}"
 
@@ -204,7 +209,8 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
                     f"{_pct(sv[k][b]['correct_match_rate'])} ({sv[k][b]['pairs']} pairs)" for b in VIEW_BIN_NAMES)
                     + " |")
             L += ["", f"![view matches]({rel}/matching_views.png)", "",
-                  "(Fig. 8 style: green correct, red wrong; one pair per view-difference bin, DFF then SIFT.)", ""]
+                  "(Fig. 8 style: green correct, red wrong; one pair per view-difference bin, DFF then SIFT. "
+                  f"{LOCAL_ONLY})", ""]
         pt = matching.get("photo_transfer", {})
         if "dff" in pt:
             L += [f"Landmark transfer between held-out photos of different people (`{real['data'] if real else ''}`): "
@@ -216,7 +222,8 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
                 L.append(f"| {k.upper()} | {r['pairs']} | {_pct(r['mean_inter_ocular_nme'])} | "
                          + " | ".join(_pct(r["regions"][g]) for g in ("jaw", "brows", "nose", "eyes", "mouth")) + " |")
             L += ["", f"![landmark transfer]({rel}/matching_transfer.png)", "",
-                  "(Fig. 9 style: A with its landmarks; B with DFF- and SIFT-transferred ones; B's ground truth.)", ""]
+                  "(Fig. 9 style: A with its landmarks; B with DFF- and SIFT-transferred ones; B's ground truth. "
+                  f"{LOCAL_ONLY})", ""]
 
     L += ["## Speed and memory (shaped like paper Table IV)", "",
           "End to end per face, every method in its own process on the same images in the same run "
