@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=30.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--latency-frames", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="node num_threads (config/face_alignment.yaml uses 1)")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--domain-id", type=int, default=None)
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench_ros_")
     descent, weights, trained = model_files(tmp)
     rclpy.init(domain_id=args.domain_id if args.domain_id is not None else domain_id(3))
-    graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights)},
+    graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights), "num_threads": args.threads},
                   model_overrides={"model_file": str(descent)})
     node = rclpy.create_node("bench_ros_camera")
     graph.executor.add_node(node)
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
 
         print(f"face_alignment_ros ROS benchmark: {args.width}x{args.height}, one face, "
               f"{'trained models' if trained else 'UNTRAINED STAND-IN models (timing only)'}, "
-              f"{os.cpu_count()} CPUs, torch threads default")
+              f"{os.cpu_count()} CPUs, node num_threads {args.threads}")
         # 1. latency
         lat = []
         for i in range(args.latency_frames + 3):

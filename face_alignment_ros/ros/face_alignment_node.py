@@ -54,7 +54,8 @@ PARAMS = [
           "DFF network weights file; empty means the shipped assets/dff_weights.pt. Unused by SIFT models.",
           read_only=True),
     Param("device", "auto", "Torch device of the DFF network.", choices=["auto", "cpu", "cuda"], read_only=True),
-    Param("num_threads", 0, "Torch and OpenCV CPU threads; 0 leaves the libraries' defaults.",
+    Param("num_threads", 1, "Torch and OpenCV CPU threads; 0 leaves the libraries' defaults. 1 measured fastest "
+          "on 2 cores (BENCHMARKS.md).",
           range=(0, 256), read_only=True),
     Param("redetect_every", 10, "Run the detector every N frames while tracking.", range=(1, 10000)),
     Param("min_confidence", 0.3, "Re-detect when a tracked face's alignment confidence falls below this.",
