@@ -37,6 +37,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.evaluation.pts_io import read_pts
 
@@ -44,12 +45,6 @@ CANVAS_W, CANVAS_H = 640, 480
 YAW_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)  # bins of |yaw proxy|, see yaw_proxy()
 # The slow cascades (0.3-1.4 s a frame) only when asked: --detectors cascade,...
 DEFAULT_DETECTORS = "blazeface,blazeface_short,blazeface_full,dlib"
-
-
-def landmark_box(pts: np.ndarray) -> Tuple[float, float, float, float]:
-    """Tight (x0, y0, x1, y1) box of the landmarks."""
-    return (float(pts[:, 0].min()), float(pts[:, 1].min()),
-            float(pts[:, 0].max()), float(pts[:, 1].max()))
 
 
 def yaw_proxy(pts: np.ndarray) -> float:
@@ -187,7 +182,7 @@ def evaluate(data_dirs: Sequence[str], detector_specs: Sequence[str],
                 img, p = to_canvas(image, pts, canvas_long, np.random.default_rng([seed, i]))
             else:
                 raise ValueError(f"unknown condition {cond!r}")
-            gt = landmark_box(p)
+            gt = tuple(float(v) for v in landmark_box(p))  # plain floats: the records go to JSON
             for spec, det in detectors:
                 t0 = time.perf_counter()
                 dets = det.detect(img)

@@ -10,7 +10,6 @@ split is only evaluated, after training.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
-from face_alignment_ros.training.photo_split import source_id
+from face_alignment_ros.training.photo_split import hashed_percentile, source_id
 from face_alignment_ros.training.stage_io import Stage
 
 VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
@@ -35,8 +34,7 @@ LARGE_POSE_EVAL_PER_BIN = 600
 
 
 def is_validation(subset: str, name: str) -> bool:
-    digest = hashlib.sha256(f"validation/{subset}/{source_id(name)}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % 100 < VALIDATION_PERCENT
+    return hashed_percentile(f"validation/{subset}/{source_id(name)}") < VALIDATION_PERCENT
 
 
 @dataclass

@@ -30,10 +30,15 @@ def source_id(name: str) -> str:
     return name.rsplit("_", 1)[0]
 
 
+def hashed_percentile(key: str) -> int:
+    """A stable pseudo-random number in [0, 100) for ``key``: the same on every machine and
+    Python version (a hash, not a random draw), so splits never move."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 100
+
+
 def is_held_out(subset: str, name: str) -> bool:
-    """Stable across machines and Python versions: a hash, not a random draw."""
-    digest = hashlib.sha256(f"{subset}/{source_id(name)}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % 100 < HELD_OUT_PERCENT
+    return hashed_percentile(f"{subset}/{source_id(name)}") < HELD_OUT_PERCENT
 
 
 def list_photos(split: str, data_dir: str | Path | None = None, subsets=SUBSETS) -> list[Photo]:
