@@ -110,6 +110,7 @@ def test_stage_runs_deterministically_and_resumes(tmp_path, tools):
         assert np.allclose(pts, train["landmarks"][i], atol=1e-3)
     summary = json.loads((work / "synthesize" / "summary.json").read_text())
     assert summary["counts"] == {"train": 4, "heldout": 3}
+    assert summary["photo_counts"] == {"photo_train": 2 * 4, "photo_heldout": 1}
     assert (work / "synthesize" / "contact_sheet_train.png").exists()
 
     # resume: pretend the run stopped after the first training identity
@@ -140,3 +141,30 @@ def test_data_real_identity_renders(tools):
     s = syn.render_sample(ident, tools, 64, "train", 0, 0, 12, bank)
     assert (s["vertex_ids"] != syn.BACKGROUND_ID).mean() > 0.3
     assert np.all(np.isfinite(s["landmarks"]))
+
+
+def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
+    from face_alignment_ros.training.photo_views import photo_view
+
+    fits_path = _synthetic_fits(tmp_path, tools.model)
+    fits = syn.Fits.load(fits_path)
+    image = syn.read_image(fits, 0)
+    a = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
+    b = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
+    face = a["vertex_ids"] != syn.BACKGROUND_ID
+    assert 0.2 < face.mean() < 0.95
+    # the stored camera maps the photo's annotated points into this crop
+    pts = cam.project(a["camera"], tools.model.vertices(a["shape"], a["landmark_ids"]))
+    assert np.allclose(pts, a["landmarks"], atol=1e-3)
+    # pixels outside the annotated face region stay unlabelled
+    from face_alignment_ros.core import face_crop
+
+    camera_image = fits.camera[0]
+    box = syn.face_crop.canonical_crop_box(camera_image)
+    plain = photo_view(image, fits, 0, tools, 32, np.random.default_rng(0), jitter=False)
+    region = syn.face_region_mask(face_crop.image_to_crop(fits.landmarks[0], box, 32), (32, 32))
+    assert not np.any((plain["vertex_ids"] != syn.BACKGROUND_ID) & ~region)
+    from face_alignment_ros.core.dff_extractor import crop_image
+
+    assert np.array_equal(plain["images"], crop_image(image, box, 32)[0])  # no jitter: the photo itself

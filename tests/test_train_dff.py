@@ -21,7 +21,7 @@ def _fake_work(tmp_path, morphable_model, n=8):
     labels = rng.integers(0, 10, (3, morphable_model.n_vertices)).astype(np.int16)
     np.savez(tmp_path / "segment" / "segmentations.npz", labels=labels)
     (tmp_path / "synthesize").mkdir()
-    for split in ("train", "heldout"):
+    for split in ("train", "heldout", "photo_train", "photo_heldout"):
         out = open_outputs(tmp_path / "synthesize", split, n, SIZE, "w+")
         out["images"][:] = rng.integers(0, 255, out["images"].shape)
         vid = rng.integers(0, 300, out["vertex_ids"].shape)  # views share vertices: matching is exercised
@@ -35,7 +35,7 @@ def _fake_work(tmp_path, morphable_model, n=8):
 
 def _args(work, **kw):
     base = dict(work=str(work), seed=0, data=None, minutes=5.0, steps=3, batch=2, pixels=16, heads_per_step=2,
-                lr=1e-3, base_width=4, validate_every=2, threads=1, init_from=None)
+                lr=1e-3, base_width=4, validate_every=2, threads=1, init_from=None, photo_fraction=0.5)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -67,6 +67,7 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, morphable_model):
     stage = work / "train-dff"
     rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     rates = [m["val_match_rate"] for m in rows if "val_match_rate" in m]
+    assert any("val_photo_patch_accuracy" in m for m in rows)
     assert rates and all(0.0 <= r <= 1.0 for r in rates), "cross-view matching must run on views sharing vertices"
     assert (stage / "dff_weights.pt").exists() and (stage / "curves.png").exists()
     assert torch.load(stage / "checkpoint.pt", weights_only=False)["step"] == 3
@@ -94,3 +95,13 @@ def test_two_processes_with_torchrun(tmp_path, morphable_model):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(work / "train-dff" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_batches_mix_renders_and_photos():
+    renders = {"images": np.zeros((50, 4, 4, 3), np.uint8), "vertex_ids": np.zeros((50, 4, 4), np.uint16)}
+    photos = {"images": np.ones((50, 4, 4, 3), np.uint8), "vertex_ids": np.ones((50, 4, 4), np.uint16)}
+    rng = np.random.default_rng(0)
+    shares = [train_dff._batch(renders, photos, 16, 0.35, rng)[1][:, 0, 0, 0].mean() for _ in range(200)]
+    assert abs(np.mean(shares) - 0.35) < 0.03
+    vids, images = train_dff._batch(renders, None, 16, 0.35, rng)
+    assert images.shape == (16, 4, 4, 3) and not images.any() and vids.shape == (16, 4, 4)

@@ -84,3 +84,16 @@ def test_cli_lists_stages_and_names_missing_input(tmp_path, capsys):
 
     with pytest.raises(FileNotFoundError, match="face-align-train fit"):
         Stage("synthesize", tmp_path).input("fit", "fits.npz")
+
+
+def test_cli_records_each_stage_command_for_the_model_cards(tmp_path):
+    from face_alignment_ros.cli import train
+    from face_alignment_ros.training.export_models import _commands
+    from face_alignment_ros.training.stage_io import Stage
+
+    assert train.main(["descent", "--work", str(tmp_path), "--descriptor", "sift"]) == 2  # no fit yet
+    assert train.main(["descent", "--work", str(tmp_path), "--descriptor", "dff"]) == 2
+    ran = Stage("descent", tmp_path).commands()
+    assert len(ran) == 2 and ran[0].endswith(f"face-align-train descent --work {tmp_path} --descriptor sift")
+    card = _commands(Stage("export", tmp_path), ("descent",), contains="--descriptor dff")
+    assert len(card) == 2 and "--descriptor dff" in card[1]

@@ -70,3 +70,12 @@ def fit_camera(points_2d: np.ndarray, points_3d: np.ndarray, weights: np.ndarray
     rot = nearest_rotation(np.stack([r1, r2, np.cross(r1, r2)]))
     t = c2 - s * (rot[:2] @ c3)
     return np.array([s, *rotation_angles(rot), *t], np.float32)
+
+
+def mirror_camera(camera: np.ndarray, width: float) -> np.ndarray:
+    """The camera of the left-right mirrored image (x -> width - 1 - x) of a mirror-symmetric
+    face: reflecting x in the model frame negates yaw and roll and keeps pitch."""
+    out = np.asarray(camera, np.float32).copy()
+    out[YAW], out[ROLL] = -out[YAW], -out[ROLL]
+    out[TX] = width - 1.0 - out[TX]
+    return out

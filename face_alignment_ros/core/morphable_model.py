@@ -24,6 +24,15 @@ N_LANDMARKS = 68
 N_DENSE = 160
 # iBUG indices of the jaw contour (silhouette points on a photo).
 JAW = np.arange(17)
+# iBUG index of each point's mirror image (left-right swap): a flipped photo's landmarks are
+# its own landmarks reordered by this.
+IBUG68_MIRROR = np.array(
+    [*range(16, -1, -1),                       # jaw
+     *range(26, 21, -1), *range(21, 16, -1),   # brows
+     27, 28, 29, 30, *range(35, 30, -1),       # nose bridge, nose base
+     45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,  # eyes
+     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lips
+     64, 63, 62, 61, 60, 67, 66, 65])                 # inner lips
 
 
 class ModelFileError(ValueError):

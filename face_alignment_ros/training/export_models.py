@@ -49,6 +49,17 @@ def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int) -> d
     return out
 
 
+def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list[str]:
+    """Card lines: the commands each stage ran (its commands.txt), oldest first."""
+    lines = []
+    for name in stages:
+        ran = [c for c in Stage(name, stage.root, stage.seed).commands() if contains in c or "--descriptor" not in c]
+        if ran:
+            lines.append(f"- Commands of stage {name} (UTC, oldest first):")
+            lines += [f"  - `{c}`" for c in ran]
+    return lines
+
+
 def _card(title: str, lines: list[str]) -> str:
     return "\n".join([f"# Model card: {title}", ""] + lines) + "\n"
 
@@ -86,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
     data_line = (f"- Data: 300-W photos (AFW + HELEN train subsets, ../shared/data/300w), split by "
                  f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
                  f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
+    synth_summary = json.loads(stage.input("synthesize", "summary.json").read_text())
     common = [data_line,
               f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",
-              f"- Synthesized renders (stage synthesize): {synth_progress['config']}.",
+              f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
+              f"photo crops: {synth_summary.get('photo_counts', {})}.",
               f"- Exported {date} by `face-align-train export`."]
     (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
         f"- Architecture: {json.dumps(config.to_dict())}",
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
         f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
         f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
+        *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
         *common]))
     for kind in ("dff", "sift"):
         s = descent_summary.get(kind, {})
@@ -109,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 {s.get('sha256')}.",
+                 *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
                  *common]
         (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
     stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -22,7 +22,7 @@ from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
-from face_alignment_ros.core.morphable_model import MorphableModel
+from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
 from face_alignment_ros.training.photo_split import hashed_percentile, source_id
@@ -104,18 +104,36 @@ def make_sample(cascade: Cascade, backend, image: np.ndarray, crop_box: np.ndarr
                           normaliser=inter_pupil(target))
 
 
-def photo_samples(cascade, backend, records, priors, rng, perturbations: int, jitter: float, crop_size: int):
+def mirror_record(record: PhotoRecord, image: np.ndarray) -> tuple[PhotoRecord, np.ndarray]:
+    """The left-right mirror of a photo and its annotation (landmarks reordered, camera mirrored)."""
+    width = image.shape[1]
+    landmarks = record.landmarks[IBUG68_MIRROR].copy()
+    landmarks[:, 0] = width - 1.0 - landmarks[:, 0]
+    box = None
+    if record.detector_box is not None:
+        x0, y0, x1, y1 = record.detector_box
+        box = np.array([width - 1.0 - x1, y0, width - 1.0 - x0, y1], np.float32)
+    mirrored = replace(record, landmarks=landmarks, camera=cam.mirror_camera(record.camera, width), detector_box=box)
+    return mirrored, np.ascontiguousarray(image[:, ::-1])
+
+
+def photo_samples(cascade, backend, records, priors, rng, perturbations: int, jitter: float, crop_size: int,
+                  mirror: bool = False):
+    """``perturbations`` jittered starts per photo (detector and landmark boxes alternating), and
+    as many again on its mirror image when ``mirror``: twice the faces for the regression."""
     import cv2
 
     samples = []
     for r in tqdm(records, desc="crops", unit="photo", leave=False):
         image = cv2.imread(r.image_path)
-        for k in range(perturbations):
-            use_detector = r.detector_box is not None and k % 2 == 0
-            kind = "detector" if use_detector else "landmarks"
-            box = r.detector_box if use_detector else face_crop.landmark_box(r.landmarks)
-            crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
-            samples.append(make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, crop_size))
+        views = [(r, image)] + ([mirror_record(r, image)] if mirror else [])
+        for rec, img in views:
+            for k in range(perturbations):
+                use_detector = rec.detector_box is not None and k % 2 == 0
+                kind = "detector" if use_detector else "landmarks"
+                box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
+                crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+                samples.append(make_sample(cascade, backend, img, crop_box, rec.landmarks, rec.camera, crop_size))
     return samples
 
 
@@ -181,6 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", default="default")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--perturbations", type=int, default=6, help="starts per training photo")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="do not add the training photos' mirror images (on by default)")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
     parser.add_argument("--regularisation", type=float, default=10.0, help="shape prior weight of eq. 6-8")
     parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP, help="SIFT crop (DFF: the network's input)")
@@ -223,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
             backend = SiftBackend(args.crop_size)
             extra = {"sift_patch_mm": SIFT_PATCH_MM}
         crop_size = backend.crop_size
-        train_samples = photo_samples(cascade, backend, train, priors, rng, args.perturbations, args.jitter, crop_size)
+        train_samples = photo_samples(cascade, backend, train, priors, rng, args.perturbations, args.jitter, crop_size,
+                                      mirror=args.mirror)
         val_samples = photo_samples(cascade, backend, val, priors, rng, 2, args.jitter, crop_size)
         if args.synthetic and synth is not None:
             if synth["train"]["images"].shape[1] != crop_size:
@@ -242,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             cascade, train_samples, val_samples, args.iterations, args.regularisation, report=report,
             descriptor=kind, descriptor_dim=backend.dim, crop_size=crop_size, box_priors=priors,
             provenance={"stage": "descent", "seed": args.seed, "train_photos": len(train),
-                        "perturbations": args.perturbations, "jitter": args.jitter, "detector": args.detector,
+                        "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter, "detector": args.detector,
                         "validation_photos": len(val)},
             extra=extra)
         sha = descent.save(stage.path(f"descent_{kind}.npz"))

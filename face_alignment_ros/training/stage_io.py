@@ -17,6 +17,7 @@ import numpy as np
 from face_alignment_ros.core import resources
 
 STAGES = ("fit", "synthesize", "segment", "train-dff", "descent", "export")
+COMMANDS_FILE = "commands.txt"
 
 
 class Stage:
@@ -106,6 +107,16 @@ class Stage:
         tmp.write_text(json.dumps(obj, indent=2))
         os.replace(tmp, out)  # atomic: an interrupted run never leaves half a file
         return out
+
+    def record_command(self, command: str) -> None:
+        """Append the command that ran this stage to commands.txt: the model cards list them."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        with open(self.dir / COMMANDS_FILE, "a") as f:
+            f.write(f"{stamp} UTC  {command}\n")
+
+    def commands(self) -> list[str]:
+        path = self.dir / COMMANDS_FILE
+        return path.read_text().splitlines() if path.exists() else []
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._started

@@ -35,6 +35,10 @@ file                        shape, dtype         content
 ``{split}_yaw_bin``         (n,) int8            0: |yaw| in [0,30], 1: [30,60], 2: [60,90]
 ==========================  ===================  =================================================
 
+With ``--photo-views N`` (default 4) the stage also writes ``photo_train_*`` (N jittered crops of
+each training photo itself, labelled by its fit) and ``photo_heldout_*`` (one crop per held-out
+photo, a monitor only), in the same layout: see ``photo_views``.
+
 Sample ``identity * views + view`` is seeded by (seed, split, identity, view) alone, so results do
 not depend on the number of workers, and a run resumes at the last checkpoint (``progress.json``,
 the count of identities done per split, written atomically after the arrays are flushed).
@@ -458,11 +462,17 @@ def jittered_crop_camera(pitch: float, yaw: float, roll: float, size: int, rng: 
     """Crop-pixel camera of a face seen through a detector-like box: the canonical crop box,
     scaled by +-SCALE_JITTER and shifted by +-SHIFT_JITTER of its side."""
     camera_image = np.array([1.0, pitch, yaw, roll, 0.0, 0.0], np.float32)
+    box = jittered_crop_box(camera_image, rng)
+    return face_crop.camera_image_to_crop(camera_image, box, size)
+
+
+def jittered_crop_box(camera_image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The canonical crop box of an image-pixel camera, scaled by +-SCALE_JITTER and shifted by
+    +-SHIFT_JITTER of its side, as a detector's box would place it."""
     box = face_crop.canonical_crop_box(camera_image)
     side = float(box[2] - box[0]) * rng.uniform(1.0 - SCALE_JITTER, 1.0 + SCALE_JITTER)
     centre = 0.5 * (box[:2] + box[2:]) + rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, 2) * side
-    box = np.concatenate([centre - side / 2, centre + side / 2]).astype(np.float32)
-    return face_crop.camera_image_to_crop(camera_image, box, size)
+    return np.concatenate([centre - side / 2, centre + side / 2]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,16 +536,7 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     rot = cam.rotation_matrix(pitch, yaw, roll)
     tv = cam.transform(camera, verts)
 
-    # Back faces never show on a face mask seen from the front half-space; culling them halves
-    # the raster work and keeps the mask's inside out of profile views.
-    tris = model.triangles[_front_facing(tv, model.triangles)]
-    _, tri_id, bary = rasterize_ids(tv, tris, size, size)
-    _close_holes(tri_id, bary)
-    mask = tri_id >= 0
-    corners = tris[tri_id[mask]]
-    w = bary[mask]
-    vid = np.full((size, size), BACKGROUND_ID, np.uint16)
-    vid[mask] = corners[np.arange(len(corners)), np.argmax(w, axis=1)]
+    vid, mask, corners, w = visible_surface(tv, model.triangles, size)
 
     # per-vertex colour: texture x colour gain x directional light
     light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.5), -1.0], np.float32)
@@ -559,7 +560,29 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0.6)[..., None]
     img = alpha * img + (1.0 - alpha) * bg  # soft silhouette, no stair steps
 
-    # global photometric jitter, blur, noise
+    image = photometric_jitter(img, rng)
+    return sample_record(tools, image, vid, camera, params, verts, tv, ident.row, view, yaw_bin)
+
+
+def visible_surface(tv: np.ndarray, triangles: np.ndarray, size: int):
+    """Rasterise a mesh already in crop pixels: (vertex_ids (N, N) uint16, mask, the covering
+    triangles' corner ids, their barycentrics) with the mesh's holes closed."""
+    # Back faces never show on a face mask seen from the front half-space; culling them halves
+    # the raster work and keeps the mask's inside out of profile views.
+    tris = triangles[_front_facing(tv, triangles)]
+    _, tri_id, bary = rasterize_ids(tv, tris, size, size)
+    _close_holes(tri_id, bary)
+    mask = tri_id >= 0
+    corners = tris[tri_id[mask]]
+    w = bary[mask]
+    vid = np.full((size, size), BACKGROUND_ID, np.uint16)
+    vid[mask] = corners[np.arange(len(corners)), np.argmax(w, axis=1)]
+    return vid, mask, corners, w
+
+
+def photometric_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Global contrast, brightness and gamma jitter, mild blur and noise -> uint8."""
+    img = np.asarray(img, np.float32)
     contrast = rng.uniform(0.75, 1.25)
     brightness = rng.uniform(-20.0, 20.0)
     img = (img - img.mean()) * contrast + img.mean() + brightness
@@ -567,8 +590,14 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
     img += rng.normal(0.0, rng.uniform(0.0, 4.0), img.shape).astype(np.float32)
-    image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
+
+def sample_record(tools: MeshTools, image, vid, camera, params, verts, tv, identity: int, view: int,
+                  yaw_bin: int) -> dict:
+    """One sample in the layout of ``output_specs``: landmarks and visibility from the mesh."""
+    model = tools.model
+    rot = cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1])
     ids68 = model.contour_landmarks(rot, params).astype(np.int32)
     dense_ids = model.dense_landmarks
     vis = tools.visibility.visible(camera, params, verts[np.concatenate([ids68, dense_ids])])
@@ -576,7 +605,7 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
         "images": image, "vertex_ids": vid, "camera": camera, "shape": params,
         "landmarks": tv[ids68, :2], "landmark_ids": ids68, "landmark_visible": vis[:68],
         "dense": tv[dense_ids, :2], "dense_visible": vis[68:],
-        "identity": ident.row, "view": view, "yaw_bin": yaw_bin,
+        "identity": identity, "view": view, "yaw_bin": yaw_bin,
     }
 
 
@@ -661,6 +690,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--views", type=int, default=None, help="views per training identity (overrides --train-samples)")
     _add(parser, "--heldout-views-per-bin", type=int, default=DEFAULT_HELDOUT_VIEWS_PER_BIN,
          help="held-out views per yaw bin [0,30], [30,60], [60,90] (signs alternate)")
+    _add(parser, "--photo-views", type=int, default=4,
+         help="jittered crops of each training photo itself, labelled by its fit, for the DFF (0: none)")
     _add(parser, "--limit", type=int, default=0, help="use only the first N identities of each split (trials)")
     _add(parser, "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     _add(parser, "--chunk", type=int, default=16, help="identities per checkpoint")
@@ -780,6 +811,12 @@ def run(args: argparse.Namespace) -> int:
             _checkpoint(stage, outputs, config, done, chunk_stats, split, views, t_loop)
 
     wall = time.perf_counter() - t_loop
+    from face_alignment_ros.training.photo_views import make_photo_views
+
+    t_photos = time.perf_counter()
+    photo_counts = make_photo_views(stage, fits, rows, tools, args.size, args.photo_views, stage.seed) \
+        if args.photo_views > 0 else {}
+    photo_s = time.perf_counter() - t_photos
     summary = {
         "counts": totals, "views": views, "size": args.size, "seed": stage.seed, "fits": str(fits_path),
         "workers": args.workers, "rendered_this_run": cpu["samples"],
@@ -793,6 +830,13 @@ def run(args: argparse.Namespace) -> int:
         "cpu_ms_per_sample_all": round(1000 * (cpu["render_cpu_s"] + cpu["prepare_cpu_s"])
                                        / max(cpu["samples"], 1), 2),
     }
+    if cpu["samples"] == 0 and stage.path("summary.json").exists():
+        import json  # nothing rendered now: keep the timings of the run that rendered
+
+        summary = dict(json.loads(stage.path("summary.json").read_text()), counts=totals)
+    summary["photo_counts"] = photo_counts
+    if photo_counts and photo_s > 1.0:
+        summary["photo_views_s"] = round(photo_s, 1)
     sheets = write_sheets(stage, args.sheet_samples)
     summary["sheets"] = [str(p) for p in sheets]
     stage.save_json("summary.json", summary)
@@ -859,17 +903,21 @@ def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
 def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
     """Contact sheets: renders with their 68 landmarks (jaw cyan/magenta, others green; red or
     magenta = not visible), and image | vertex-id map pairs."""
+    import json
+
+    from face_alignment_ros.training.photo_views import PHOTO_SPLITS
+
     tools = None
     written = []
-    for split in SPLITS:
+    for split in (*SPLITS, *PHOTO_SPLITS):
         try:
             data = load_outputs(stage.root, split)
         except FileNotFoundError:
             continue
-        import json
-
-        prog = json.loads(stage.path("progress.json").read_text())
-        n = min(prog["done"][split] * prog["config"]["views"][split], len(data["view"]))
+        n = len(data["view"])
+        if split in SPLITS:  # renders: only the samples done so far
+            prog = json.loads(stage.path("progress.json").read_text())
+            n = min(prog["done"][split] * prog["config"]["views"][split], n)
         if n == 0 or count <= 0:
             continue
         if tools is None:

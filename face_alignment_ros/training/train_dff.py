@@ -38,6 +38,7 @@ from face_alignment_ros.training.stage_io import Stage
 
 BACKGROUND = 65535
 SCALE = 16.0
+CURVES = ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_photo_patch_accuracy", "val_match_rate"]
 
 
 class AngularHeads(nn.Module):
@@ -146,12 +147,39 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
     return {"val_patch_accuracy": float(acc), "val_match_rate": float(np.mean(rates)) if rates else float("nan")}
 
 
+def _photo_outputs(work, fraction: float) -> tuple[dict | None, dict | None]:
+    """The photo crops of stage synthesize (training, held-out monitor), or None where absent."""
+    from face_alignment_ros.training.synthesize import load_outputs
+
+    out = []
+    for split in ("photo_train", "photo_heldout"):
+        try:
+            out.append(load_outputs(work, split))
+        except FileNotFoundError:
+            out.append(None)
+    return (out[0] if fraction > 0 else None), out[1]
+
+
+def _batch(renders: dict, photos: dict | None, size: int, photo_fraction: float, rng: np.random.Generator):
+    """(vertex_ids (B, N, N), images (B, N, N, 3)) drawn from renders and, for a binomial share, photos."""
+    n_photo = int(rng.binomial(size, photo_fraction)) if photos is not None else 0
+    parts = []
+    for data, count in ((renders, size - n_photo), (photos, n_photo)):
+        if count:
+            idx = np.sort(rng.choice(len(data["images"]), count, replace=False))
+            parts.append((np.asarray(data["vertex_ids"][idx]), np.asarray(data["images"][idx])))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=100.0, help="stop after this wall time (resumable)")
     parser.add_argument("--steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
     parser.add_argument("--batch", type=int, default=16, help="images per step per process")
     parser.add_argument("--pixels", type=int, default=192, help="sampled face pixels per image")
     parser.add_argument("--heads-per-step", type=int, default=20)
+    parser.add_argument("--photo-fraction", type=float, default=0.35,
+                        help="share of each batch drawn from the training photos' own crops "
+                             "(synthesize/photo_train_*), the rest from renders; 0: renders only")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--base-width", type=int, default=None, help="default: DFFConfig's")
     parser.add_argument("--validate-every", type=int, default=200)
@@ -184,6 +212,15 @@ def run(args: argparse.Namespace) -> int:
     stage.input("synthesize", "train_images.npy")
     train = load_outputs(args.work, "train")
     held = load_outputs(args.work, "heldout")
+    photos, held_photos = _photo_outputs(args.work, args.photo_fraction)
+    if rank == 0 and args.photo_fraction > 0 and photos is None:
+        stage.log.warning("no synthesize/photo_train_*.npy (older synthesize output): training on renders only; "
+                          "`face-align-train synthesize` makes them")
+    if rank == 0:
+        stage.log.info("data: %d renders, %d photo crops (%.0f%% of each batch), monitor on %d held-out renders "
+                       "and %d held-out photos", len(train["images"]), len(photos["images"]) if photos else 0,
+                       100 * args.photo_fraction if photos else 0, len(held["images"]),
+                       len(held_photos["images"]) if held_photos else 0)
     size = train["images"].shape[1]
     config = DFFConfig(input_size=size) if args.base_width is None else DFFConfig(input_size=size, base_width=args.base_width)
     device = select_device()
@@ -215,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     # cosine schedule over the planned run; the plan is the step budget, or an estimate of it
     plan = args.steps or max(step + 1, int(args.minutes * 60 * 1.0))
     mean_shape = MorphableModel.load().mean
-    n_train = len(train["images"])
+    n_train = len(train["images"]) + (len(photos["images"]) if photos is not None else 0)
     start, last_log = time.perf_counter(), time.perf_counter()
     window = {"loss": [], "acc": []}
     bar = tqdm(total=plan, initial=step, desc="train-dff", unit="step", disable=rank != 0, mininterval=10)
@@ -223,9 +260,8 @@ def run(args: argparse.Namespace) -> int:
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(step / plan, 1.0)))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        idx = np.sort(rng.choice(n_train, args.batch, replace=False))
-        vids = np.asarray(train["vertex_ids"][idx])
-        images = torch.from_numpy(np.ascontiguousarray(train["images"][idx].transpose(0, 3, 1, 2))).to(device)
+        vids, images = _batch(train, photos, args.batch, args.photo_fraction, rng)
+        images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         pixels = sample_pixels(vids, labelled, args.pixels, rng)
         heads = (np.arange(args.heads_per_step) + step * args.heads_per_step) % n_seg  # rotate through all
         labels = torch.from_numpy(pixel_labels(vids, pixels, seg_labels, heads)).to(device)
@@ -247,26 +283,36 @@ def run(args: argparse.Namespace) -> int:
             window = {"loss": [], "acc": []}
             last_log = time.perf_counter()
         if step % args.validate_every == 0 or step >= total_steps:
-            metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
+            metrics = _monitor(model, held, held_photos, seg_labels, mean_shape)
             stage.record(step=step, **metrics)
             stage.log.info("step %d: %s", step, metrics)
             best = max(best, metrics["val_match_rate"])
             _save_weights(stage, model.net, config, step, args, n_train, n_seg, n_patch, metrics)
             _checkpoint(stage, model, optimiser, config, step, best)
-            stage.plot_curves("step", ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_match_rate"])
+            stage.plot_curves("step", CURVES)
     bar.close()
     if rank == 0:
-        metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
+        metrics = _monitor(model, held, held_photos, seg_labels, mean_shape)
         stage.record(step=step, **metrics)
         best = max(best, metrics["val_match_rate"])
         _save_weights(stage, model.net, config, step, args, n_train, n_seg, n_patch, metrics)
         _checkpoint(stage, model, optimiser, config, step, best)
-        stage.plot_curves("step", ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_match_rate"])
+        stage.plot_curves("step", CURVES)
         stage.log.info("stopped at step %d after %.1f min; highest monitored match rate %.3f",
                        step, (time.perf_counter() - start) / 60, best)
     if world > 1:
         dist.destroy_process_group()
     return 0
+
+
+def _monitor(model: "DFFTrainer", held: dict, held_photos: dict | None, seg_labels, mean_shape) -> dict:
+    """Held-out renders (patch accuracy, matching) and, when made, held-out photos (patch accuracy)."""
+    metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
+    if held_photos is not None:
+        photo = validate(model.net, held_photos, seg_labels, model.heads, mean_shape, np.random.default_rng(0),
+                         pairs=0)
+        metrics["val_photo_patch_accuracy"] = photo["val_patch_accuracy"]
+    return metrics
 
 
 def _save_weights(stage: Stage, net: DFFNet, config: DFFConfig, step: int, args, n_train: int, n_seg: int,
@@ -292,7 +338,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        import sys
+
+        Stage("train-dff", args.work, args.seed).record_command(
+            " ".join([f"torchrun --nproc_per_node {os.environ.get('WORLD_SIZE', '1')} -m face_alignment_ros.training.train_dff",
+                      *(sys.argv[1:] if argv is None else argv)]))
+    return run(args)
 
 
 if __name__ == "__main__":
