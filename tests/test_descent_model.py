@@ -95,3 +95,16 @@ def test_missing_and_inconsistent_metadata(tmp_path):
         DescentModel.load(path)
     with pytest.raises(ModelFileError, match="not found"):
         DescentModel.load(tmp_path / "absent.npz")
+
+
+def test_first_iterations_keep_the_early_steps(tmp_path):
+    model = _model(k=3)
+    cut = model.first(2)
+    assert cut.iterations == 2 and cut.provenance["truncated_from_iterations"] == 3
+    phi = np.ones(model.feature_dim, np.float32)
+    for k in range(2):
+        assert all(np.array_equal(a, b) for a, b in zip(cut.step(k, phi), model.step(k, phi)))
+    cut.save(tmp_path / "cut.npz")
+    assert DescentModel.load(tmp_path / "cut.npz").iterations == 2
+    with pytest.raises(ValueError, match="1..3"):
+        model.first(4)

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,17 @@ class DescentModel:
         dx = self.R_X[k] @ phi + self.b_X[k]
         dw = self.R_w[k] @ phi + self.b_w[k]
         return dx.reshape(N_LANDMARKS, 2), dw
+
+    def first(self, iterations: int) -> "DescentModel":
+        """The cascade cut after ``iterations`` steps: each step's regressor was learned on the
+        states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one."""
+        if not 1 <= iterations <= self.iterations:
+            raise ValueError(f"iterations must be in 1..{self.iterations}, got {iterations}")
+        if iterations == self.iterations:
+            return self
+        return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
+                       b_w=self.b_w[:iterations],
+                       provenance=dict(self.provenance, truncated_from_iterations=int(self.iterations)))
 
     def metadata(self) -> dict:
         return {

@@ -23,12 +23,27 @@ CARDS_DIR = "model_cards"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
+    parser.add_argument("--iterations", action="append", default=[], metavar="KIND=N",
+                        help="ship only the first N cascade iterations of a descent model (e.g. sift=3), "
+                             "to stay within the size limit; repeatable")
     parser.add_argument("--check-photos", type=int, default=40,
                         help="held-out photos on which float16 and float32 descent models are compared")
 
 
-def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int) -> dict | None:
-    """Held-out inter-pupil NME with the float16 file against its float32 twin."""
+def _parse_iterations(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        kind, _, n = item.partition("=")
+        if kind not in resources.DESCENT_MODEL_FILES or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--iterations wants KIND=N with KIND in {sorted(resources.DESCENT_MODEL_FILES)}, "
+                             f"got {item!r}")
+        out[kind] = int(n)
+    return out
+
+
+def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int, iterations: int | None) -> dict | None:
+    """Held-out inter-pupil NME with the float16 file against its float32 twin (both cut to the
+    shipped iterations)."""
     f32 = stage.root / "descent" / f"descent_{kind}_float32.npz"
     if not f32.exists():
         return None
@@ -43,6 +58,7 @@ def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int) -> d
     out = {}
     for name, path in (("float16", stage.root / "descent" / f"descent_{kind}.npz"), ("float32", f32)):
         descent = DescentModel.load(path)
+        descent = descent.first(iterations or descent.iterations)
         backend = create_backend(descent, dff_weights=dff_weights)
         out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
     out["photos"] = len(records)
@@ -76,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     fit_summary = json.loads(stage.input("fit", "summary.json").read_text())
     synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    keep = _parse_iterations(args.iterations)
 
     args.assets.mkdir(parents=True, exist_ok=True)
     cards = args.assets / CARDS_DIR
@@ -86,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
         model = DescentModel.load(src, expect_descriptor=kind)
         if kind == "dff" and model.crop_size != config.input_size:
             raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
-        shutil.copyfile(src, args.assets / resources.DESCENT_MODEL_FILES[kind])
-        checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos)
+        if kind in keep:
+            model.first(keep[kind]).save(args.assets / resources.DESCENT_MODEL_FILES[kind])
+        else:
+            shutil.copyfile(src, args.assets / resources.DESCENT_MODEL_FILES[kind])
+        checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos, keep.get(kind))
     sizes = {p.name: p.stat().st_size / 2**20 for p in
              [args.assets / resources.DFF_WEIGHTS_FILE] + [args.assets / f for f in resources.DESCENT_MODEL_FILES.values()]}
     total = sum(sizes.values())
@@ -122,10 +142,14 @@ def run(args: argparse.Namespace) -> int:
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
-                 f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 {s.get('sha256')}.",
+                 f"- Shipped cascade iterations: {keep.get(kind, 'all')} (the NME lists above start before "
+                 "iteration 1: entry k is after k iterations).",
+                 f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
+                 f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
                  *common]
         (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
-    stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date})
+    stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date,
+                                    "iterations": keep})
     stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)
     return 0
