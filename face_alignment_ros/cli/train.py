@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from face_alignment_ros.core import resources
-from face_alignment_ros.training.stage_io import STAGES
+from face_alignment_ros.training.stage_io import STAGES, Stage
 
 STAGE_MODULES = {
     "fit": "face_alignment_ros.training.fit_photos",
@@ -81,14 +81,8 @@ def run_stage(stage: str, argv: list[str]) -> int:
     if not hasattr(module, "run"):
         return int(module.main(argv) or 0)
     args = stage_parser(stage, module).parse_args(argv)
-    record_command(stage, args.work, " ".join(["face-align-train", stage, *argv]))
+    Stage(stage, args.work).record_command(" ".join(["face-align-train", stage, *argv]))
     return int(module.run(args) or 0)
-
-
-def record_command(stage: str, work, command: str) -> None:
-    from face_alignment_ros.training.stage_io import Stage
-
-    Stage(stage, work).record_command(command)
 
 
 def _usage() -> str:

@@ -263,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
             cascade, train_samples, val_samples, args.iterations, args.regularisation, report=report,
             descriptor=kind, descriptor_dim=backend.dim, crop_size=crop_size, box_priors=priors,
             provenance={"stage": "descent", "seed": args.seed, "train_photos": len(train),
-                        "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter, "detector": args.detector,
-                        "validation_photos": len(val)},
+                        "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter,
+                        "detector": args.detector, "validation_photos": len(val)},
             extra=extra)
         sha = descent.save(stage.path(f"descent_{kind}.npz"))
         descent.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)  # export checks float16 against it

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.evaluation.metrics import yaw_bin
 from face_alignment_ros.training.synthesize import (
     BACKGROUND_ID, Fits, MeshTools, face_region_mask, jittered_crop_box, open_outputs, photometric_jitter,
     read_image, sample_record, visible_surface,
@@ -27,7 +28,6 @@ from face_alignment_ros.training.synthesize import (
 from face_alignment_ros.training.stage_io import Stage
 
 PHOTO_SPLITS = {"photo_train": "train", "photo_heldout": "heldout"}
-DEFAULT_PHOTO_VIEWS = 4
 PHOTO_SPLIT_CODE = {"photo_train": 2, "photo_heldout": 3}
 
 
@@ -46,8 +46,8 @@ def photo_view(image: np.ndarray, fits: Fits, row: int, tools: MeshTools, size: 
     region = face_region_mask(face_crop.image_to_crop(fits.landmarks[row], box, size), (size, size))
     vid[~region] = BACKGROUND_ID
     image_out = photometric_jitter(crop, rng) if jitter else crop
-    yaw_bin = min(int(abs(np.degrees(camera[cam.YAW])) // 30.0), 2)
-    return sample_record(tools, image_out, vid, camera, params, verts, tv, row, 0, yaw_bin)
+    return sample_record(tools, image_out, vid, camera, params, verts, tv, row, 0,
+                         yaw_bin(np.degrees(camera[cam.YAW])))
 
 
 def make_photo_views(stage: Stage, fits: Fits, rows: dict, tools: MeshTools, size: int, views: int,
@@ -56,24 +56,24 @@ def make_photo_views(stage: Stage, fits: Fits, rows: dict, tools: MeshTools, siz
     (one canonical crop each). Skipped when the same settings already made them. -> counts."""
     config = {"fits": fits.fingerprint(), "size": size, "seed": seed, "views": views,
               "rows": {s: len(rows[PHOTO_SPLITS[s]]) for s in PHOTO_SPLITS}, "version": 1}
+    per_photo = {"photo_train": views, "photo_heldout": 1}
+    counts = {s: config["rows"][s] * per_photo[s] for s in PHOTO_SPLITS}
     done_path = stage.path("photo_views.json")
     if done_path.exists():
         import json
 
         if json.loads(done_path.read_text()).get("config") == config:
             stage.log.info("photo views already made with these settings")
-            return {s: config["rows"][s] * (views if s == "photo_train" else 1) for s in PHOTO_SPLITS}
+            return counts
         done_path.unlink()
-    counts = {}
     for split, source in PHOTO_SPLITS.items():
-        per_photo = views if split == "photo_train" else 1
         split_rows = rows[source]
-        n = len(split_rows) * per_photo
+        n = counts[split]
         out = open_outputs(stage.dir, split, n, size, "w+")
         k = 0
         for row in tqdm(split_rows, desc=f"synthesize {split}", unit="photo", mininterval=5):
             image = read_image(fits, int(row))
-            for v in range(per_photo):
+            for v in range(per_photo[split]):
                 rng = np.random.default_rng([seed, PHOTO_SPLIT_CODE[split], int(row), v])
                 sample = photo_view(image, fits, int(row), tools, size, rng, jitter=split == "photo_train")
                 sample["view"] = v
@@ -82,7 +82,6 @@ def make_photo_views(stage: Stage, fits: Fits, rows: dict, tools: MeshTools, siz
                 k += 1
         for arr in out.values():
             arr.flush()
-        counts[split] = n
         labelled = float((out["vertex_ids"] != BACKGROUND_ID).mean())
         stage.log.info("%s: %d photo crops, %.1f%% of pixels labelled", split, n, 100 * labelled)
     stage.save_json("photo_views.json", {"config": config, "counts": counts})

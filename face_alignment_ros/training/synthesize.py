@@ -71,6 +71,7 @@ STAGE = "synthesize"
 SPLITS = ("train", "heldout")
 DEFAULT_SIZE = 128
 DEFAULT_TRAIN_SAMPLES = 30000
+DEFAULT_PHOTO_VIEWS = 4  # crops of each training photo itself (photo_views)
 DEFAULT_HELDOUT_VIEWS_PER_BIN = 12
 YAW_BINS_DEG = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 PITCH_ROLL_SIGMA_DEG = 12.0
@@ -690,7 +691,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--views", type=int, default=None, help="views per training identity (overrides --train-samples)")
     _add(parser, "--heldout-views-per-bin", type=int, default=DEFAULT_HELDOUT_VIEWS_PER_BIN,
          help="held-out views per yaw bin [0,30], [30,60], [60,90] (signs alternate)")
-    _add(parser, "--photo-views", type=int, default=4,
+    _add(parser, "--photo-views", type=int, default=DEFAULT_PHOTO_VIEWS,
          help="jittered crops of each training photo itself, labelled by its fit, for the DFF (0: none)")
     _add(parser, "--limit", type=int, default=0, help="use only the first N identities of each split (trials)")
     _add(parser, "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
