@@ -108,3 +108,19 @@ def test_first_iterations_keep_the_early_steps(tmp_path):
     assert DescentModel.load(tmp_path / "cut.npz").iterations == 2
     with pytest.raises(ValueError, match="1..3"):
         model.first(4)
+
+
+def test_dff_model_refuses_weights_it_was_not_learned_on(tmp_path):
+    from face_alignment_ros.core import resources
+    from face_alignment_ros.core.descriptors import check_dff_pairing
+
+    learned_on, other = tmp_path / "learned_on.pt", tmp_path / "other.pt"
+    learned_on.write_bytes(b"weights of the run")
+    other.write_bytes(b"weights of a later run")
+    model = _model()
+    model.extra = {"dff_weights_sha256": resources.file_sha256(learned_on)}
+    check_dff_pairing(model, learned_on)
+    with pytest.raises(ModelFileError, match="re-run `face-align-train descent"):
+        check_dff_pairing(model, other)
+    model.extra = {}  # older files carry no hash: not checked
+    check_dff_pairing(model, other)

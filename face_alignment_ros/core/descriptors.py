@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 
 from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core import resources
 from face_alignment_ros.core.cascade import Sampler
 from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.morphable_model import ModelFileError
 
 # SIFT keypoint size on the face, in millimetres (about 5 px on a 128 px crop; OpenCV's
 # descriptor window is about 6 times the size): the keypoint size follows the face scale.
@@ -72,4 +74,15 @@ def create_backend(descent: DescentModel, dff_weights: str | Path | None = None,
         return SiftBackend(descent.crop_size, float(descent.extra.get("sift_patch_mm", SIFT_PATCH_MM)))
     if dff_weights is None:
         raise ValueError("a DFF descent model needs the DFF weights file (dff_weights=...)")
+    check_dff_pairing(descent, dff_weights)
     return DffBackend.from_file(dff_weights, device=device)
+
+
+def check_dff_pairing(descent: DescentModel, dff_weights: str | Path) -> None:
+    """A DFF descent model only fits the descriptors it was learned on: refuse other weights.
+    Models that predate the recorded hash are not checked."""
+    expected = descent.extra.get("dff_weights_sha256")
+    if expected and resources.file_sha256(dff_weights) != expected:
+        raise ModelFileError(
+            f"{dff_weights} is not the DFF network this descent model was learned on "
+            f"(sha256 {expected[:12]}...); use the matching weights or re-run `face-align-train descent --descriptor dff`")

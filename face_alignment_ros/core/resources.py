@@ -1,6 +1,7 @@
 """Where the package finds its files: shipped assets, the converted 3DMM, data and work folders."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -45,3 +46,8 @@ def trained_models_present(descriptor: str = "dff") -> bool:
     if descriptor == "dff":
         need.append(ASSETS_DIR / DFF_WEIGHTS_FILE)
     return all(p.exists() for p in need)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (pairs a DFF descent model with the weights it was learned on)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,18 +1,22 @@
 """Stage ``export``: copy the trained DFF weights and both descent models into the package, with
-a model card each (data, commands, metrics, date), after checking that they load and that
-float16 storage costs no accuracy.
+a model card each (data, commands, metrics, date), after checking that they load, that the DFF
+descent model was learned on these weights, that float16 storage costs no accuracy and that the
+total fits the size limit. Nothing shipped is replaced unless every check passes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.descriptors import check_dff_pairing
 from face_alignment_ros.core.dff_network import load_dff_weights
 from face_alignment_ros.training.photo_split import SPLIT_NAME
 from face_alignment_ros.training.stage_io import Stage
@@ -97,31 +101,41 @@ def run(args: argparse.Namespace) -> int:
     args.assets.mkdir(parents=True, exist_ok=True)
     cards = args.assets / CARDS_DIR
     cards.mkdir(exist_ok=True)
-    shutil.copyfile(weights_src, args.assets / resources.DFF_WEIGHTS_FILE)
-    checks = {}
-    for kind, src in descent_src.items():
-        model = DescentModel.load(src, expect_descriptor=kind)
-        if kind == "dff" and model.crop_size != config.input_size:
-            raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
-        if kind in keep:
-            model.first(keep[kind]).save(args.assets / resources.DESCENT_MODEL_FILES[kind])
-        else:
-            shutil.copyfile(src, args.assets / resources.DESCENT_MODEL_FILES[kind])
-        checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos, keep.get(kind))
-    sizes = {p.name: p.stat().st_size / 2**20 for p in
-             [args.assets / resources.DFF_WEIGHTS_FILE] + [args.assets / f for f in resources.DESCENT_MODEL_FILES.values()]}
-    total = sum(sizes.values())
-    if total > SIZE_LIMIT_MB:
-        raise ValueError(f"shipped models total {total:.1f} MB > {SIZE_LIMIT_MB} MB")
+    # stage the files beside the assets and check them all before anything shipped is replaced
+    with tempfile.TemporaryDirectory(dir=args.assets, prefix=".export-") as tmp:
+        staged = {resources.DFF_WEIGHTS_FILE: Path(tmp) / resources.DFF_WEIGHTS_FILE}
+        shutil.copyfile(weights_src, staged[resources.DFF_WEIGHTS_FILE])
+        checks = {}
+        for kind, src in descent_src.items():
+            model = DescentModel.load(src, expect_descriptor=kind)
+            if kind == "dff":
+                if model.crop_size != config.input_size:
+                    raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
+                check_dff_pairing(model, weights_src)
+            out = staged[resources.DESCENT_MODEL_FILES[kind]] = Path(tmp) / resources.DESCENT_MODEL_FILES[kind]
+            if kind in keep:
+                model.first(keep[kind]).save(out)
+            else:
+                shutil.copyfile(src, out)
+            checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos, keep.get(kind))
+        sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
+        total = sum(sizes.values())
+        if total > SIZE_LIMIT_MB:
+            raise ValueError(f"shipped models would total {total:.1f} MB > {SIZE_LIMIT_MB} MB (nothing replaced); "
+                             "ship fewer iterations with --iterations KIND=N")
+        for name, path in staged.items():
+            os.replace(path, args.assets / name)
 
     data_line = (f"- Data: 300-W photos (AFW + HELEN train subsets, ../shared/data/300w), split by "
                  f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
                  f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
-    synth_summary = json.loads(stage.input("synthesize", "summary.json").read_text())
+    # photo_views.json is the photo step's own record (the summary misses it when the renders were already made)
+    photo_views = stage.root / "synthesize" / "photo_views.json"
+    photo_counts = json.loads(photo_views.read_text())["counts"] if photo_views.exists() else {}
     common = [data_line,
               f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",
               f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
-              f"photo crops: {synth_summary.get('photo_counts', {})}.",
+              f"photo crops (fitted meshes as labels): {photo_counts or 'none'}.",
               f"- Exported {date} by `face-align-train export`."]
     (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
         f"- Architecture: {json.dumps(config.to_dict())}",

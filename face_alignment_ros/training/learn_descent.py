@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from face_alignment_ros.core import camera as cam
-from face_alignment_ros.core import face_crop
+from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
 from face_alignment_ros.core.dff_extractor import crop_image
@@ -198,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dff-weights", default=None, help="default: <work>/train-dff/dff_weights.pt")
     parser.add_argument("--detector", default="default")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--perturbations", type=int, default=6, help="starts per training photo")
+    parser.add_argument("--perturbations", type=int, default=12, help="starts per training photo (and per mirror image)")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="do not add the training photos' mirror images (on by default)")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         if kind == "dff":
             weights = args.dff_weights or stage.input("train-dff", "dff_weights.pt")
             backend = DffBackend.from_file(weights)
-            extra = {"dff_weights": str(weights)}
+            extra = {"dff_weights": str(weights), "dff_weights_sha256": resources.file_sha256(weights)}
         else:
             backend = SiftBackend(args.crop_size)
             extra = {"sift_patch_mm": SIFT_PATCH_MM}
