@@ -89,28 +89,25 @@ def test_wrong_schema(tmp_path):
         load_dff_weights(path)
 
 
-def test_shape_mismatch(tmp_path):
-    path, _ = _saved(tmp_path)
-    payload = torch.load(path, weights_only=True)
+def _wrong_head_shape(payload):
     payload["state_dict"]["head.weight"] = torch.zeros(32, 5, 1, 1, dtype=torch.float16)
-    torch.save(payload, path)
-    with pytest.raises(ValueError, match="head.weight"):
-        load_dff_weights(path)
 
 
-def test_config_does_not_match_weights(tmp_path):
-    path, _ = _saved(tmp_path)
-    payload = torch.load(path, weights_only=True)
+def _wrong_depth(payload):
     payload["config"]["depth"] = 2
-    torch.save(payload, path)
-    with pytest.raises(ValueError, match="keys do not match"):
-        load_dff_weights(path)
 
 
-def test_bad_config_field(tmp_path):
+def _unknown_config_field(payload):
+    payload["config"]["colour"] = "blue"
+
+
+@pytest.mark.parametrize("corrupt, message", [(_wrong_head_shape, "head.weight"),
+                                              (_wrong_depth, "keys do not match"),
+                                              (_unknown_config_field, "bad config")])
+def test_inconsistent_file_names_the_problem(tmp_path, corrupt, message):
     path, _ = _saved(tmp_path)
     payload = torch.load(path, weights_only=True)
-    payload["config"]["colour"] = "blue"
+    corrupt(payload)
     torch.save(payload, path)
-    with pytest.raises(ValueError, match="bad config"):
+    with pytest.raises(ValueError, match=message):
         load_dff_weights(path)

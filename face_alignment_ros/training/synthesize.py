@@ -123,6 +123,23 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _neighbour_sum(values, mask, indptr, indices, v):
+    """Sum of the rows of ``values`` over v's neighbours in ``mask``, and their count."""
+    c0 = 0.0
+    c1 = 0.0
+    c2 = 0.0
+    cnt = 0
+    for j in range(indptr[v], indptr[v + 1]):
+        u = indices[j]
+        if mask[u]:
+            c0 += values[u, 0]
+            c1 += values[u, 1]
+            c2 += values[u, 2]
+            cnt += 1
+    return c0, c1, c2, cnt
+
+
+@njit(cache=True, nogil=True)
 def _diffuse(colors, known, indptr, indices):
     """Breadth-first fill: each unknown vertex takes the mean colour of its neighbours that were
     known before its ring, so every hole gets the colour of its nearest known vertices."""
@@ -147,17 +164,7 @@ def _diffuse(colors, known, indptr, indices):
                     nn += 1
         for i in range(nn):
             u = nxt[i]
-            c0 = 0.0
-            c1 = 0.0
-            c2 = 0.0
-            cnt = 0
-            for j in range(indptr[u], indptr[u + 1]):
-                w = indices[j]
-                if known[w]:
-                    c0 += colors[w, 0]
-                    c1 += colors[w, 1]
-                    c2 += colors[w, 2]
-                    cnt += 1
+            c0, c1, c2, cnt = _neighbour_sum(colors, known, indptr, indices, u)
             colors[u, 0] = c0 / cnt
             colors[u, 1] = c1 / cnt
             colors[u, 2] = c2 / cnt
@@ -178,17 +185,7 @@ def _relax(values, solve, use, indptr, indices, iterations, omega):
         for v in range(n):
             if not solve[v]:
                 continue
-            c0 = 0.0
-            c1 = 0.0
-            c2 = 0.0
-            cnt = 0
-            for j in range(indptr[v], indptr[v + 1]):
-                u = indices[j]
-                if use[u]:
-                    c0 += values[u, 0]
-                    c1 += values[u, 1]
-                    c2 += values[u, 2]
-                    cnt += 1
+            c0, c1, c2, cnt = _neighbour_sum(values, use, indptr, indices, v)
             if cnt > 0:
                 values[v, 0] += omega * (c0 / cnt - values[v, 0])
                 values[v, 1] += omega * (c1 / cnt - values[v, 1])
