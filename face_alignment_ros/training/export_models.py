@@ -45,10 +45,11 @@ def _parse_iterations(items: list[str]) -> dict[str, int]:
     return out
 
 
-def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int, iterations: int | None) -> dict | None:
-    """Held-out inter-pupil NME with the float16 file against its float32 twin (both cut to the
-    shipped iterations)."""
-    f32 = stage.root / "descent" / f"descent_{kind}_float32.npz"
+def _float16_check(stage: Stage, model: DescentModel, dff_weights: Path, photos: int,
+                   iterations: int | None) -> dict | None:
+    """Held-out inter-pupil NME with the float16 model (as loaded for export) against its float32
+    twin, both cut to the shipped iterations; one descriptor back-end serves both."""
+    f32 = stage.root / "descent" / f"descent_{model.descriptor}_float32.npz"
     if not f32.exists():
         return None
     from face_alignment_ros.core.cascade import Cascade
@@ -59,11 +60,10 @@ def _float16_check(stage: Stage, kind: str, dff_weights: Path, photos: int, iter
     cascade = Cascade(MorphableModel.load())
     records = [r for r in load_photo_records(Stage("descent", stage.root, stage.seed), "default")
                if r.split == "heldout"][:photos]
+    backend = create_backend(model, dff_weights=dff_weights)
     out = {}
-    for name, path in (("float16", stage.root / "descent" / f"descent_{kind}.npz"), ("float32", f32)):
-        descent = DescentModel.load(path)
+    for name, descent in (("float16", model), ("float32", DescentModel.load(f32))):
         descent = descent.first(iterations or descent.iterations)
-        backend = create_backend(descent, dff_weights=dff_weights)
         out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
     out["photos"] = len(records)
     return out
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 model.first(keep[kind]).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, kind, weights_src, args.check_photos, keep.get(kind))
+            checks[kind] = _float16_check(stage, model, weights_src, args.check_photos, keep.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
         if total > SIZE_LIMIT_MB:
