@@ -81,6 +81,9 @@ def convert(args) -> int:
 
 
 def replay(args) -> int:
+    from face_alignment_ros.ros.transport_profile import use_shipped_profile
+
+    use_shipped_profile()  # the replayer is a camera: big frames need the profile on this side
     import rclpy
 
     from face_alignment_ros.ros import bag_io

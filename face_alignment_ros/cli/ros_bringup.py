@@ -136,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--out", default="out/ros_demo", help="demo: folder for the overlay PNGs")
     args = p.parse_args(argv)
+    from face_alignment_ros.ros.transport_profile import use_shipped_profile
+
+    use_shipped_profile()  # before rclpy.init: Fast DDS reads it when the middleware loads
     return demo(args) if args.demo else run(args)
 
 
