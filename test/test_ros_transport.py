@@ -15,11 +15,13 @@ from face_alignment_ros.ros.transport_profile import (PROFILE_ENV_VARS, profile_
 
 
 def test_profile_is_set_only_when_the_user_set_none():
-    shipped = profile_path()
-    assert shipped is not None and shipped.name == "fastdds.xml"
-    environ = {}
-    assert use_shipped_profile(environ) == {name: str(shipped) for name in PROFILE_ENV_VARS}
-    assert environ == {name: str(shipped) for name in PROFILE_ENV_VARS}
+    shipped = str(profile_path())
+    assert profile_path().name == "fastdds.xml"
+    environ = {"ROS_DISTRO": "jazzy"}
+    assert use_shipped_profile(environ) == {"FASTRTPS_DEFAULT_PROFILES_FILE": shipped}
+    assert environ == {"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": shipped}
+    # Fast DDS 3 reads the other variable (and warns about the old one)
+    assert profile_environment({"ROS_DISTRO": "kilted"}) == {"FASTDDS_DEFAULT_PROFILES_FILE": shipped}
     for name in PROFILE_ENV_VARS:
         mine = {name: "/robot/my_profile.xml"}
         assert use_shipped_profile(mine) == {} and mine == {name: "/robot/my_profile.xml"}
@@ -30,6 +32,7 @@ def test_bringup_sets_the_profile_before_ros_starts(monkeypatch):
     monkeypatch.setattr(ros_bringup, "run", lambda args: seen.append(dict(os.environ)) or 0)
     for name in PROFILE_ENV_VARS:
         monkeypatch.setenv(name, "")  # unset for the profile logic; restored afterwards
+    monkeypatch.setenv("ROS_DISTRO", "jazzy")
     assert ros_bringup.main([]) == 0
     assert seen[0]["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(profile_path())
     monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/robot/my_profile.xml")

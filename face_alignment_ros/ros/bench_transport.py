@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from face_alignment_ros.ros.transport_profile import PROFILE_ENV_VARS, profile_path
+from face_alignment_ros.ros.transport_profile import PROFILE_ENV_VARS, profile_environment
 
 TOPIC = "/bench_transport/image"
 
@@ -65,10 +65,10 @@ def _publish(args) -> int:
 def publisher_environment(with_profile: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PROFILE_ENV_VARS}
     if with_profile:
-        path = profile_path()
-        if path is None:
+        profile = profile_environment(env)
+        if not profile:
             raise SystemExit("config/fastdds.xml not found")
-        env.update({name: str(path) for name in PROFILE_ENV_VARS})
+        env.update(profile)
     return env
 
 
