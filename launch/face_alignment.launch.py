@@ -5,6 +5,9 @@
 Starts face_alignment_node and the lifecycle descent_model_node with config/face_alignment.yaml,
 then configures and activates descent_model_node automatically. Where launch_ros is absent
 (the PyPI venv), `face-align-ros --image-topic T --params FILE` brings up the same graph.
+
+Both nodes get the package's Fast DDS profile (config/fastdds.xml) unless the environment names
+one already (docs/ros.md, "Transport").
 """
 import os
 
@@ -17,6 +20,8 @@ import launch_ros.events.lifecycle
 import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_share_directory
 from launch.substitutions import LaunchConfiguration
+
+from face_alignment_ros.ros.transport_profile import profile_environment
 
 
 def generate_launch_description():
@@ -44,7 +49,11 @@ def generate_launch_description():
             lifecycle_node_matcher=launch.events.matches_action(model),
             transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
 
+    # Set before the nodes start: Fast DDS reads it once, when each process's middleware loads.
+    transport = [launch.actions.SetEnvironmentVariable(name, value) for name, value in profile_environment().items()]
+
     return launch.LaunchDescription([
+        *transport,
         launch.actions.DeclareLaunchArgument("image", default_value="/camera/image_raw",
                                              description="sensor_msgs/Image input topic"),
         launch.actions.DeclareLaunchArgument("camera_info", default_value="/camera/camera_info",

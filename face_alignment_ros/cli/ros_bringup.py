@@ -35,7 +35,8 @@ def run(args) -> int:
     from face_alignment_ros.ros.graph import Graph
 
     rclpy.init()
-    graph = Graph(args.image_topic, args.params, args.namespace).start()
+    overrides = {"image_transport": args.image_transport} if args.image_transport else None
+    graph = Graph(args.image_topic, args.params, args.namespace, aligner_overrides=overrides).start()
     try:
         if not graph.bring_up(args.timeout):
             return 1
@@ -127,6 +128,9 @@ def demo(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="face-align-ros", description=__doc__.split("\n\n")[0])
     p.add_argument("--image-topic", default="/camera/image_raw", help="sensor_msgs/Image input topic")
+    p.add_argument("--image-transport", choices=("raw", "compressed"),
+                   help="compressed: sensor_msgs/CompressedImage on IMAGE_TOPIC/compressed (default: the params' "
+                        "image_transport, raw)")
     p.add_argument("--params", default=_default_params(), help="ROS parameter YAML (default: config/face_alignment.yaml)")
     p.add_argument("--namespace", default="", help="namespace of both nodes")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for services / results")
@@ -136,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--out", default="out/ros_demo", help="demo: folder for the overlay PNGs")
     args = p.parse_args(argv)
+    from face_alignment_ros.ros.transport_profile import use_shipped_profile
+
+    use_shipped_profile()  # before rclpy.init: Fast DDS reads it when the middleware loads
     return demo(args) if args.demo else run(args)
 
 

@@ -16,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.event_handler import SubscriptionEventCallbacks
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
 from face_alignment_ros.core.descent_model import DescentModel
@@ -27,18 +27,22 @@ from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import diagnostics as diag
 from face_alignment_ros.ros.image_conversion import ImageConversionError
 from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
-from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
+from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
 from face_alignment_ros.ros.qos import (DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS,
                                         image_qos)
 from face_alignment_ros.ros.tf import TfPublisher
 
 NODE_NAME = "face_alignment_node"
+IMAGE_TRANSPORTS = ("raw", "compressed")
 
 PARAMS = [
     Param("image_reliability", "best_effort",
           "QoS reliability of the image subscription. best_effort (sensor-data QoS) is served by "
           "best-effort and reliable publishers; reliable only by reliable ones.",
           choices=IMAGE_RELIABILITY, read_only=True),
+    Param("image_transport", "raw",
+          "raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage (jpeg or png) on "
+          "<image>/compressed, the image_transport convention.", choices=IMAGE_TRANSPORTS, read_only=True),
     Param("use_camera_info", True,
           "Subscribe to camera_info and use its K for the metric pose; without a valid CameraInfo "
           "focal_length_px / horizontal_fov_deg are used.", read_only=True),
@@ -72,18 +76,21 @@ PARAMS = [
 ]
 
 
+def image_subscription(node: Node, transport: str) -> tuple[type, str]:
+    """(message type, topic) of the image input. Compressed images are on the resolved (remapped)
+    image topic + "/compressed", as image_transport names them."""
+    if transport == "compressed":
+        return CompressedImage, node.resolve_topic_name("image") + "/compressed"
+    return Image, "image"
+
+
 class FaceAlignmentNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self.stats = diag.PipelineStats()
         self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
         p = self.params
-        if p["num_threads"] > 0:
-            import cv2
-            import torch
-
-            torch.set_num_threads(p["num_threads"])
-            cv2.setNumThreads(p["num_threads"])
+        apply_num_threads(p["num_threads"])
         self.pipeline = FramePipeline(PipelineConfig.from_values(self._config_values()), dff_weights=p["dff_weights"],
                                       detector=p["detector"], device=p["device"])
 
@@ -104,7 +111,8 @@ class FaceAlignmentNode(Node):
 
         inputs = ReentrantCallbackGroup()
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self.create_subscription(Image, "image", self._on_image, image_qos(p["image_reliability"]),
+        image_type, image_topic = image_subscription(self, p["image_transport"])
+        self.create_subscription(image_type, image_topic, self._on_image, image_qos(p["image_reliability"]),
                                  callback_group=inputs, event_callbacks=events)
         if p["use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
@@ -116,7 +124,7 @@ class FaceAlignmentNode(Node):
         self._worker = threading.Thread(target=self._run, name=f"{node_name}_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(f"{diag.WAITING_FOR_MODEL} on {self.resolve_topic_name('descent_model')}; "
-                               f"images from {self.resolve_topic_name('image')} ({p['image_reliability']}), "
+                               f"images from {self.resolve_topic_name(image_topic)} ({p['image_reliability']}), "
                                f"TF via {self.tf.backend}")
 
     # --- parameters -----------------------------------------------------------------------
@@ -131,7 +139,7 @@ class FaceAlignmentNode(Node):
                 self._pending_config = PipelineConfig.from_values(self._config_values()).__dict__
 
     # --- callbacks (executor threads): store only -----------------------------------------
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         with self._cond:
             self.stats.add(received=1)
             if self._frame is not None:

@@ -1,9 +1,11 @@
-"""sensor_msgs/Image <-> numpy without cv_bridge (the ROS 2 cv_bridge is not on PyPI).
+"""sensor_msgs/Image and sensor_msgs/CompressedImage <-> numpy without cv_bridge (the ROS 2
+cv_bridge is not on PyPI).
 
-Works on any object with the Image fields (rclpy messages and rosbags' deserialised ones).
+Works on any object with the message's fields (rclpy messages and rosbags' deserialised ones).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # encoding -> (channels, channel order to BGR: index array or None)
@@ -50,6 +52,48 @@ def image_to_bgr(msg) -> np.ndarray:
     if order is not None:
         pixels = pixels[:, :, order]
     return np.ascontiguousarray(pixels)
+
+
+# image_transport's compressed formats (a CompressedImage.format names one of them, e.g. "jpeg" or
+# "bgr8; jpeg compressed bgr8"); compressedDepth (16-bit depth) is not a camera image.
+COMPRESSED_FORMATS = ("jpeg", "png")
+
+
+def compressed_to_bgr(msg) -> np.ndarray:
+    """uint8 BGR (H, W, 3) of a CompressedImage (jpeg or png, any channel count). Raises
+    ``ImageConversionError`` for another format, an empty payload, or one OpenCV cannot decode."""
+    fmt = str(msg.format).lower()
+    if "compresseddepth" in fmt or (fmt and not any(f in fmt for f in (*COMPRESSED_FORMATS, "jpg"))):
+        raise ImageConversionError(f"unsupported compressed image format {msg.format!r}; "
+                                   f"supported: {', '.join(COMPRESSED_FORMATS)}")
+    data = msg.data
+    buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8, copy=False).reshape(-1)
+    if buf.size == 0:
+        raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageConversionError(f"cannot decode the compressed image: {buf.size} bytes of format {msg.format!r} "
+                                   "are not a valid jpeg or png")
+    return image
+
+
+def message_to_bgr(msg) -> np.ndarray:
+    """The image of an Image or a CompressedImage (told apart by CompressedImage's ``format``)."""
+    return compressed_to_bgr(msg) if hasattr(msg, "format") else image_to_bgr(msg)
+
+
+def bgr_to_compressed_fields(image: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> dict:
+    """The CompressedImage fields (format, data) of a BGR or gray uint8 image, with the format
+    string image_transport's compressed plugin writes."""
+    if fmt not in COMPRESSED_FORMATS:
+        raise ImageConversionError(f"compressed format must be one of {COMPRESSED_FORMATS}, not {fmt!r}")
+    image = np.asarray(image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode(f".{'jpg' if fmt == 'jpeg' else 'png'}", image, params)
+    if not ok:
+        raise ImageConversionError(f"cannot encode a {image.shape} image as {fmt}")
+    encoding = "mono8" if image.ndim == 2 else "bgr8"
+    return {"format": f"{encoding}; {fmt} compressed {encoding}", "data": buf.tobytes()}
 
 
 def bgr_to_image_fields(image: np.ndarray, encoding: str = "bgr8") -> dict:

@@ -4,8 +4,11 @@ from __future__ import annotations
 import rclpy
 import rclpy.executors
 
+from face_alignment_ros.ros.transport_profile import use_shipped_profile
+
 
 def spin_node(node_factory, executor_factory=None, args=None) -> int:
+    use_shipped_profile()  # before rclpy.init: Fast DDS reads it when the middleware loads
     rclpy.init(args=args)
     node = node_factory()
     try:

@@ -24,7 +24,7 @@ from face_alignment_ros.core.overlay import draw_faces
 from face_alignment_ros.core.tracker import FaceTracker
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import messages
-from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
+from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, message_to_bgr
 
 
 @dataclass
@@ -57,6 +57,17 @@ class FrameOutput:
     faces: list = field(default_factory=list)  # core TrackedFace
     intrinsics: Intrinsics | None = None
     stages_ms: dict = field(default_factory=dict)
+
+
+def apply_num_threads(num_threads: int) -> None:
+    """The ``num_threads`` parameter: torch and OpenCV CPU threads of this process (0 leaves the
+    libraries' defaults). The node and ``face-align-bag`` both call this."""
+    if num_threads > 0:
+        import cv2
+        import torch
+
+        torch.set_num_threads(num_threads)
+        cv2.setNumThreads(num_threads)
 
 
 def default_dff_weights() -> Path:
@@ -138,14 +149,15 @@ class FramePipeline:
         return Intrinsics.assumed(width, height, self.config.focal_length_px, self.config.horizontal_fov_deg)
 
     def process(self, image_msg, camera_info=None, header=None) -> FrameOutput:
-        """Align every face of ``image_msg``. Raises ``ImageConversionError`` for a bad frame.
-        ``header``: the output header (default: the image's own)."""
+        """Align every face of ``image_msg`` (an Image or a CompressedImage). Raises
+        ``ImageConversionError`` for a bad frame. ``header``: the output header (default: the
+        image's own)."""
         if not self.ready:
             raise RuntimeError("no descent model yet")
         header = image_msg.header if header is None else header
         stages = {}
         t0 = time.perf_counter()
-        image = image_to_bgr(image_msg)
+        image = message_to_bgr(image_msg)
         t1 = time.perf_counter()
         tracked = self.tracker.process(image)
         t2 = time.perf_counter()
