@@ -130,11 +130,18 @@ class FramePipeline:
         self._topology_sent = True
         return self.topology
 
+    @staticmethod
+    def camera_intrinsics(width: int, height: int, camera_info=None) -> Intrinsics | None:
+        """The K of ``camera_info`` when it is plausible for a ``width`` x ``height`` image, else None."""
+        if camera_info is None:
+            return None
+        intr = Intrinsics.from_k(camera_info.k)
+        return intr if intr.is_valid(width, height) else None
+
     def intrinsics(self, width: int, height: int, camera_info=None) -> Intrinsics:
-        if camera_info is not None:
-            intr = Intrinsics.from_k(camera_info.k)
-            if intr.is_valid():
-                return intr
+        intr = self.camera_intrinsics(width, height, camera_info)
+        if intr is not None:
+            return intr
         return Intrinsics.assumed(width, height, self.config.focal_length_px, self.config.horizontal_fov_deg)
 
     def process(self, image_msg, camera_info=None, header=None) -> FrameOutput:
