@@ -88,11 +88,11 @@ def test_absurd_camera_info_falls_back_to_assumed_intrinsics(fx, fy, cx, cy):
 
     from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
 
-    assert not Intrinsics(fx, fy, cx, cy).is_valid(640, 480)
     info = CameraInfo(width=640, height=480, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
     pipeline = FramePipeline(PipelineConfig(horizontal_fov_deg=60.0))
-    assert pipeline.camera_intrinsics(640, 480, info) is None
     assert pipeline.intrinsics(640, 480, info) == Intrinsics.assumed(640, 480, 0.0, 60.0)
+    assert pipeline.camera_intrinsics(640, 480, info) is None
+    assert not Intrinsics(fx, fy, cx, cy).is_valid(640, 480)
 
 
 def test_plausible_camera_info_is_used():

@@ -269,9 +269,9 @@ def test_frames_lost_in_transport_are_counted(ros):
 
 def test_camera_info_is_taken_beside_the_image_topic(ros):
     node = aligner(ros, "aligner_beside", remaps={"image": "/cam_a/image_raw"})
-    assert node.camera_info_topic == "/cam_a/camera_info"
     info = ros.probe.create_publisher(CameraInfo, "/cam_a/camera_info", 5)
     wait_until(lambda: info.get_subscription_count() >= 1, TIMEOUT, what="CameraInfo subscription beside the image")
+    assert node.camera_info_topic == "/cam_a/camera_info"
     status = ros.wait_diag("aligner_beside: face alignment", lambda m, v: True, "diagnostics")
     assert values_of(status)["camera info"].startswith(f"{NO_CAMERA_INFO} on /cam_a/camera_info")
 
