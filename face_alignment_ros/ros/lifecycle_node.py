@@ -39,7 +39,8 @@ class SafeLifecycleNode(LifecycleNode):
         valid = transition.label in available.values() if transition.label else transition.id in available
         if not valid:
             self.refused_transitions += 1
-            asked = f"'{transition.label}'" if transition.label else f"id {transition.id}"
+            names = {tid: label for tid, label, *_ in self._state_machine.transition_graph}
+            asked = f"'{transition.label or names.get(transition.id, '?')}' (id {transition.id})"
             self.report_error(f"change_state refused: transition {asked} is not valid from state "
                               f"'{self.state_label()}' (valid: {', '.join(sorted(available.values())) or 'none'})")
             response.success = False
