@@ -155,6 +155,7 @@ def diagnostic_array(stamp, node_name: str, stats: PipelineStats, model_ready: b
         "frames before model": s["without_model"], "face count": s["faces"],
         "processing time mean ms": f"{s['mean_ms']:.2f}", "processing time max ms": f"{s['max_ms']:.2f}",
         "descent model sha256": s["model_sha256"], "descent model updates": s["model_updates"],
+        "last model rejected": s["model_error"],
         "last error": s["last_error"],
     }
     for stage, ms in s["stages_mean_ms"].items():
