@@ -266,16 +266,16 @@ class FaceAlignmentNode(Node):
     def _camera_info_status(self, camera_info, width: int, height: int) -> tuple[str, bool]:
         """(what the intrinsics come from, in words; whether that is a valid CameraInfo)."""
         p = self.params
-        assumed = (f"focal_length_px {p['focal_length_px']:g}" if p["focal_length_px"] > 0
-                   else f"horizontal_fov_deg {p['horizontal_fov_deg']:g}")
+        assumed = "assuming " + (f"focal_length_px {p['focal_length_px']:g}" if p["focal_length_px"] > 0
+                                 else f"horizontal_fov_deg {p['horizontal_fov_deg']:g}")
         if not p["use_camera_info"]:
-            return f"not used (use_camera_info false): {assumed}", True
+            return f"not used (use_camera_info false); {assumed}", True
         if camera_info is None:
-            return f"{diag.NO_CAMERA_INFO} on {self.camera_info_topic} yet: {assumed}", False
+            return f"{diag.NO_CAMERA_INFO} on {self.camera_info_topic} yet; {assumed}", False
         if self.pipeline.camera_intrinsics(width, height, camera_info) is None:
             k = list(camera_info.k)
             return (f"{diag.NO_CAMERA_INFO}: K of {self.camera_info_topic} rejected for {width}x{height} images "
-                    f"(fx {k[0]:g}, fy {k[4]:g}, cx {k[2]:g}, cy {k[5]:g}): {assumed}"), False
+                    f"(fx {k[0]:g}, fy {k[4]:g}, cx {k[2]:g}, cy {k[5]:g}); {assumed}"), False
         return f"K from {self.camera_info_topic}", True
 
     def _report_camera_info(self, camera_info, width: int, height: int) -> None:
