@@ -87,7 +87,7 @@ class Graph:
         log = self.manager.get_logger()
         for transition in ("configure", "activate"):
             if not self.lifecycle.change_state(transition, timeout):
-                log.error(f"descent model node: {transition} failed ({self.model_node.last_error})")
+                log.error(f"descent model node: {self.model_node.last_error or transition + ' failed'}")
                 return False
         return True
 
