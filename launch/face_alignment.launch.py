@@ -20,6 +20,7 @@ import launch_ros.events.lifecycle
 import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_share_directory
 from launch.substitutions import LaunchConfiguration
+from launch_ros.parameter_descriptions import ParameterValue
 
 from face_alignment_ros.ros.transport_profile import profile_environment
 
@@ -34,8 +35,8 @@ def generate_launch_description():
 
     aligner = launch_ros.actions.Node(
         package="face_alignment_ros", executable="face_alignment_node", name="face_alignment_node",
-        namespace=namespace, parameters=[params], output="screen",
-        remappings=[("image", image), ("camera_info", camera_info)])
+        namespace=namespace, output="screen", remappings=[("image", image)],
+        parameters=[params, {"camera_info_topic": ParameterValue(camera_info, value_type=str)}])
     model = launch_ros.actions.LifecycleNode(
         package="face_alignment_ros", executable="descent_model_node", name="descent_model_node",
         namespace=namespace, parameters=[params], output="screen")
@@ -56,8 +57,9 @@ def generate_launch_description():
         *transport,
         launch.actions.DeclareLaunchArgument("image", default_value="/camera/image_raw",
                                              description="sensor_msgs/Image input topic"),
-        launch.actions.DeclareLaunchArgument("camera_info", default_value="/camera/camera_info",
-                                             description="sensor_msgs/CameraInfo of the image"),
+        launch.actions.DeclareLaunchArgument("camera_info", default_value="",
+                                             description="sensor_msgs/CameraInfo of the image; empty: "
+                                                         "camera_info beside the image topic"),
         launch.actions.DeclareLaunchArgument("params", default_value=default_params,
                                              description="parameter YAML of both nodes"),
         launch.actions.DeclareLaunchArgument("namespace", default_value="", description="namespace of both nodes"),

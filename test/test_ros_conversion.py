@@ -75,3 +75,27 @@ def test_assumed_intrinsics():
     assert intr.fx == pytest.approx(320.0) and (intr.cx, intr.cy) == (319.5, 239.5)
     assert Intrinsics.assumed(640, 480, 700.0).fx == 700.0
     assert not Intrinsics.from_k([0.0] * 9).is_valid()
+
+
+@pytest.mark.parametrize("fx, fy, cx, cy", [
+    (1e300, 1e300, 319.5, 239.5), (1e-300, 1e-300, 319.5, 239.5), (-500.0, 500.0, 319.5, 239.5),
+    (0.0, 0.0, 319.5, 239.5), (float("nan"), 500.0, 319.5, 239.5), (500.0, 500.0, float("inf"), 239.5),
+    (1e5, 1e5, 319.5, 239.5),      # 0.37 degree field of view
+    (500.0, 500.0, 1e6, 239.5),    # principal point far outside the image
+])
+def test_absurd_camera_info_falls_back_to_assumed_intrinsics(fx, fy, cx, cy):
+    from sensor_msgs.msg import CameraInfo
+
+    from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
+
+    info = CameraInfo(width=640, height=480, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+    pipeline = FramePipeline(PipelineConfig(horizontal_fov_deg=60.0))
+    assert pipeline.intrinsics(640, 480, info) == Intrinsics.assumed(640, 480, 0.0, 60.0)
+    assert pipeline.camera_intrinsics(640, 480, info) is None
+    assert not Intrinsics(fx, fy, cx, cy).is_valid(640, 480)
+
+
+def test_plausible_camera_info_is_used():
+    assert Intrinsics(500.0, 500.0, 319.5, 239.5).is_valid(640, 480)
+    assert Intrinsics(20000.0, 20000.0, 900.0, 239.5).is_valid(640, 480)  # long lens, cropped image
+    assert Intrinsics(170.0, 170.0, 319.5, 239.5).is_valid(640, 480)      # fisheye-wide

@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
@@ -25,7 +25,7 @@ from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.core.face_detector import create_detector  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology  # noqa: E402
 from face_alignment_ros.ros.bag_io import BagReplayer, write_sample_bag  # noqa: E402
-from face_alignment_ros.ros.diagnostics import WAITING_FOR_MODEL, values_of  # noqa: E402
+from face_alignment_ros.ros.diagnostics import NO_CAMERA_INFO, WAITING_FOR_MODEL, values_of  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS, TF_QOS  # noqa: E402
@@ -245,6 +245,9 @@ def test_parameters_validated_over_services(graph):
     assert not r.successful and "'/'" in r.reason
     assert set_("redetect_every", 3).successful
     assert graph["graph"].aligner.params["redetect_every"] == 3
+    assert set_("horizontal_fov_deg", 70).successful  # an integer for a double parameter
+    assert graph["graph"].aligner.params["horizontal_fov_deg"] == 70.0
+    assert set_("horizontal_fov_deg", 60.0).successful
 
 
 def test_new_model_reaches_the_running_pipeline(graph):
@@ -261,3 +264,24 @@ def test_new_model_reaches_the_running_pipeline(graph):
     assert int(probe.latest_diag()[1]["descent model updates"]) == updates + 1
     lms = probe.send_and_wait(probe.image(graph["frames"][0]))
     assert len(lms.faces) == 1
+
+
+@pytest.mark.parametrize("fx", [1e300, 1e-300])
+def test_absurd_camera_info_is_rejected_and_reported(graph, fx):
+    """Its K would put the face at infinity or behind the camera: the assumed intrinsics are
+    used instead, and diagnostics say why."""
+    probe = graph["probe"]
+    info_pub = probe.node.create_publisher(CameraInfo, "/cam/camera_info", QoSProfile(depth=5))
+    wait_until(lambda: info_pub.get_subscription_count() >= 1, TIMEOUT, what="CameraInfo subscription")
+    info = CameraInfo(width=W, height=H, k=[fx, 0.0, (W - 1) / 2, 0.0, fx, (H - 1) / 2, 0.0, 0.0, 1.0])
+    info.header.frame_id = FRAME_ID
+    info_pub.publish(info)
+    aligner = graph["graph"].aligner
+    wait_until(lambda: aligner._camera_info is not None and aligner._camera_info.k[0] == fx, TIMEOUT,
+               what="CameraInfo received")
+    lms = probe.send_and_wait(probe.image(graph["frames"][0]))
+    p3 = np.asarray(lms.faces[0].points_3d).reshape(-1, 3)
+    assert np.isfinite(p3).all() and np.all((p3[:, 2] > 0.1) & (p3[:, 2] < 3.0))
+    probe.wait_diag(lambda m, v: v["camera info"].startswith(NO_CAMERA_INFO) and "rejected" in v["camera info"]
+                    and NO_CAMERA_INFO in m, "the rejected CameraInfo in diagnostics")
+    probe.node.destroy_publisher(info_pub)

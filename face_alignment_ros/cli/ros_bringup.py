@@ -3,6 +3,7 @@ starts with launch_ros): face_alignment_node + descent_model_node on a MultiThre
 the lifecycle node configured and activated through its real change_state services.
 
     face-align-ros --image-topic /camera/image_raw --params config/face_alignment.yaml
+      (CameraInfo from /camera/camera_info, beside the image; --camera-info-topic to choose)
     face-align-ros --demo --out out/ros_demo      # sample stream of a real face, overlay PNGs
 """
 from __future__ import annotations
@@ -36,18 +37,31 @@ def run(args) -> int:
 
     rclpy.init()
     overrides = {"image_transport": args.image_transport} if args.image_transport else None
-    graph = Graph(args.image_topic, args.params, args.namespace, aligner_overrides=overrides).start()
+    graph = Graph(args.image_topic, args.params, args.namespace, aligner_overrides=overrides,
+                  camera_info_topic=args.camera_info_topic).start()
     try:
         if not graph.bring_up(args.timeout):
             return 1
         graph.manager.get_logger().info("descent model active; processing images (Ctrl-C to stop)")
-        while rclpy.ok():
-            time.sleep(0.5)
+        return serve(graph)
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         graph.shutdown()
         rclpy.try_shutdown()
+
+
+def serve(graph) -> int:
+    """Wait while the graph runs: 0 after a shutdown, 1 when its executor died (never a
+    process that lives on without one)."""
+    import rclpy
+
+    while rclpy.ok(context=graph.context) and not graph.wait(0.5):
+        pass
+    if graph.failure is not None:
+        print(f"face-align-ros: executor stopped by {type(graph.failure).__name__}: {graph.failure}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -131,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-transport", choices=("raw", "compressed"),
                    help="compressed: sensor_msgs/CompressedImage on IMAGE_TOPIC/compressed (default: the params' "
                         "image_transport, raw)")
+    p.add_argument("--camera-info-topic", default=None,
+                   help="sensor_msgs/CameraInfo topic (default: camera_info beside the image topic)")
     p.add_argument("--params", default=_default_params(), help="ROS parameter YAML (default: config/face_alignment.yaml)")
     p.add_argument("--namespace", default="", help="namespace of both nodes")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for services / results")

@@ -49,6 +49,7 @@ HEAD_FROM_GAZE = np.array([[0.0, 0.0, 1.0],
                            [0.0, -1.0, 0.0]], np.float32)
 
 DEFAULT_HORIZONTAL_FOV_DEG = 60.0
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0  # calibrations outside are rejected as absurd
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,20 @@ class Intrinsics:
             0.5 * width / np.tan(0.5 * np.radians(horizontal_fov_deg))
         return cls(float(f), float(f), 0.5 * (width - 1), 0.5 * (height - 1))
 
-    def is_valid(self) -> bool:
-        return bool(np.isfinite([self.fx, self.fy, self.cx, self.cy]).all() and self.fx > 0 and self.fy > 0)
+    def is_valid(self, width: int | None = None, height: int | None = None) -> bool:
+        """Finite with fx, fy > 0. Given the image size, also a field of view between
+        ``MIN_FOV_DEG`` and ``MAX_FOV_DEG`` across the width and the height, and the principal
+        point at most one image size outside the image: what any real camera gives."""
+        values = np.array([self.fx, self.fy, self.cx, self.cy], np.float64)
+        if not (np.isfinite(values).all() and self.fx > 0 and self.fy > 0):
+            return False
+        if width is None or height is None:
+            return True
+        if width <= 0 or height <= 0:
+            return False
+        fov = np.degrees(2.0 * np.arctan2(0.5 * np.array([width, height], np.float64), values[:2]))
+        return bool((fov >= MIN_FOV_DEG).all() and (fov <= MAX_FOV_DEG).all()
+                    and -width <= self.cx <= 2 * width and -height <= self.cy <= 2 * height)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ Transitions (as ros2/demos lifecycle_py):
   start later. A running aligner swaps to it between two frames.
 - deactivate: the publisher stops sending (the aligner keeps the model it has).
 - cleanup: release the model and destroy the publisher. shutdown: the same, from any state.
+
+A transition that is not valid from the current state is refused (``SafeLifecycleNode``). Each
+failure's reason is logged and published on /diagnostics with the current state.
 """
 from __future__ import annotations
 
@@ -18,14 +21,17 @@ import json
 from pathlib import Path
 
 import rclpy
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DESCRIPTOR_KINDS, DescentModel
 from face_alignment_ros.core.morphable_model import ModelFileError
 from face_alignment_ros.msg import DescentModel as DescentModelMsg
+from face_alignment_ros.ros.callbacks import CallbackGuard
+from face_alignment_ros.ros.lifecycle_node import SafeLifecycleNode
 from face_alignment_ros.ros.parameters import Param, ParameterSet, sha256_check
-from face_alignment_ros.ros.qos import LATCHED_QOS
+from face_alignment_ros.ros.qos import DIAGNOSTICS_QOS, LATCHED_QOS
 
 NODE_NAME = "descent_model_node"
 
@@ -36,6 +42,7 @@ PARAMS = [
     Param("descriptor", "dff", "Descriptor kind the model must be trained for.", choices=DESCRIPTOR_KINDS),
     Param("iterations", 0, "Cascade iterations the model must hold; 0 accepts any count.", range=(0, 100)),
     Param("sha256", "", "Expected SHA-256 of the file (hex); empty skips the check.", check=sha256_check),
+    Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0), read_only=True),
 ]
 
 
@@ -43,14 +50,17 @@ def shipped_model_file(descriptor: str) -> Path:
     return resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES[descriptor]
 
 
-class DescentModelNode(LifecycleNode):
+class DescentModelNode(SafeLifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self.params = ParameterSet(self, PARAMS)
         self._publisher = None
         self.model: DescentModel | None = None
         self._message: DescentModelMsg | None = None
-        self.last_error = ""
+        self.callback_errors = 0
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self.create_timer(self.params["diagnostics_period"], CallbackGuard(self, self._callback_error)(
+            self.publish_diagnostics))
 
     def model_path(self) -> Path:
         return Path(self.params["model_file"]) if self.params["model_file"] else \
@@ -73,13 +83,44 @@ class DescentModelNode(LifecycleNode):
                                  f"the parameter iterations expects {self.params['iterations']}")
         return model, data, sha
 
+    # --- diagnostics ----------------------------------------------------------------------
+    def _callback_error(self, text: str) -> None:
+        self.callback_errors += 1
+        self.last_error = text
+
+    def publish_diagnostics(self) -> None:
+        state = self.state_label()
+        if self.last_error:
+            level, message = DiagnosticStatus.WARN, f"{state}; last error: {self.last_error}"
+        elif state == "active":
+            level, message = DiagnosticStatus.OK, f"active: descent model {self._message.sha256[:12]} published"
+        else:
+            level, message = DiagnosticStatus.WARN, f"{state}: no descent model published"
+        values = {"state": state, "model file": str(self.model_path()),
+                  "model sha256": self._message.sha256 if self._message else "", "last error": self.last_error,
+                  "refused transitions": self.refused_transitions, "callback errors": self.callback_errors}
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: descent model", message=message,
+                                  hardware_id=self.get_name(),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        out = DiagnosticArray(status=[status])
+        out.header.stamp = self.get_clock().now().to_msg()
+        self._pub_diag.publish(out)
+
+    def _change_state_checked(self, request, response):
+        response = super()._change_state_checked(request, response)
+        if response.success:
+            self.last_error = ""
+        self.publish_diagnostics()  # the outcome at once, not only at the next period
+        return response
+
     # --- transitions ----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             model, data, sha = self.load()
-        except (ModelFileError, OSError) as exc:
-            self.last_error = str(exc)
-            self.get_logger().error(f"configure failed: {exc}")
+        except Exception as exc:  # ModelFileError, OSError, or anything a malformed file raises
+            reason = str(exc) if isinstance(exc, (ModelFileError, OSError)) else \
+                f"descent model {self.model_path()}: {type(exc).__name__}: {exc}"
+            self.report_error(f"configure failed: {reason}")
             return TransitionCallbackReturn.FAILURE
         self.model, self.last_error = model, ""
         self._message = DescentModelMsg(metadata_json=json.dumps(model.metadata()), npz_bytes=data, sha256=sha)
@@ -116,7 +157,7 @@ class DescentModelNode(LifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
-        self.get_logger().error(f"error in {state.label}; released, back to unconfigured")
+        self.report_error(f"error in {state.label}; released, back to unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
 

@@ -4,6 +4,9 @@ Threads: the executor runs the subscription callbacks, which only store the newe
 frame still waiting when a newer one arrives is dropped and counted), the newest CameraInfo and
 the newest descent model. One worker thread takes the newest image, applies a pending descent
 model first (so models change only between frames), runs the pipeline and publishes.
+
+Every callback and the worker loop survive their own exceptions (``CallbackGuard``): they are
+logged, counted in diagnostics, and the node goes on (docs/ros.md, "Robustness").
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.expand_topic_name import expand_topic_name
+from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
@@ -25,12 +29,14 @@ from face_alignment_ros.core.morphable_model import ModelFileError
 from face_alignment_ros.msg import DescentModel as DescentModelMsg
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import diagnostics as diag
+from face_alignment_ros.ros.callbacks import CallbackGuard
 from face_alignment_ros.ros.image_conversion import ImageConversionError
 from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
 from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
 from face_alignment_ros.ros.qos import (DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS,
                                         image_qos)
 from face_alignment_ros.ros.tf import TfPublisher
+from face_alignment_ros.ros.topics import camera_info_beside
 
 NODE_NAME = "face_alignment_node"
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -46,6 +52,9 @@ PARAMS = [
     Param("use_camera_info", True,
           "Subscribe to camera_info and use its K for the metric pose; without a valid CameraInfo "
           "focal_length_px / horizontal_fov_deg are used.", read_only=True),
+    Param("camera_info_topic", "",
+          "CameraInfo topic; empty means a remap of camera_info, else camera_info beside the image topic "
+          "(/cam/image_raw -> /cam/camera_info), as image_transport resolves it.", read_only=True),
     Param("focal_length_px", 0.0,
           "Focal length in pixels assumed without CameraInfo; 0 derives it from horizontal_fov_deg.",
           range=(0.0, 100000.0)),
@@ -88,6 +97,8 @@ class FaceAlignmentNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self.stats = diag.PipelineStats()
+        guard = CallbackGuard(self, self.stats.callback_error)
+        self._stamp_gaps = diag.StampGapCounter()
         self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
         p = self.params
         apply_num_threads(p["num_threads"])
@@ -110,22 +121,34 @@ class FaceAlignmentNode(Node):
         self.tf = TfPublisher(self)
 
         inputs = ReentrantCallbackGroup()
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        events = SubscriptionEventCallbacks(incompatible_qos=guard(self._on_incompatible_qos),
+                                            message_lost=guard(self._on_message_lost))
         image_type, image_topic = image_subscription(self, p["image_transport"])
-        self.create_subscription(image_type, image_topic, self._on_image, image_qos(p["image_reliability"]),
+        self.create_subscription(image_type, image_topic, guard(self._on_image), image_qos(p["image_reliability"]),
                                  callback_group=inputs, event_callbacks=events)
+        self.camera_info_topic = self._camera_info_topic() if p["use_camera_info"] else ""
+        self.stats.camera_info, self.stats.camera_info_valid = self._camera_info_status(None, 0, 0)
         if p["use_camera_info"]:
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+            self.create_subscription(CameraInfo, self.camera_info_topic, guard(self._on_camera_info),
                                      image_qos(p["image_reliability"]), callback_group=inputs)
-        self.create_subscription(DescentModelMsg, "descent_model", self._on_descent_model, LATCHED_QOS,
+        self.create_subscription(DescentModelMsg, "descent_model", guard(self._on_descent_model), LATCHED_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
+        self.create_timer(p["diagnostics_period"], guard(self._publish_diagnostics),
                           callback_group=MutuallyExclusiveCallbackGroup())
         self._worker = threading.Thread(target=self._run, name=f"{node_name}_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(f"{diag.WAITING_FOR_MODEL} on {self.resolve_topic_name('descent_model')}; "
                                f"images from {self.resolve_topic_name(image_topic)} ({p['image_reliability']}), "
-                               f"TF via {self.tf.backend}")
+                               f"camera info from {self.camera_info_topic or '(unused)'}, TF via {self.tf.backend}")
+
+    def _camera_info_topic(self) -> str:
+        """The parameter camera_info_topic, else a remap of camera_info, else beside the image."""
+        if self.params["camera_info_topic"]:
+            return self.resolve_topic_name(self.params["camera_info_topic"])
+        resolved = self.resolve_topic_name("camera_info")
+        if resolved != expand_topic_name("camera_info", self.get_name(), self.get_namespace()):
+            return resolved
+        return camera_info_beside(self.resolve_topic_name("image"))
 
     # --- parameters -----------------------------------------------------------------------
     def _config_values(self) -> dict:
@@ -146,6 +169,18 @@ class FaceAlignmentNode(Node):
                 self.stats.add(dropped=1)
             self._frame = msg
             self._cond.notify()
+            missing = self._stamp_gaps.add(msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)
+        if missing:
+            self.stats.lost(stamps=missing)
+            self._warn_lost(f"{missing} frame(s) missing before stamp {msg.header.stamp.sec}."
+                            f"{msg.header.stamp.nanosec:09d} (gap in a steady camera rate)")
+
+    def _on_message_lost(self, info) -> None:
+        self.stats.lost(transport=info.total_count_change)
+        self._warn_lost(f"{info.total_count_change} image(s) lost in transport ({info.total_count} in all)")
+
+    def _warn_lost(self, what: str) -> None:
+        self.get_logger().warn(f"{diag.FRAMES_LOST}: {what}; {diag.TRANSPORT_HINT}", throttle_duration_sec=10.0)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -157,9 +192,9 @@ class FaceAlignmentNode(Node):
             if msg.sha256 and msg.sha256.lower() != sha:
                 raise ModelFileError(f"descent model message: sha256 {msg.sha256} does not match its bytes ({sha})")
             descent = DescentModel.from_bytes(data, source="descent_model message")
-        except ModelFileError as exc:
-            self.stats.model_error = str(exc)
-            self.get_logger().error(f"rejected descent model: {exc}")
+        except Exception as exc:  # any malformed message: report it, keep the current model
+            self.stats.model_error = str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"rejected descent model: {self.stats.model_error}")
             return
         with self._cond:
             self._pending_model = (descent, sha)
@@ -182,12 +217,16 @@ class FaceAlignmentNode(Node):
                 frame, self._frame = self._frame, None
                 pending, self._pending_model = self._pending_model, None
                 config, self._pending_config = self._pending_config, None
-            if config is not None:
-                self.pipeline.update_config(config)
-            if pending is not None:
-                self._apply_model(*pending)
-            if frame is not None:
-                self._process(frame)
+            try:
+                if config is not None:
+                    self.pipeline.update_config(config)
+                if pending is not None:
+                    self._apply_model(*pending)
+                if frame is not None:
+                    self._process(frame)
+            except Exception as exc:  # the worker must outlive any one frame
+                self.stats.callback_error(f"worker: {type(exc).__name__}: {exc}")
+                self.get_logger().error(f"worker: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def _apply_model(self, descent: DescentModel, sha: str) -> None:
         try:
@@ -203,13 +242,14 @@ class FaceAlignmentNode(Node):
             self.pub_topology.publish(topology)
         self.get_logger().info(f"descent model {sha[:12]} in use")
 
-    def _process(self, msg: Image) -> None:
+    def _process(self, msg: Image | CompressedImage) -> None:
         if not self.pipeline.ready:
             self.stats.add(without_model=1)
             return
         t0 = time.perf_counter()
+        camera_info = self._camera_info
         try:
-            out = self.pipeline.process(msg, self._camera_info)
+            out = self.pipeline.process(msg, camera_info)
         except ImageConversionError as exc:
             self.stats.error(str(exc), bad=True)
             self.get_logger().error(f"frame dropped: {exc}", throttle_duration_sec=5.0)
@@ -218,6 +258,7 @@ class FaceAlignmentNode(Node):
             self.stats.error(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
             return
+        self._report_camera_info(camera_info, *out.image_size)
         if out.topology is not None:
             self.pub_topology.publish(out.topology)
         self.pub_landmarks.publish(out.landmarks)
@@ -229,6 +270,27 @@ class FaceAlignmentNode(Node):
         if out.markers is not None:
             self.pub_markers.publish(out.markers)
         self.stats.frame_done(len(out.faces), (time.perf_counter() - t0) * 1e3, out.stages_ms)
+
+    def _camera_info_status(self, camera_info, width: int, height: int) -> tuple[str, bool]:
+        """(what the intrinsics come from, in words; whether that is a valid CameraInfo)."""
+        p = self.params
+        assumed = "assuming " + (f"focal_length_px {p['focal_length_px']:g}" if p["focal_length_px"] > 0
+                                 else f"horizontal_fov_deg {p['horizontal_fov_deg']:g}")
+        if not p["use_camera_info"]:
+            return f"not used (use_camera_info false); {assumed}", True
+        if camera_info is None:
+            return f"{diag.NO_CAMERA_INFO} on {self.camera_info_topic} yet; {assumed}", False
+        if self.pipeline.camera_intrinsics(width, height, camera_info) is None:
+            k = list(camera_info.k)
+            return (f"{diag.NO_CAMERA_INFO}: K of {self.camera_info_topic} rejected for {width}x{height} images "
+                    f"(fx {k[0]:g}, fy {k[4]:g}, cx {k[2]:g}, cy {k[5]:g}); {assumed}"), False
+        return f"K from {self.camera_info_topic}", True
+
+    def _report_camera_info(self, camera_info, width: int, height: int) -> None:
+        text, valid = self._camera_info_status(camera_info, width, height)
+        self.stats.camera_info, self.stats.camera_info_valid = text, valid
+        if not valid:
+            self.get_logger().warn(text, throttle_duration_sec=10.0)
 
     def _publish_diagnostics(self) -> None:
         self.pub_diag.publish(diag.diagnostic_array(self.get_clock().now().to_msg(), self.get_name(),

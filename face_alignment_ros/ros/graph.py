@@ -4,6 +4,7 @@ Used by ``face-align-ros`` and the tests (launch_ros is absent from PyPI)."""
 from __future__ import annotations
 
 import threading
+import traceback
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -54,6 +55,8 @@ class Graph:
         for n in (self.aligner, self.model_node, self.manager):
             self.executor.add_node(n)
         self._thread = None
+        self._stopped = threading.Event()
+        self.failure: BaseException | None = None  # what stopped the executor, if anything did
 
     def start(self) -> "Graph":
         """Spin in a background thread."""
@@ -66,6 +69,16 @@ class Graph:
             self.executor.spin()
         except ExternalShutdownException:
             pass
+        except BaseException as exc:  # the callbacks are guarded; this is the last line
+            self.failure = exc
+            self.manager.get_logger().fatal(f"executor stopped by {type(exc).__name__}: {exc}\n"
+                                            f"{traceback.format_exc()}")
+        finally:
+            self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the executor has stopped (True) or ``timeout`` passed (False)."""
+        return self._stopped.wait(timeout)
 
     def bring_up(self, timeout: float = 30.0) -> bool:
         """configure + activate the descent model node via its services; True on success."""
@@ -74,7 +87,7 @@ class Graph:
         log = self.manager.get_logger()
         for transition in ("configure", "activate"):
             if not self.lifecycle.change_state(transition, timeout):
-                log.error(f"descent model node: {transition} failed ({self.model_node.last_error})")
+                log.error(f"descent model node: {self.model_node.last_error or transition + ' failed'}")
                 return False
         return True
 

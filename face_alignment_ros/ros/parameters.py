@@ -1,6 +1,7 @@
 """Declared parameters: one table per node with type, default, range or choices and the
 description that `ros2 param describe` shows. Values are validated when declared (from the
-YAML) and on every set; an invalid value is rejected with the reason."""
+YAML) and on every set; an invalid value is rejected with the reason. An integer given for a
+double parameter (``focal_length_px: 600``) is taken as that double, as rclcpp users expect."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
+from rclpy.parameter import Parameter
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
@@ -57,18 +59,39 @@ class ParameterSet:
         self._params = {p.name: p for p in params}
         self._on_change = on_change
         self.values: dict[str, Any] = {}
+        # Overrides (YAML, -p) are read at declaration, which runs no pre-set callback: coerce them
+        # here. rclpy keeps them in this attribute (rclpy/node.py, declare_parameters).
+        overrides = getattr(node, "_parameter_overrides", {})
+        for name, param in list(overrides.items()):
+            if name in self._params:
+                overrides[name] = self._coerced(param)
         for p in params:
             value = node.declare_parameter(p.name, p.default, p.descriptor()).value
             reason = p.reason_invalid(value)
             if reason:
                 raise ValueError(f"invalid parameter value: {reason}")
             self.values[p.name] = value
+        node.add_pre_set_parameters_callback(lambda parameters: [self._coerced(q) for q in parameters])
         node.add_on_set_parameters_callback(self._validate)
 
     def __getitem__(self, name):
         return self.values[name]
 
+    def _coerced(self, param: Parameter) -> Parameter:
+        """An integer for a double parameter becomes that double; anything else is left alone
+        (rclpy then rejects a wrong type with its reason)."""
+        spec = self._params.get(param.name)
+        if spec is not None and type(spec.default) is float and param.type_ == Parameter.Type.INTEGER:
+            return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+        return param
+
     def _validate(self, parameters) -> SetParametersResult:
+        try:
+            return self._checked(parameters)
+        except Exception as exc:  # a failing on_change must not take the parameter service down
+            return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
+
+    def _checked(self, parameters) -> SetParametersResult:
         changed = {}
         for param in parameters:
             spec = self._params.get(param.name)

@@ -57,6 +57,7 @@ class FrameOutput:
     faces: list = field(default_factory=list)  # core TrackedFace
     intrinsics: Intrinsics | None = None
     stages_ms: dict = field(default_factory=dict)
+    image_size: tuple[int, int] = (0, 0)      # (width, height) of the decoded frame
 
 
 def apply_num_threads(num_threads: int) -> None:
@@ -141,11 +142,18 @@ class FramePipeline:
         self._topology_sent = True
         return self.topology
 
+    @staticmethod
+    def camera_intrinsics(width: int, height: int, camera_info=None) -> Intrinsics | None:
+        """The K of ``camera_info`` when it is plausible for a ``width`` x ``height`` image, else None."""
+        if camera_info is None:
+            return None
+        intr = Intrinsics.from_k(camera_info.k)
+        return intr if intr.is_valid(width, height) else None
+
     def intrinsics(self, width: int, height: int, camera_info=None) -> Intrinsics:
-        if camera_info is not None:
-            intr = Intrinsics.from_k(camera_info.k)
-            if intr.is_valid():
-                return intr
+        intr = self.camera_intrinsics(width, height, camera_info)
+        if intr is not None:
+            return intr
         return Intrinsics.assumed(width, height, self.config.focal_length_px, self.config.horizontal_fov_deg)
 
     def process(self, image_msg, camera_info=None, header=None) -> FrameOutput:
@@ -164,7 +172,8 @@ class FramePipeline:
         cfg = self.config
         intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)
         out = FrameOutput(header=header, landmarks=LandmarksArray(header=header), meshes=FaceMeshArray(header=header),
-                          transforms=[], faces=tracked, intrinsics=intr)
+                          transforms=[], faces=tracked, intrinsics=intr,
+                          image_size=(image.shape[1], image.shape[0]))
         marker_faces = []
         topo_id = self.topology.topology_id
         for t in tracked:
