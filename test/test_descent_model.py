@@ -124,6 +124,8 @@ def test_dff_model_refuses_weights_it_was_not_learned_on(tmp_path):
         check_dff_pairing(model, other)
     model.extra = {}  # older files carry no hash: not checked
     check_dff_pairing(model, other)
+    with pytest.raises(ModelFileError, match="does not exist"):  # not a raw FileNotFoundError
+        check_dff_pairing(model, tmp_path / "absent.pt")
 
 
 def _write_raw_metadata(path, text: str):
