@@ -35,6 +35,21 @@ def test_bad_boxes_get_clear_errors(plumbing, astronaut):
         plumbing.align(astronaut, (150, 30, 250, 150), box_kind="eyes")
 
 
+@pytest.mark.parametrize("box, why", [((600, 30, 700, 150), "entirely outside the 512 x 512 image"),
+                                      ((-200, -150, -100, -1), "entirely outside"),
+                                      ((30, 600, 150, 700), "entirely outside"),
+                                      ((200, 100, 202, 102), "2 x 2 px"),
+                                      ((200, 100, 300, 102.5), "100 x 2.5 px")])
+def test_boxes_outside_the_image_or_too_small_are_refused(plumbing, astronaut, box, why):
+    with pytest.raises(ValueError, match=why):
+        plumbing.align(astronaut, box)
+
+
+def test_a_box_reaching_past_the_border_is_aligned(plumbing, astronaut):
+    face = plumbing.align(astronaut, (-20, 30, 100, 150))
+    assert np.all(np.isfinite(face.landmarks))
+
+
 def test_result_shapes_and_mesh(plumbing, astronaut):
     faces = plumbing.detect_and_align(astronaut)
     assert len(faces) == 1

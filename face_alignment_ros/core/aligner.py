@@ -179,7 +179,7 @@ class FaceAligner:
         if previous is not None:
             crop_box = face_crop.canonical_crop_box(previous.camera)
         else:
-            crop_box = self.crop_box(box, box_kind)
+            crop_box = self.crop_box(face_crop.check_box(box, image_bgr.shape), box_kind)
         sampler = self.backend.prepare(crop_image(image_bgr, crop_box, n)[0])
         if previous is not None:
             init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(previous.camera, crop_box, n),
