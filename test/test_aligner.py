@@ -45,6 +45,19 @@ def test_boxes_outside_the_image_or_too_small_are_refused(plumbing, astronaut, b
         plumbing.align(astronaut, box)
 
 
+def test_detections_no_face_can_be_aligned_from_are_dropped(astronaut):
+    from face_alignment_ros.core.face_detector import Detection, FaceDetector
+
+    class FixedDetector(FaceDetector):
+        def _detect(self, image_bgr):
+            return [Detection((150, 30, 250, 150), 0.9), Detection((10, 10, 15, 16), 0.8),
+                    Detection((600, 600, 700, 700), 0.7)]
+
+    aligner = stand_in_aligner("sift", detector=FixedDetector())
+    assert [d.score for d in aligner.detect(astronaut)] == [0.9]
+    assert len(aligner.detect_and_align(astronaut)) == 1
+
+
 def test_a_box_reaching_past_the_border_is_aligned(plumbing, astronaut):
     face = plumbing.align(astronaut, (-20, 30, 100, 150))
     assert np.all(np.isfinite(face.landmarks))

@@ -152,7 +152,8 @@ class FaceAligner:
 
     # --- alignment ------------------------------------------------------------------------
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
-        return self.detector.detect(image_bgr)
+        """Detections that a face can be aligned from (``align`` would refuse the others)."""
+        return [d for d in self.detector.detect(image_bgr) if face_crop.box_problem(d.box, image_bgr.shape) is None]
 
     def detect_and_align(self, image_bgr: np.ndarray) -> list[FaceResult]:
         """Every detected face, aligned, in detector-score order."""
