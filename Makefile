@@ -18,7 +18,7 @@ demo: setup
 
 # pytest exit 5 (no tests collected) fails like any other non-zero status.
 test: setup
-	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(PY) -m pytest -q tests; rc=$$?; \
+	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(PY) -m pytest -q test; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
 
 bench: setup
