@@ -95,6 +95,8 @@ def test_missing_and_inconsistent_metadata(tmp_path):
         DescentModel.load(path)
     with pytest.raises(ModelFileError, match="not found"):
         DescentModel.load(tmp_path / "absent.npz")
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        DescentModel.load(tmp_path)  # a folder
 
 
 def test_first_iterations_keep_the_early_steps(tmp_path):

@@ -114,7 +114,11 @@ class DescentModel:
         path = Path(path)
         if not path.exists():
             raise ModelFileError(f"descent model not found: {path}")
-        return cls.from_bytes(path.read_bytes(), source=str(path), expect_descriptor=expect_descriptor)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a folder, no permission, an I/O error
+            raise ModelFileError(f"descent model {path} cannot be read: {exc.strerror or exc}") from exc
+        return cls.from_bytes(data, source=str(path), expect_descriptor=expect_descriptor)
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>", expect_descriptor: str | None = None) -> "DescentModel":
