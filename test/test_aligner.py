@@ -35,6 +35,34 @@ def test_bad_boxes_get_clear_errors(plumbing, astronaut):
         plumbing.align(astronaut, (150, 30, 250, 150), box_kind="eyes")
 
 
+@pytest.mark.parametrize("box, why", [((600, 30, 700, 150), "entirely outside the 512 x 512 image"),
+                                      ((-200, -150, -100, -1), "entirely outside"),
+                                      ((30, 600, 150, 700), "entirely outside"),
+                                      ((200, 100, 202, 102), "2 x 2 px"),
+                                      ((200, 100, 300, 102.5), "100 x 2.5 px")])
+def test_boxes_outside_the_image_or_too_small_are_refused(plumbing, astronaut, box, why):
+    with pytest.raises(ValueError, match=why):
+        plumbing.align(astronaut, box)
+
+
+def test_detections_no_face_can_be_aligned_from_are_dropped(astronaut):
+    from face_alignment_ros.core.face_detector import Detection, FaceDetector
+
+    class FixedDetector(FaceDetector):
+        def _detect(self, image_bgr):
+            return [Detection((150, 30, 250, 150), 0.9), Detection((10, 10, 15, 16), 0.8),
+                    Detection((600, 600, 700, 700), 0.7)]
+
+    aligner = stand_in_aligner("sift", detector=FixedDetector())
+    assert [d.score for d in aligner.detect(astronaut)] == [0.9]
+    assert len(aligner.detect_and_align(astronaut)) == 1
+
+
+def test_a_box_reaching_past_the_border_is_aligned(plumbing, astronaut):
+    face = plumbing.align(astronaut, (-20, 30, 100, 150))
+    assert np.all(np.isfinite(face.landmarks))
+
+
 def test_result_shapes_and_mesh(plumbing, astronaut):
     faces = plumbing.detect_and_align(astronaut)
     assert len(faces) == 1

@@ -95,6 +95,8 @@ def test_missing_and_inconsistent_metadata(tmp_path):
         DescentModel.load(path)
     with pytest.raises(ModelFileError, match="not found"):
         DescentModel.load(tmp_path / "absent.npz")
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        DescentModel.load(tmp_path)  # a folder
 
 
 def test_first_iterations_keep_the_early_steps(tmp_path):
@@ -124,3 +126,153 @@ def test_dff_model_refuses_weights_it_was_not_learned_on(tmp_path):
         check_dff_pairing(model, other)
     model.extra = {}  # older files carry no hash: not checked
     check_dff_pairing(model, other)
+    with pytest.raises(ModelFileError, match="does not exist"):  # not a raw FileNotFoundError
+        check_dff_pairing(model, tmp_path / "absent.pt")
+
+
+def _write_raw_metadata(path, text: str):
+    """Replace the metadata_json field by an arbitrary string."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["metadata_json"] = np.array(text)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("field, value", [("regularisation", float("nan")), ("regularisation", float("inf")),
+                                          ("regularisation", -1.0)])
+def test_non_finite_or_negative_regularisation_is_refused(tmp_path, field, value):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, **{field: value})
+    with pytest.raises(ModelFileError, match="'regularisation'"):
+        DescentModel.load(path)
+
+
+@pytest.mark.parametrize("entry, value", [("dx", float("nan")), ("log_scale", float("-inf")), ("std_dy", -0.1),
+                                          ("dy", "0.1"), ("colour", 1.0)])
+def test_bad_box_prior_is_refused(tmp_path, entry, value):
+    path = tmp_path / "m.npz"
+    model = _model()
+    model.save(path)
+    prior = dict(model.box_priors["detector"].to_dict(), **{entry: value})
+    _rewrite(path, box_priors={"detector": prior})
+    with pytest.raises(ModelFileError, match=r"box_priors\.detector"):
+        DescentModel.load(path)
+
+
+def test_validate_refuses_a_nan_prior_before_saving(tmp_path):
+    from face_alignment_ros.core.face_crop import BoxPrior
+
+    model = _model()
+    model.box_priors = {"detector": BoxPrior(dx=float("nan"))}
+    with pytest.raises(ModelFileError, match=r"box_priors\.detector\.dx"):
+        model.save(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("text", ["null", "[1, 2]", '"a string"', "3.5"])
+def test_metadata_of_the_wrong_json_type_names_the_field(tmp_path, text):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _write_raw_metadata(path, text)
+    with pytest.raises(ModelFileError, match="'metadata_json'"):
+        DescentModel.load(path)
+
+
+@pytest.mark.parametrize("field, value", [("descriptor_dim", "4"), ("descriptor_dim", 4.0), ("iterations", True),
+                                          ("crop_size", None), ("descriptor", 7), ("box_priors", []),
+                                          ("box_priors", {"detector": "wide"}), ("provenance", "by hand"),
+                                          ("extra", None), ("schema_version", "1"), ("n_dense", [160]),
+                                          ("regularisation", "10")])
+def test_fields_of_the_wrong_json_type_name_the_field(tmp_path, field, value):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, **{field: value})
+    with pytest.raises(ModelFileError, match=f"'{field}"):
+        DescentModel.load(path)
+
+
+def test_shipped_model_with_null_metadata_gives_model_file_error():
+    """The issue's reproducer: the shipped file, metadata_json set to null, sent as bytes."""
+    from face_alignment_ros.core import resources
+
+    shipped = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"]
+    with np.load(shipped) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["metadata_json"] = np.array("null")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    with pytest.raises(ModelFileError, match="'metadata_json' is NoneType"):
+        DescentModel.from_bytes(buf.getvalue(), source="/descent_model")
+
+
+@pytest.mark.parametrize("name, bad", [("R_X", np.ones((2, 136, 640), np.int16)),
+                                       ("b_X", np.zeros((2, 136), np.int64)),
+                                       ("R_w", np.zeros((2, 6, 640), bool)),
+                                       ("b_w", np.zeros((2, 6), np.complex64)),
+                                       ("b_w", np.zeros((2, 6), object))])
+def test_non_float_arrays_are_refused(tmp_path, name, bad):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, **{name: bad})
+    with pytest.raises(ModelFileError, match=f"'{name}' has dtype"):
+        DescentModel.load(path)
+
+
+def test_metadata_stored_as_numbers_is_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    with np.load(path) as npz:
+        arrays = dict(npz, metadata_json=np.zeros(3))
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match="'metadata_json'"):
+        DescentModel.load(path)
+
+
+def test_sizes_beyond_bounds_are_refused_from_the_metadata(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, descriptor_dim=100_000)
+    with pytest.raises(ModelFileError, match="'descriptor_dim' is 100000"):
+        DescentModel.load(path)
+    _rewrite(path, descriptor_dim=4, iterations=10_000)
+    with pytest.raises(ModelFileError, match="'iterations' is 10000"):
+        DescentModel.load(path)
+
+
+def test_a_wrong_shape_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    """The header gives the shape: a matrix that does not match the metadata is never decompressed."""
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, R_w=np.zeros((2, 6, 64_000), np.float32))
+    read = []
+    real_read_array = np.lib.format.read_array
+
+    def spy(fp, *args, **kwargs):
+        read.append(getattr(fp, "name", None))
+        return real_read_array(fp, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "read_array", spy)
+    with pytest.raises(ModelFileError, match="'R_w' has shape"):
+        DescentModel.load(path)
+    assert "R_X.npy" in read and "R_w.npy" not in read
+
+
+def test_any_corruption_of_the_bytes_gives_model_file_error():
+    """Parsing errors of every kind (zip, zlib, npy header, JSON) surface as ModelFileError,
+    the one type the ROS nodes catch."""
+    data = bytearray(_model(k=1).to_bytes())
+    rng = np.random.default_rng(1)
+    not_npz = io.BytesIO()
+    np.save(not_npz, np.zeros(3))
+    candidates = [not_npz.getvalue(), b"", b"PK\x03\x04" + bytes(40)]
+    for pos in rng.integers(0, len(data), size=60):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        candidates.append(bytes(bad))
+    for blob in candidates:
+        try:
+            DescentModel.from_bytes(blob)
+        except ModelFileError:
+            pass

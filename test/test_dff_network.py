@@ -3,9 +3,11 @@ import dataclasses
 import pytest
 import torch
 
+from face_alignment_ros.core import dff_network
 from face_alignment_ros.core.dff_network import (SCHEMA, DFFConfig, DFFNet, flops,
                                                  load_dff_weights, save_dff_weights,
                                                  select_device)
+from face_alignment_ros.core.morphable_model import ModelFileError
 
 SMALL = DFFConfig(input_size=32, base_width=4, depth=3)
 
@@ -63,12 +65,12 @@ def test_truncated_file(tmp_path):
     path, _ = _saved(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ModelFileError, match="unreadable"):
         load_dff_weights(path)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ModelFileError, match="does not exist"):
         load_dff_weights(tmp_path / "nope.pt")
 
 
@@ -101,13 +103,71 @@ def _unknown_config_field(payload):
     payload["config"]["colour"] = "blue"
 
 
-@pytest.mark.parametrize("corrupt, message", [(_wrong_head_shape, "head.weight"),
-                                              (_wrong_depth, "keys do not match"),
-                                              (_unknown_config_field, "bad config")])
+def _tensor(name, make):
+    def corrupt(payload):
+        ref = payload["state_dict"][name]
+        payload["state_dict"][name] = make(ref)
+    return corrupt
+
+
+def _config(**changes):
+    def corrupt(payload):
+        payload["config"].update(changes)
+    return corrupt
+
+
+def _set(key, value):
+    def corrupt(payload):
+        payload[key] = value
+    return corrupt
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (_wrong_head_shape, "head.weight"),
+    (_wrong_depth, "keys do not match"),
+    (_unknown_config_field, "bad config"),
+    # every tensor must hold finite reals of the kind its buffer is
+    (_tensor("head.bias", lambda t: torch.full_like(t, float("nan"))), "'head.bias' is not finite"),
+    (_tensor("head.weight", lambda t: torch.ones(t.shape, dtype=torch.int16)), "'head.weight' has dtype"),
+    (_tensor("head.weight", lambda t: torch.ones(t.shape, dtype=torch.bool)), "'head.weight' has dtype"),
+    (_tensor("head.weight", lambda t: torch.ones(t.shape, dtype=torch.complex64)), "'head.weight' has dtype"),
+    (_tensor("enc.0.0.1.num_batches_tracked", lambda t: torch.tensor(1.5)), "num_batches_tracked' has dtype"),
+    (_tensor("head.bias", lambda t: [0.0] * len(t)), "'head.bias' has shape list"),
+    # config values of the wrong type or absurd size, named
+    (_config(base_width=1024), "base_width is 1024"),
+    (_config(depth=40), "depth is 40"),
+    (_config(input_size=32.0), "input_size must be an integer"),
+    (_config(descriptor_dim=True), "descriptor_dim must be an integer"),
+    (_config(mean=[0.4, float("nan"), 0.4]), "mean must be 3 finite numbers"),
+    (_config(std=None), "std must be 3 finite numbers"),
+    (_config(channel_order="rgb"), "channel_order"),
+    (_set("config", None), "field 'config'"),
+    (_set("provenance", ["made", "by", "hand"]), "'provenance'"),
+])
 def test_inconsistent_file_names_the_problem(tmp_path, corrupt, message):
     path, _ = _saved(tmp_path)
     payload = torch.load(path, weights_only=True)
     corrupt(payload)
     torch.save(payload, path)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ModelFileError, match=message):
         load_dff_weights(path)
+
+
+def test_a_big_config_in_a_small_file_is_refused_before_the_network_is_built(tmp_path, monkeypatch):
+    """A config within bounds but far larger than the file's tensors (here 64x the channels)
+    is refused from shapes alone: no network is ever built on a real device."""
+    path, _ = _saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"].update(base_width=256, max_width=1024)
+    torch.save(payload, path)
+    built_on = []
+
+    class SpyNet(DFFNet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built_on.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(dff_network, "DFFNet", SpyNet)
+    with pytest.raises(ModelFileError, match="has shape"):
+        load_dff_weights(path)
+    assert set(built_on) <= {"meta"}

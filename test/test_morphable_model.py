@@ -78,3 +78,19 @@ def test_load_errors(tmp_path, morphable_model):
     bad.write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(ModelFileError, match="unreadable"):
         MorphableModel.load(bad)
+
+
+def test_malformed_files_give_model_file_error(tmp_path):
+    null_meta = tmp_path / "null_meta.npz"
+    np.savez(null_meta, metadata_json=np.array("null"), mean=np.zeros((3, 3), np.float32))
+    with pytest.raises(ModelFileError, match="'metadata_json' is NoneType"):
+        MorphableModel.load(null_meta)
+    not_json = tmp_path / "not_json.npz"
+    np.savez(not_json, metadata_json=np.array("{schema"))
+    with pytest.raises(ModelFileError, match="JSONDecodeError"):
+        MorphableModel.load(not_json)
+    plain_npy = tmp_path / "plain.npz"
+    with open(plain_npy, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ModelFileError, match="unreadable"):
+        MorphableModel.load(plain_npy)

@@ -152,7 +152,8 @@ class FaceAligner:
 
     # --- alignment ------------------------------------------------------------------------
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
-        return self.detector.detect(image_bgr)
+        """Detections that a face can be aligned from (``align`` would refuse the others)."""
+        return [d for d in self.detector.detect(image_bgr) if face_crop.box_problem(d.box, image_bgr.shape) is None]
 
     def detect_and_align(self, image_bgr: np.ndarray) -> list[FaceResult]:
         """Every detected face, aligned, in detector-score order."""
@@ -179,7 +180,7 @@ class FaceAligner:
         if previous is not None:
             crop_box = face_crop.canonical_crop_box(previous.camera)
         else:
-            crop_box = self.crop_box(box, box_kind)
+            crop_box = self.crop_box(face_crop.check_box(box, image_bgr.shape), box_kind)
         sampler = self.backend.prepare(crop_image(image_bgr, crop_box, n)[0])
         if previous is not None:
             init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(previous.camera, crop_box, n),

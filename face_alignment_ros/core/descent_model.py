@@ -32,6 +32,11 @@ DESCRIPTOR_KINDS = ("dff", "sift")
 ARRAYS = ("R_X", "b_X", "R_w", "b_w")
 REQUIRED_METADATA = ("schema_version", "descriptor", "descriptor_dim", "n_landmarks", "n_dense",
                      "iterations", "crop_size", "regularisation", "box_priors", "provenance")
+# Sanity bounds on what a file may ask for (SIFT is 128-d, the DFF 32-d; 2-3 iterations, 128 px
+# crops ship): a file beyond them is refused before its matrices are read.
+MAX_DESCRIPTOR_DIM = 512
+MAX_ITERATIONS = 16
+CROP_SIZE_RANGE = (16, 1024)
 
 
 @dataclass
@@ -109,47 +114,49 @@ class DescentModel:
         path = Path(path)
         if not path.exists():
             raise ModelFileError(f"descent model not found: {path}")
-        return cls.from_bytes(path.read_bytes(), source=str(path), expect_descriptor=expect_descriptor)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a folder, no permission, an I/O error
+            raise ModelFileError(f"descent model {path} cannot be read: {exc.strerror or exc}") from exc
+        return cls.from_bytes(data, source=str(path), expect_descriptor=expect_descriptor)
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>", expect_descriptor: str | None = None) -> "DescentModel":
+        """Parse and validate a file's content. Every failure is a ``ModelFileError`` naming the
+        field: callers (the ROS nodes) catch that one type, and a bad file must not kill them."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            return cls._parse(data, source, expect_descriptor)
+        except ModelFileError:
+            raise
+        except Exception as exc:  # whatever zip/npy parsing throws on hostile bytes
+            raise ModelFileError(f"descent model {source} is unreadable or malformed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _parse(cls, data: bytes, source: str, expect_descriptor: str | None) -> "DescentModel":
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise ModelFileError(f"descent model {source} is unreadable or truncated: {exc}") from exc
-        if "metadata_json" not in arrays:
-            raise ModelFileError(f"descent model {source} lacks field 'metadata_json'")
-        try:
-            meta = json.loads(str(arrays["metadata_json"]))
-        except json.JSONDecodeError as exc:
-            raise ModelFileError(f"descent model {source}: field 'metadata_json' is not JSON: {exc}") from exc
-        missing = [k for k in REQUIRED_METADATA if k not in meta] + [k for k in ARRAYS if k not in arrays]
-        if missing:
-            raise ModelFileError(f"descent model {source} lacks fields {missing}")
-        if meta["schema_version"] != SCHEMA_VERSION:
-            raise ModelFileError(f"descent model {source}: field 'schema_version' is {meta['schema_version']}, "
-                                 f"this package reads {SCHEMA_VERSION}")
-        if expect_descriptor is not None and meta["descriptor"] != expect_descriptor:
-            raise ModelFileError(f"descent model {source}: field 'descriptor' is {meta['descriptor']!r}, "
-                                 f"expected {expect_descriptor!r}")
-        for key in ("n_landmarks", "n_dense"):
-            expected = {"n_landmarks": N_LANDMARKS, "n_dense": N_DENSE}[key]
-            if meta[key] != expected:
-                raise ModelFileError(f"descent model {source}: field '{key}' is {meta[key]}, expected {expected}")
-        try:
-            priors = {k: BoxPrior(**v) for k, v in meta["box_priors"].items()}
-        except TypeError as exc:
-            raise ModelFileError(f"descent model {source}: field 'box_priors' is malformed: {exc}") from exc
+        with archive:
+            meta = _read_metadata(archive, source)
+            if expect_descriptor is not None and meta["descriptor"] != expect_descriptor:
+                raise ModelFileError(f"descent model {source}: field 'descriptor' is {meta['descriptor']!r}, "
+                                     f"expected {expect_descriptor!r}")
+            k, d = meta["iterations"], N_DENSE * meta["descriptor_dim"]
+            # shapes follow from the metadata and are checked in each array's header, before
+            # its data is read: a small file cannot make the loader allocate much
+            shapes = {"R_X": (k, 2 * N_LANDMARKS, d), "b_X": (k, 2 * N_LANDMARKS),
+                      "R_w": (k, CAMERA_SIZE, d), "b_w": (k, CAMERA_SIZE)}
+            arrays = {name: _read_array(archive, name, source, shape, meta)
+                      for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
                     R_w=arrays["R_w"].astype(np.float32), b_w=arrays["b_w"].astype(np.float32),
-                    descriptor=meta["descriptor"], descriptor_dim=int(meta["descriptor_dim"]),
-                    crop_size=int(meta["crop_size"]), regularisation=float(meta["regularisation"]),
-                    box_priors=priors, provenance=meta["provenance"], extra=meta.get("extra", {}))
-        if model.iterations != int(meta["iterations"]):
-            raise ModelFileError(f"descent model {source}: field 'iterations' says {meta['iterations']} "
-                                 f"but 'R_X' holds {model.iterations}")
-        model.validate(source)
+                    descriptor=meta["descriptor"], descriptor_dim=meta["descriptor_dim"],
+                    crop_size=meta["crop_size"], regularisation=float(meta["regularisation"]),
+                    box_priors={kind: BoxPrior(**v) for kind, v in meta["box_priors"].items()},
+                    provenance=meta["provenance"], extra=meta.get("extra", {}))
+        model.validate(f"descent model {source}")
         return model
 
     def validate(self, source: str = "descent model") -> None:
@@ -167,7 +174,121 @@ class DescentModel:
                 raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
             if not np.all(np.isfinite(arr)):
                 raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
+        _check_number(source, "regularisation", self.regularisation, low=0.0)
+        _check_int(source, "crop_size", self.crop_size, *CROP_SIZE_RANGE)
         if "detector" not in self.box_priors and "landmarks" not in self.box_priors:
             raise ModelFileError(f"{source}: field 'box_priors' names neither 'detector' nor 'landmarks'")
-        if self.crop_size < 16:
-            raise ModelFileError(f"{source}: field 'crop_size' is {self.crop_size}")
+        for kind, prior in self.box_priors.items():
+            for name, value in prior.to_dict().items():
+                _check_number(source, f"box_priors.{kind}.{name}", value,
+                              low=0.0 if name.startswith("std_") else None)
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_number(source: str, name: str, value, low: float | None = None) -> None:
+    """A finite real (JSON int or float, never bool), at least ``low`` when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ModelFileError(f"{source}: field '{name}' is {_describe(value)}, expected a number")
+    if not np.isfinite(value):
+        raise ModelFileError(f"{source}: field '{name}' is {value}, expected a finite number")
+    if low is not None and value < low:
+        raise ModelFileError(f"{source}: field '{name}' is {value}, expected at least {low}")
+
+
+def _check_int(source: str, name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ModelFileError(f"{source}: field '{name}' is {_describe(value)}, expected an integer")
+    if not low <= value <= high:
+        raise ModelFileError(f"{source}: field '{name}' is {value}, expected {low}..{high}")
+
+
+def _check_type(source: str, name: str, value, kind: type, what: str) -> None:
+    if not isinstance(value, kind):
+        raise ModelFileError(f"{source}: field '{name}' is {_describe(value)}, expected {what}")
+
+
+def _open_member(archive: zipfile.ZipFile, name: str, source: str):
+    member = f"{name}.npy"
+    if member not in archive.namelist():
+        raise ModelFileError(f"descent model {source} lacks field '{name}'")
+    return archive.open(member)
+
+
+def _array_header(archive: zipfile.ZipFile, name: str, source: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from the .npy header, without reading the data."""
+    with _open_member(archive, name, source) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ModelFileError(f"descent model {source}: field '{name}' has npy format {version}")
+    return shape, dtype
+
+
+def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, meta: dict) -> np.ndarray:
+    """One array, after its header shows the expected shape and a real floating dtype."""
+    got, dtype = _array_header(archive, name, source)
+    if dtype.kind != "f":  # integer, bool, complex, string or object arrays are not weights
+        raise ModelFileError(f"descent model {source}: field '{name}' has dtype {dtype}, expected floating point")
+    if len(got) == len(shape) and got[0] != shape[0]:
+        raise ModelFileError(f"descent model {source}: field 'iterations' says {shape[0]} "
+                             f"but '{name}' holds {got[0]}")
+    if got != shape:
+        raise ModelFileError(f"descent model {source}: field '{name}' has shape {got}, expected {shape} "
+                             f"(descriptor_dim {meta['descriptor_dim']} x {N_DENSE} points)")
+    with _open_member(archive, name, source) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
+    """The ``metadata_json`` field, every entry checked for its JSON type and bounds."""
+    src = f"descent model {source}"
+    shape, dtype = _array_header(archive, "metadata_json", source)
+    if shape != () or dtype.kind != "U":
+        raise ModelFileError(f"{src}: field 'metadata_json' is a {dtype} array of shape {shape}, expected one string")
+    with _open_member(archive, "metadata_json", source) as f:
+        text = str(np.lib.format.read_array(f, allow_pickle=False)[()])
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{src}: field 'metadata_json' is not JSON: {exc}") from exc
+    _check_type(src, "metadata_json", meta, dict, "a JSON object")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ModelFileError(f"{src} lacks fields {missing}")
+    _check_int(src, "schema_version", meta["schema_version"], -2**31, 2**31)
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise ModelFileError(f"{src}: field 'schema_version' is {meta['schema_version']}, "
+                             f"this package reads {SCHEMA_VERSION}")
+    _check_type(src, "descriptor", meta["descriptor"], str, "a string")
+    if meta["descriptor"] not in DESCRIPTOR_KINDS:
+        raise ModelFileError(f"{src}: field 'descriptor' is {meta['descriptor']!r}, not one of {DESCRIPTOR_KINDS}")
+    for key, expected in (("n_landmarks", N_LANDMARKS), ("n_dense", N_DENSE)):
+        _check_int(src, key, meta[key], expected, expected)
+    _check_int(src, "descriptor_dim", meta["descriptor_dim"], 1, MAX_DESCRIPTOR_DIM)
+    _check_int(src, "iterations", meta["iterations"], 1, MAX_ITERATIONS)
+    _check_int(src, "crop_size", meta["crop_size"], *CROP_SIZE_RANGE)
+    _check_number(src, "regularisation", meta["regularisation"], low=0.0)
+    _check_type(src, "provenance", meta["provenance"], dict, "a JSON object")
+    _check_type(src, "extra", meta.setdefault("extra", {}), dict, "a JSON object")
+    extra = meta["extra"]
+    if "sift_patch_mm" in extra:
+        _check_number(src, "extra.sift_patch_mm", extra["sift_patch_mm"], low=1e-3)
+    if "dff_weights_sha256" in extra:
+        _check_type(src, "extra.dff_weights_sha256", extra["dff_weights_sha256"], str, "a string")
+    _check_type(src, "box_priors", meta["box_priors"], dict, "a JSON object")
+    known = set(BoxPrior.__dataclass_fields__)
+    for kind, prior in meta["box_priors"].items():
+        _check_type(src, f"box_priors.{kind}", prior, dict, "a JSON object")
+        unknown = sorted(set(prior) - known)
+        if unknown:
+            raise ModelFileError(f"{src}: field 'box_priors.{kind}' has unknown entries {unknown}")
+        for name, value in prior.items():
+            _check_number(src, f"box_priors.{kind}.{name}", value, low=0.0 if name.startswith("std_") else None)
+    return meta

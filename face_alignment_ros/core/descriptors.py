@@ -81,6 +81,8 @@ def create_backend(descent: DescentModel, dff_weights: str | Path | None = None,
 def check_dff_pairing(descent: DescentModel, dff_weights: str | Path) -> None:
     """A DFF descent model only fits the descriptors it was learned on: refuse other weights.
     Models that predate the recorded hash are not checked."""
+    if not Path(dff_weights).is_file():
+        raise ModelFileError(f"DFF weights file {str(dff_weights)!r} does not exist")
     expected = descent.extra.get("dff_weights_sha256")
     if expected and resources.file_sha256(dff_weights) != expected:
         raise ModelFileError(

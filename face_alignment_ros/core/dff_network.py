@@ -18,12 +18,14 @@ Choices made here for the 2-core CPU budget (figures in ``docs/dff_network.md``)
 - BatchNorm for training; ``fuse_for_inference`` folds it into the convolutions.
 
 Weights files: ``save_dff_weights`` / ``load_dff_weights`` (one ``torch.save`` dict, float16
-state, schema-checked on load).
+state; on load the schema, the config's types and bounds, and every tensor's shape and dtype
+are checked before the network is built).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,9 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from face_alignment_ros.core.morphable_model import ModelFileError
+
 SCHEMA = "face_alignment_ros.dff_weights"
 SCHEMA_VERSION = 1
 ARCH_VERSION = 1
+
+# Sanity bounds on a config (the shipped network: 128 px, width 16, depth 5, 32-d): a weights
+# file asking for more is refused before anything is built.
+CONFIG_BOUNDS = {"input_size": (8, 1024), "base_width": (1, 256), "depth": (1, 8),
+                 "descriptor_dim": (1, 512), "decoder_stride": (1, 4), "max_width": (1, 1024)}
 
 # ImageNet statistics in BGR order, on [0, 1] pixels (the net consumes OpenCV BGR directly).
 _MEAN_BGR = (0.406, 0.456, 0.485)
@@ -61,8 +70,25 @@ class DFFConfig:
     arch_version: int = ARCH_VERSION
 
     def __post_init__(self):
+        if self.arch_version != ARCH_VERSION:
+            raise ValueError(f"DFFConfig.arch_version {self.arch_version!r} is not supported "
+                             f"(this code builds version {ARCH_VERSION})")
+        for name, (low, high) in CONFIG_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"DFFConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"DFFConfig.{name} is {value}, expected {low}..{high}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (not isinstance(values, (list, tuple)) or len(values) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                    or not all(math.isfinite(v) for v in values)):
+                raise ValueError(f"DFFConfig.{name} must be 3 finite numbers, got {values!r}")
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if self.channel_order != "bgr":
+            raise ValueError(f"DFFConfig.channel_order must be 'bgr', got {self.channel_order!r}")
         if self.block not in ("conv", "hybrid", "dwsep"):
             raise ValueError(f"DFFConfig.block must be 'conv', 'hybrid' or 'dwsep', "
                              f"got {self.block!r}")
@@ -74,11 +100,8 @@ class DFFConfig:
         if self.input_size % (2 ** (self.depth - 1)):
             raise ValueError(f"DFFConfig.input_size {self.input_size} must be divisible by "
                              f"2**(depth-1) = {2 ** (self.depth - 1)}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("DFFConfig.mean/std must be 3 values each, std > 0")
-        if self.arch_version != ARCH_VERSION:
-            raise ValueError(f"DFFConfig.arch_version {self.arch_version} is not supported "
-                             f"(this code builds version {ARCH_VERSION})")
+        if min(self.std) <= 0:
+            raise ValueError(f"DFFConfig.std must be > 0, got {self.std}")
 
     def widths(self) -> list[int]:
         return [min(self.base_width * 2 ** i, self.max_width) for i in range(self.depth)]
@@ -228,47 +251,69 @@ def save_dff_weights(path, model: DFFNet, config: DFFConfig | None = None,
 
 def load_dff_weights(path, device=None) -> tuple[DFFNet, DFFConfig]:
     """Load a weights file written by ``save_dff_weights``: model in eval mode on ``device``
-    (``select_device()`` when None), float32. Raises ``ValueError`` naming what is wrong."""
+    (``select_device()`` when None), float32. Raises ``ModelFileError`` (a ``ValueError``)
+    naming what is wrong, whatever is wrong: callers such as the ROS nodes catch that type."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"DFF weights file {path!r} does not exist")
+        raise ModelFileError(f"DFF weights file {path!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, ...
-        raise ValueError(f"DFF weights file {path!r} is unreadable (corrupt or truncated?): "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise ModelFileError(f"DFF weights file {path!r} is unreadable (corrupt or truncated?): "
+                             f"{type(exc).__name__}: {exc}") from exc
+    try:
+        config, state = _checked_payload(payload, path)
+        model = DFFNet(config)  # built only now that the file's tensors are known to fit it
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"DFF weights file {path!r} is malformed: {type(exc).__name__}: {exc}") from exc
+    model.provenance = payload.get("provenance", {})
+    return model.to(select_device(device)).eval(), config
+
+
+def _checked_payload(payload, path: str) -> tuple[DFFConfig, dict]:
+    """The config and state dict of a loaded file, after every field is checked."""
     if not isinstance(payload, dict):
-        raise ValueError(f"DFF weights file {path!r}: top level is {type(payload).__name__}, "
-                         "expected a dict")
+        raise ModelFileError(f"DFF weights file {path!r}: top level is {type(payload).__name__}, "
+                             "expected a dict")
     if payload.get("schema") != SCHEMA:
-        raise ValueError(f"DFF weights file {path!r}: schema is {payload.get('schema')!r}, "
-                         f"expected {SCHEMA!r}")
+        raise ModelFileError(f"DFF weights file {path!r}: schema is {payload.get('schema')!r}, "
+                             f"expected {SCHEMA!r}")
     if payload.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"DFF weights file {path!r}: schema_version is "
-                         f"{payload.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")
+        raise ModelFileError(f"DFF weights file {path!r}: schema_version is "
+                             f"{payload.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")
     for key in ("config", "state_dict"):
         if not isinstance(payload.get(key), dict):
-            raise ValueError(f"DFF weights file {path!r}: missing or malformed field {key!r}")
+            raise ModelFileError(f"DFF weights file {path!r}: missing or malformed field {key!r}")
+    if not isinstance(payload.get("provenance", {}), dict):
+        raise ModelFileError(f"DFF weights file {path!r}: field 'provenance' is "
+                             f"{type(payload['provenance']).__name__}, expected a dict")
     try:
         config = DFFConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"DFF weights file {path!r}: bad config: {exc}") from exc
-    model = DFFNet(config)
-    expected = model.state_dict()
+        raise ModelFileError(f"DFF weights file {path!r}: bad config: {exc}") from exc
+    # The shapes the config needs, from a network on the meta device: no memory is allocated,
+    # so a small file whose config asks for a huge network costs nothing to refuse.
+    with torch.device("meta"):
+        expected = DFFNet(config).state_dict()
     state = payload["state_dict"]
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    unexpected = sorted(set(state) - set(expected), key=str)
     if missing or unexpected:
-        raise ValueError(f"DFF weights file {path!r}: state dict keys do not match the config: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelFileError(f"DFF weights file {path!r}: state dict keys do not match the config: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     for k, ref in expected.items():
         v = state[k]
-        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(ref.shape):
+        if not isinstance(v, torch.Tensor) or v.layout != torch.strided or tuple(v.shape) != tuple(ref.shape):
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise ValueError(f"DFF weights file {path!r}: tensor {k!r} has shape {got}, "
-                             f"the config needs {tuple(ref.shape)}")
+            raise ModelFileError(f"DFF weights file {path!r}: tensor {k!r} has shape {got}, "
+                                 f"the config needs {tuple(ref.shape)}")
+        integer = not (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool)
+        if v.is_floating_point() != ref.is_floating_point() or (not ref.is_floating_point() and not integer):
+            raise ModelFileError(f"DFF weights file {path!r}: tensor {k!r} has dtype {v.dtype}, "
+                                 f"expected {'floating point' if ref.is_floating_point() else 'integer'}")
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ValueError(f"DFF weights file {path!r}: tensor {k!r} is not finite")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    model.provenance = payload.get("provenance", {})
-    return model.to(select_device(device)).eval(), config
+            raise ModelFileError(f"DFF weights file {path!r}: tensor {k!r} is not finite")
+    return config, state

@@ -19,6 +19,9 @@ import numpy as np
 from face_alignment_ros.core import camera as cam
 
 FACE_SPAN_MM = 200.0
+# Smallest box side a face is aligned from: far below the detector's 24 px minimum; a smaller
+# box cannot hold a face, and a crop from it would be resampled blur.
+MIN_BOX_SIDE_PX = 8.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,30 @@ class BoxPrior:
         log_scale = np.log(cameras[:, cam.S] * FACE_SPAN_MM / side)
         return cls(float(dx.mean()), float(dy.mean()), float(log_scale.mean()),
                    float(dx.std()), float(dy.std()), float(log_scale.std()))
+
+
+def box_problem(box, image_shape: tuple[int, ...]) -> str | None:
+    """Why no face can be aligned from ``box`` in an image of ``image_shape``; None if one can.
+    A box may reach past the border (a face at the edge) but must overlap the image."""
+    b = np.asarray(box, np.float32).reshape(-1)
+    if b.shape != (4,) or not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
+        return f"box must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {b.tolist()}"
+    width, height = float(b[2] - b[0]), float(b[3] - b[1])
+    if min(width, height) < MIN_BOX_SIDE_PX:
+        return f"box {b.tolist()} is {width:g} x {height:g} px; a face needs at least {MIN_BOX_SIDE_PX:g} px a side"
+    rows, cols = image_shape[:2]
+    if b[2] <= 0 or b[3] <= 0 or b[0] >= cols or b[1] >= rows:
+        return f"box {b.tolist()} lies entirely outside the {cols} x {rows} image"
+    return None
+
+
+def check_box(box, image_shape: tuple[int, ...]) -> np.ndarray:
+    """``box`` as float32 (x0, y0, x1, y1), or a ``ValueError`` saying why no face can be
+    aligned from it (see ``box_problem``)."""
+    problem = box_problem(box, image_shape)
+    if problem:
+        raise ValueError(problem)
+    return np.asarray(box, np.float32).reshape(-1)
 
 
 def landmark_box(points: np.ndarray) -> np.ndarray:

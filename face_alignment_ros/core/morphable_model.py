@@ -11,7 +11,6 @@ deviations ``id_sigma`` and ``exp_sigma`` (the D matrices of eq. 8).
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,9 +117,12 @@ class MorphableModel:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ModelFileError(f"3DMM file {path} is unreadable or truncated: {exc}") from exc
-        meta = json.loads(str(arrays.pop("metadata_json"))) if "metadata_json" in arrays else {}
+            meta = json.loads(str(arrays.pop("metadata_json"))) if "metadata_json" in arrays else {}
+        except Exception as exc:  # zip, zlib, npy or JSON errors: always ModelFileError for callers
+            raise ModelFileError(f"3DMM file {path} is unreadable or truncated: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"3DMM file {path}: field 'metadata_json' is {type(meta).__name__}, "
+                                 "expected a JSON object")
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise ModelFileError(f"3DMM file {path}: schema_version {meta.get('schema_version')} != {SCHEMA_VERSION}")
         names = [f for f in cls.__dataclass_fields__ if f != "metadata"]
