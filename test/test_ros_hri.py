@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 hri_msgs = pytest.importorskip("hri_msgs.msg", reason="hri_msgs missing: run make setup")
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from hri_msgs.msg import FacialLandmarks, IdsList, NormalizedRegionOfInterest2D  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from face_alignment_ros.core import face_views  # noqa: E402
@@ -25,6 +28,7 @@ from face_alignment_ros.msg import LandmarksArray  # noqa: E402
 from face_alignment_ros.ros.face_alignment_node import FaceAlignmentNode  # noqa: E402
 from face_alignment_ros.ros.face_ids import FaceIds, hri_id  # noqa: E402
 from face_alignment_ros.ros.graph import Graph, node_args  # noqa: E402
+from face_alignment_ros.ros.hri import HriFacePublisher  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, TF_QOS  # noqa: E402
 from face_alignment_ros.ros.sample_stream import sample_frames  # noqa: E402
@@ -252,6 +256,31 @@ def test_face_images_only_while_subscribed(hri, monkeypatch):
         sub = client.subs[(fid, topic)]
         wait_until(lambda: sub.get_publisher_count() == 0, TIMEOUT, what=f"{fid}/{topic} removed")
     client.unfollow(fid)
+
+
+def test_close_empties_the_list_and_removes_the_topics(hri):
+    client = hri["client"]
+    node = rclpy.create_node("hri_close_test", context=hri["context"])
+    try:
+        publisher = HriFacePublisher(node)
+        header = Header(frame_id=FRAME_ID, stamp=Time(sec=3000))
+        face = SimpleNamespace(landmarks=np.tile([[150.0, 100.0]], (68, 1)) + np.arange(68)[:, None],
+                               visible=np.ones(68, bool), confidence=0.9, camera=np.array([1, 0, 0, 0, 150, 100.0]))
+        face_id = 10 ** 7  # far from the graph's own faces
+        out = SimpleNamespace(header=header, image=hri["frames"][0], faces=[SimpleNamespace(face=face)],
+                              landmarks=SimpleNamespace(faces=[SimpleNamespace(face_id=face_id)]))
+        wait_until(lambda: publisher.pub_tracked.get_subscription_count() >= 1, TIMEOUT, what="client")
+        fid = hri_id(face_id)
+        assert publisher.publish(out) == [fid]
+        wait_until(lambda: client.tracked.get((3000, 0)), TIMEOUT, what="ids list")
+        client.follow(fid, ("roi",))
+        publisher.close(Header(frame_id=FRAME_ID, stamp=Time(sec=3001)))
+        assert list(wait_until(lambda: client.tracked.get((3001, 0)), TIMEOUT, what="empty ids list").ids) == []
+        sub = client.subs[(fid, "roi")]
+        wait_until(lambda: sub.get_publisher_count() == 0, TIMEOUT, what="face topics removed")
+        client.unfollow(fid)
+    finally:
+        node.destroy_node()
 
 
 def test_hri_parameter_false_publishes_no_hri_topics(hri):

@@ -85,8 +85,11 @@ class HriFacePublisher:
         for pub in self.faces.pop(fid).all():
             self.node.destroy_publisher(pub)
 
-    def close(self) -> None:
-        """Remove every face's topics (e.g. before the node goes away)."""
+    def close(self, header=None) -> None:
+        """Remove every face's topics, e.g. when the node stops processing; with ``header``,
+        first tell clients on /humans/faces/tracked (an empty list), as hri_face_detect does."""
+        if header is not None:
+            self.pub_tracked.publish(IdsList(header=header, ids=[]))
         for fid in list(self.faces):
             self._remove(fid)
 
