@@ -78,7 +78,7 @@ class FaceTracker:
         self._image_size: tuple | None = None
         self._frames = 0
         self._smoothers: dict[int, FaceSmoother] = {}
-        self.smoothing = smoothing
+        self._smoothing = smoothing
         self.last_frame_detected = False
 
     @property
@@ -87,8 +87,9 @@ class FaceTracker:
 
     @smoothing.setter
     def smoothing(self, settings: OneEuroSettings | None) -> None:
-        self._smoothing = settings
-        self._smoothers = {}
+        if settings != self._smoothing:  # new settings restart the filters
+            self._smoothing = settings
+            self._smoothers = {}
 
     def reset(self) -> None:
         self.tracks = []
