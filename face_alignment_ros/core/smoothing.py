@@ -35,7 +35,7 @@ from face_alignment_ros.core.face_crop import FACE_SPAN_MM
 @dataclass(frozen=True)
 class OneEuroSettings:
     min_cutoff: float = 1.0  # Hz: the cutoff of a face at rest (lower: steadier, more lag)
-    beta: float = 1.0        # Hz added per face span (or radian) per second of motion
+    beta: float = 10.0       # Hz added per face span (or radian) per second of motion
     d_cutoff: float = 1.0    # Hz: the cutoff of the speed estimate itself
 
     def __post_init__(self):

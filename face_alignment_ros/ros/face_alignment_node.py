@@ -65,7 +65,7 @@ PARAMS = [
           "lag. Off for evaluation."),
     Param("smoothing_min_cutoff", 1.0, "Smoothing cutoff (Hz) of a face at rest: lower is steadier, lags more.",
           range=(0.01, 100.0)),
-    Param("smoothing_beta", 1.0, "Smoothing cutoff added (Hz) per face span or radian per second of motion: higher "
+    Param("smoothing_beta", 10.0, "Smoothing cutoff added (Hz) per face span or radian per second of motion: higher "
           "lags less on fast motion.", range=(0.0, 1000.0)),
     Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
     Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),

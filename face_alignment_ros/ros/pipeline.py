@@ -42,7 +42,7 @@ class PipelineConfig:
     markers: bool = False
     smoothing: bool = False               # One Euro filter of landmarks and pose (core.smoothing)
     smoothing_min_cutoff: float = 1.0
-    smoothing_beta: float = 1.0
+    smoothing_beta: float = 10.0
 
     def smoothing_settings(self) -> OneEuroSettings | None:
         return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
