@@ -143,3 +143,17 @@ def test_smoothing_is_off_by_default_and_steadies_a_shaking_face(aligner, astron
                  for k, (dx, dy) in enumerate(shakes)]
         spread[smoothing is not None] = float(np.ptp(np.array(noses[4:]), axis=0).max())
     assert spread[True] < 0.5 * spread[False], spread
+
+
+def test_pseudo_video_moves_the_ground_truth_with_the_frame():
+    from face_alignment_ros.evaluation.tracking import SETTLED, pseudo_video
+
+    image = np.zeros((200, 240, 3), np.uint8)
+    truth = np.array([[100.0, 80.0], [140.0, 80.0], [120.0, 130.0]])
+    for x, y in truth.astype(int):
+        image[y - 1:y + 2, x - 1:x + 2] = 255
+    frames = pseudo_video(image, truth, seed=0)
+    for frame, points in frames:  # each dot is drawn where its ground truth says
+        assert all(frame[int(round(y)), int(round(x))].max() > 60 for x, y in points)
+    assert all(np.array_equal(frames[k][0], frames[k - 1][0]) for k in SETTLED)
+    assert np.ptp([p.mean(axis=0) for _, p in frames], axis=0).max() > 10
