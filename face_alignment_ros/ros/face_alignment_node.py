@@ -75,6 +75,12 @@ PARAMS = [
     Param("min_confidence", 0.3, "Re-detect when a tracked face's alignment confidence falls below this.",
           range=(0.0, 1.0)),
     Param("max_faces", 8, "Most faces aligned per frame (highest detector scores first).", range=(1, 64)),
+    Param("smoothing", False, "Filter each face's landmarks and pose over time (One Euro filter): steadier, a little "
+          "lag. Off for evaluation."),
+    Param("smoothing_min_cutoff", 1.0, "Smoothing cutoff (Hz) of a face at rest: lower is steadier, lags more.",
+          range=(0.01, 100.0)),
+    Param("smoothing_beta", 10.0, "Smoothing cutoff added (Hz) per face span or radian per second of motion: higher "
+          "lags less on fast motion.", range=(0.0, 1000.0)),
     Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
     Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),
     Param("face_frame_prefix", "face_", "Head frame name = prefix + face id.", check=frame_prefix_check),

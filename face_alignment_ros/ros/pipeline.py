@@ -21,6 +21,7 @@ from face_alignment_ros.core.face_detector import create_detector
 from face_alignment_ros.core.head_frame import Intrinsics, metric_landmarks_mm, metric_pose
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.overlay import draw_faces
+from face_alignment_ros.core.smoothing import OneEuroSettings
 from face_alignment_ros.core.tracker import FaceTracker
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import messages
@@ -40,6 +41,12 @@ class PipelineConfig:
     publish_gaze: bool = False
     debug_image: bool = False
     markers: bool = False
+    smoothing: bool = False               # One Euro filter of landmarks and pose (core.smoothing)
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 10.0
+
+    def smoothing_settings(self) -> OneEuroSettings | None:
+        return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
 
     @classmethod
     def from_values(cls, values: dict) -> "PipelineConfig":
@@ -114,7 +121,7 @@ class FramePipeline:
             self.tracker = None
         if self.tracker is None:
             self.tracker = FaceTracker(self.aligner, self.config.redetect_every, self.config.min_confidence,
-                                       max_faces=self.config.max_faces)
+                                       max_faces=self.config.max_faces, smoothing=self.config.smoothing_settings())
         self.descent_sha256 = sha256
         tris = self.aligner.model.decimated_triangles
         topo = messages.mesh_topology(tris, len(self.aligner.model.decimated))
@@ -125,7 +132,7 @@ class FramePipeline:
         """Use a ready-made aligner (benchmarks, tests of the core); tracking restarts."""
         self.aligner = aligner
         self.tracker = FaceTracker(aligner, self.config.redetect_every, self.config.min_confidence,
-                                   max_faces=self.config.max_faces)
+                                   max_faces=self.config.max_faces, smoothing=self.config.smoothing_settings())
         self.topology = messages.mesh_topology(aligner.model.decimated_triangles, len(aligner.model.decimated))
         self._topology_sent = False
 
@@ -137,6 +144,7 @@ class FramePipeline:
             self.tracker.redetect_every = self.config.redetect_every
             self.tracker.min_confidence = self.config.min_confidence
             self.tracker.max_faces = self.config.max_faces
+            self.tracker.smoothing = self.config.smoothing_settings()
 
     def take_topology(self) -> MeshTopology | None:
         """The mesh topology once after it (re)appears, else None (it is published latched)."""
@@ -170,7 +178,8 @@ class FramePipeline:
         t0 = time.perf_counter()
         image = message_to_bgr(image_msg)
         t1 = time.perf_counter()
-        tracked = self.tracker.process(image)
+        stamp = image_msg.header.stamp.sec + image_msg.header.stamp.nanosec * 1e-9
+        tracked = self.tracker.process(image, stamp_s=stamp or None)  # unstamped: nominal frame rate
         t2 = time.perf_counter()
         cfg = self.config
         intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)
