@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from face_alignment_ros.core.aligner import FaceAligner, FaceResult
+from face_alignment_ros.core.aligner import AlignRequest, FaceAligner, FaceResult
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
 
@@ -52,22 +52,24 @@ class FaceTracker:
             self.tracks = self._detect_and_match(image_bgr)
             self._since_detection = 0
         else:
-            self.tracks = [TrackedFace(t.face_id, self.aligner.align(image_bgr, landmark_box(t.face.landmarks), box_kind="landmarks", previous=t.face), t.age + 1)
-                           for t in self.tracks]
+            # all tracked faces through the descriptor network as one batch
+            faces = self.aligner.align_many(image_bgr, [
+                AlignRequest(landmark_box(t.face.landmarks), "landmarks", previous=t.face) for t in self.tracks])
+            self.tracks = [TrackedFace(t.face_id, face, t.age + 1) for t, face in zip(self.tracks, faces)]
         self._since_detection += 1
         return list(self.tracks)
 
     def _detect_and_match(self, image_bgr: np.ndarray) -> list[TrackedFace]:
         detections = self.aligner.detect(image_bgr)[: self.max_faces]
+        faces = self.aligner.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d in detections])
         free = list(self.tracks)
         out = []
-        for det in detections:
+        for det, face in zip(detections, faces):
             best, best_iou = None, self.match_iou
             for track in free:
                 iou = box_iou(det.box, landmark_box(track.face.landmarks))
                 if iou >= best_iou:
                     best, best_iou = track, iou
-            face = self.aligner.align(image_bgr, det.box, box_kind="detector", score=det.score)
             if best is not None:
                 free.remove(best)
                 out.append(TrackedFace(best.face_id, face, best.age + 1))
