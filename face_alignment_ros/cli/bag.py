@@ -55,7 +55,7 @@ def convert(args) -> int:
     if not node["publish_gaze"]:
         values["publish_gaze"] = False
     pipeline = FramePipeline(PipelineConfig.from_values(values), dff_weights=args.dff_weights or node["dff_weights"],
-                             detector=node["detector"], device=node["device"])
+                             detector=node["detector"], device=node["device"], threads=node["num_threads"])
     descent_path = Path(args.descent_model or model["model_file"] or shipped_model_file(model["descriptor"]))
     import hashlib
 

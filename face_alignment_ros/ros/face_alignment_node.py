@@ -53,9 +53,9 @@ PARAMS = [
     Param("dff_weights", "",
           "DFF network weights file; empty means the shipped assets/dff_weights.pt. Unused by SIFT models.",
           read_only=True),
-    Param("device", "auto", "Torch device of the DFF network.", choices=["auto", "cpu", "cuda"], read_only=True),
-    Param("num_threads", 1, "Torch and OpenCV CPU threads; 0 leaves the libraries' defaults. 1 measured fastest "
-          "on 2 cores (BENCHMARKS.md).",
+    Param("device", "auto", "Device of the DFF network (auto: CUDA when available).", choices=["auto", "cpu", "cuda"], read_only=True),
+    Param("num_threads", 0, "CPU threads of the DFF network under the core's thread policy (core/threads.py: "
+          "detector, OpenCV, BLAS and numba stay on one thread); 0 is its default, all cores up to 2.",
           range=(0, 256), read_only=True),
     Param("redetect_every", 10, "Run the detector every N frames while tracking.", range=(1, 10000)),
     Param("min_confidence", 0.3, "Re-detect when a tracked face's alignment confidence falls below this.",
@@ -78,14 +78,8 @@ class FaceAlignmentNode(Node):
         self.stats = diag.PipelineStats()
         self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
         p = self.params
-        if p["num_threads"] > 0:
-            import cv2
-            import torch
-
-            torch.set_num_threads(p["num_threads"])
-            cv2.setNumThreads(p["num_threads"])
         self.pipeline = FramePipeline(PipelineConfig.from_values(self._config_values()), dff_weights=p["dff_weights"],
-                                      detector=p["detector"], device=p["device"])
+                                      detector=p["detector"], device=p["device"], threads=p["num_threads"])
 
         self._cond = threading.Condition()
         self._frame = None          # newest unprocessed Image
