@@ -78,3 +78,11 @@ def test_load_errors(tmp_path, morphable_model):
     bad.write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(ModelFileError, match="unreadable"):
         MorphableModel.load(bad)
+
+
+def test_decimated_mesh_rows_are_cached_and_exact(morphable_model):
+    """The decimated mesh (asked for every frame) comes from rows gathered once; same values."""
+    p = np.random.default_rng(3).normal(size=morphable_model.n_id + morphable_model.n_exp).astype(np.float32)
+    cached = morphable_model.vertices(p, morphable_model.decimated)
+    assert np.allclose(cached, morphable_model.vertices(p, morphable_model.decimated.copy()), atol=1e-5)
+    assert morphable_model.vertices(p, morphable_model.decimated) is not cached  # a new array each call
