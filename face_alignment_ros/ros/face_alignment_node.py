@@ -53,7 +53,8 @@ PARAMS = [
     Param("dff_weights", "",
           "DFF network weights file; empty means the shipped assets/dff_weights.pt. Unused by SIFT models.",
           read_only=True),
-    Param("device", "auto", "Device of the DFF network (auto: CUDA when available).", choices=["auto", "cpu", "cuda"], read_only=True),
+    Param("device", "auto", "Device of the DFF network (auto: CUDA when available).", choices=["auto", "cpu", "cuda"],
+          read_only=True),
     Param("num_threads", 0, "CPU threads of the DFF network under the core's thread policy (core/threads.py: "
           "detector, OpenCV, BLAS and numba stay on one thread); 0 is its default, all cores up to 2.",
           range=(0, 256), read_only=True),
