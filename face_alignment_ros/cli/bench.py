@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--descriptor", choices=("dff", "sift", "both"), default="both")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runtimes", nargs="+", default=["auto"], choices=("auto", "onnxruntime", "torch"),
+                   help="DFF network runtimes to time side by side (default: the library's choice)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure the thread counts in turn this many times, keep each one's least disturbed block")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.add_argument("--markdown", type=Path, help="write the figures as a markdown table")
     p.add_argument("--peers", default=None,
@@ -41,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"face-align-bench: cannot read {args.image}", file=sys.stderr)
         return 2
     descriptors = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
-    results = benchmark(image, descriptors, tuple(args.threads), args.runs)
+    results = benchmark(image, descriptors, tuple(args.threads), args.runs, args.repeats, tuple(args.runtimes))
     header = (f"face-align-bench {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-              f"image {image.shape[1]}x{image.shape[0]}, {args.runs} runs\n")
+              f"image {image.shape[1]}x{image.shape[0]}, {args.runs} runs, best of {args.repeats} blocks\n")
     text = header + "\n" + format_markdown(results)
     print(text)
     if args.json:
