@@ -139,3 +139,26 @@ def test_faces_of_a_frame_go_through_the_network_as_one_batch():
     counter.batches.clear()
     assert len(tracker.process(image)) == 2 and not tracker.last_frame_detected
     assert counter.batches == [2]
+
+
+def test_export_onnx_only_writes_the_graph_and_its_card_line(exported, tmp_path):
+    """`face-align-train export --onnx-only`: the graph of the weights in --assets, its sha256
+    in the model card (an older line replaced, the rest of the card kept)."""
+    import argparse
+
+    from face_alignment_ros.training import export_models
+
+    weights, _ = exported
+    (tmp_path / resources.DFF_WEIGHTS_FILE).write_bytes(weights.read_bytes())
+    cards = tmp_path / export_models.CARDS_DIR
+    cards.mkdir()
+    card = cards / "dff_weights.md"
+    card.write_text("# Model card\n\n- File size: 0.01 MB.\n- Inference graph: stale line\n- Data: x\n")
+    assert export_models.run(argparse.Namespace(assets=tmp_path, onnx_only=True)) == 0
+    graph = onnx_path_for(tmp_path / resources.DFF_WEIGHTS_FILE)
+    lines = card.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("- Inference graph")] == [
+        ln for ln in lines if resources.file_sha256(graph) in ln]
+    assert len([ln for ln in lines if ln.startswith("- Inference graph")]) == 1
+    assert lines[-1] == "- Data: x" and "stale" not in card.read_text()
+    assert isinstance(load_dff_runtime(tmp_path / resources.DFF_WEIGHTS_FILE, device="cpu"), OnnxDffRuntime)
