@@ -48,15 +48,15 @@ def _camera(domain: int, faces: int, rate: float, duration: float, width: int, h
         def on_landmarks(msg):
             got[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = (time.time(), len(msg.faces))
 
-        node.create_subscription(LandmarksArray, "/landmarks", on_landmarks, OUTPUT_QOS)
+        sub = node.create_subscription(LandmarksArray, "/landmarks", on_landmarks, OUTPUT_QOS)
         pub = node.create_publisher(Image, "/bench/image", image_qos())
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
         import threading
 
         threading.Thread(target=executor.spin, daemon=True).start()
-        wait_until(lambda: pub.get_subscription_count() > 0 and node.count_publishers("/landmarks") > 0, 60.0,
-                   what="the node's image subscription")
+        wait_until(lambda: pub.get_subscription_count() > 0 and sub.get_publisher_count() > 0, 60.0,
+                   what="the node's image subscription and landmarks publisher, matched")
 
         def send(i) -> tuple:
             msg = frames[i % len(frames)]
