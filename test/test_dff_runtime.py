@@ -162,3 +162,23 @@ def test_export_onnx_only_writes_the_graph_and_its_card_line(exported, tmp_path)
     assert len([ln for ln in lines if ln.startswith("- Inference graph")]) == 1
     assert lines[-1] == "- Data: x" and "stale" not in card.read_text()
     assert isinstance(load_dff_runtime(tmp_path / resources.DFF_WEIGHTS_FILE, device="cpu"), OnnxDffRuntime)
+
+
+def test_a_gpu_without_an_onnxruntime_cuda_build_runs_torch_on_cuda(exported, monkeypatch):
+    """CUDA stays automatic: where a GPU is present but onnxruntime is the CPU build, the
+    network goes to torch with device None (``select_device``: CUDA)."""
+    from face_alignment_ros.core import dff_runtime
+
+    weights, _ = exported
+    asked = {}
+
+    def fake_from_file(path, device=None):
+        asked["device"] = device
+        return "torch runtime"
+
+    monkeypatch.setattr(dff_runtime, "_gpu_present", lambda: True)
+    monkeypatch.setattr(dff_runtime, "_ort_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(DFFExtractor, "from_file", staticmethod(fake_from_file))
+    assert load_dff_runtime(weights) == "torch runtime" and asked["device"] is None
+    # an explicit CPU device keeps the ONNX graph
+    assert isinstance(load_dff_runtime(weights, device="cpu"), OnnxDffRuntime)
