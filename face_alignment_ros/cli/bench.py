@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtimes", nargs="+", default=["auto"], choices=("auto", "onnxruntime", "torch"),
                    help="DFF network runtimes to time side by side (default: the library's choice)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="measure the thread counts in turn this many times, keep each one's least disturbed block")
+                   help="measure the variants (thread counts, runtimes; with --peers the methods) in turn this "
+                        "many times and keep each one's least disturbed run (a shared machine)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.add_argument("--markdown", type=Path, help="write the figures as a markdown table")
     p.add_argument("--peers", default=None,
@@ -62,7 +63,8 @@ def _peers(args) -> int:
     from face_alignment_ros.evaluation.peers import available_methods
 
     methods = available_methods() if args.peers == "all" else args.peers.split(",")
-    bench = benchmark_methods(methods, tuple(args.threads), runs=max(1, min(args.runs, 5)), limit=args.limit)
+    bench = benchmark_methods(methods, tuple(args.threads), runs=max(1, min(args.runs, 5)), limit=args.limit,
+                              repeats=args.repeats)
     header = (f"face-align-bench --peers {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
     text = header + "\n" + format_markdown(bench)
