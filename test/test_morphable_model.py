@@ -94,3 +94,11 @@ def test_malformed_files_give_model_file_error(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(ModelFileError, match="unreadable"):
         MorphableModel.load(plain_npy)
+
+
+def test_decimated_mesh_rows_are_cached_and_exact(morphable_model):
+    """The decimated mesh (asked for every frame) comes from rows gathered once; same values."""
+    p = np.random.default_rng(3).normal(size=morphable_model.n_id + morphable_model.n_exp).astype(np.float32)
+    cached = morphable_model.vertices(p, morphable_model.decimated)
+    assert np.allclose(cached, morphable_model.vertices(p, morphable_model.decimated.copy()), atol=1e-5)
+    assert morphable_model.vertices(p, morphable_model.decimated) is not cached  # a new array each call

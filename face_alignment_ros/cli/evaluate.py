@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="given_box,detector")
     p.add_argument("--limit", type=int, default=0, help="images per data set (per yaw bin for synthetic); 0: all")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenCV threads for our aligners (0: their default)")
+    p.add_argument("--threads", type=int, default=0, help="network threads of our aligners under the thread policy (0: its default)")
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="with --benchmarks-md: small counts (a smoke run)")

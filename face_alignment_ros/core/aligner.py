@@ -10,6 +10,7 @@ import numpy as np
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
+from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.cascade import Cascade, CascadeState
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
@@ -79,6 +80,15 @@ class FaceResult:
         }
 
 
+@dataclass
+class AlignRequest:
+    """One face for ``FaceAligner.align_many``: the arguments of ``align``."""
+    box: object
+    box_kind: str = "detector"
+    score: float = 1.0
+    previous: FaceResult | None = None
+
+
 class FaceAligner:
     """Detect faces and fit the 3DMM with the DFF (or SIFT) cascade.
 
@@ -87,7 +97,8 @@ class FaceAligner:
     """
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
-                 detector: FaceDetector | str | None = "default", output: str = "regressed"):
+                 detector: FaceDetector | str | None = "default", output: str = "regressed",
+                 detector_threads: int | None = None):
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -96,6 +107,7 @@ class FaceAligner:
         self.output = output
         self._detector_spec = detector
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
+        self._detector_threads = detector_threads
         self._lock = threading.Lock()
         self._descent = None
         self.set_descent_model(descent)
@@ -103,8 +115,10 @@ class FaceAligner:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_default(cls, descriptor: str = "dff", device=None, detector: FaceDetector | str | None = "default",
-                     **kwargs) -> "FaceAligner":
-        """The shipped trained models (CPU, or CUDA when available)."""
+                     threads: int | None = None, **kwargs) -> "FaceAligner":
+        """The shipped trained models (CPU, or CUDA when available). ``threads``: CPU threads
+        of the DFF network under the package's thread policy (``core.threads``; None: the
+        default, all cores up to 2), applied to the whole process."""
         descent_path = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES.get(descriptor, "")
         weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
         if descriptor not in resources.DESCENT_MODEL_FILES:
@@ -115,14 +129,19 @@ class FaceAligner:
                 f"no trained {descriptor.upper()} model in the package (missing: {', '.join(str(p) for p in missing)}). "
                 + resources.TRAIN_HINT)
         return cls.from_files(descent_path, weights if descriptor == "dff" else None, device=device,
-                              detector=detector, **kwargs)
+                              detector=detector, threads=threads, **kwargs)
 
     @classmethod
     def from_files(cls, descent_path: str | Path, dff_weights: str | Path | None = None, device=None,
-                   detector: FaceDetector | str | None = "default", **kwargs) -> "FaceAligner":
+                   detector: FaceDetector | str | None = "default", threads: int | None = None,
+                   runtime: str = "auto", **kwargs) -> "FaceAligner":
+        """``threads`` as in ``from_default``; ``runtime``: the DFF network's ("auto": ONNX
+        Runtime on the graph beside the weights, else torch; ``core.dff_runtime``)."""
+        policy = thread_policy.apply(threads)
         descent = DescentModel.load(descent_path)
-        backend = create_backend(descent, dff_weights=dff_weights, device=device)
-        return cls(descent, backend, detector=detector, **kwargs)
+        backend = create_backend(descent, dff_weights=dff_weights, device=device, threads=policy.network,
+                                 runtime=runtime)
+        return cls(descent, backend, detector=detector, detector_threads=policy.detector, **kwargs)
 
     @property
     def descent(self) -> DescentModel:
@@ -147,7 +166,7 @@ class FaceAligner:
         if self._detector is None:
             if self._detector_spec is None:
                 raise RuntimeError("this aligner was built without a detector; pass boxes to align()")
-            self._detector = create_detector(self._detector_spec)
+            self._detector = create_detector(self._detector_spec, threads=self._detector_threads)
         return self._detector
 
     # --- alignment ------------------------------------------------------------------------
@@ -157,7 +176,7 @@ class FaceAligner:
 
     def detect_and_align(self, image_bgr: np.ndarray) -> list[FaceResult]:
         """Every detected face, aligned, in detector-score order."""
-        return [self.align(image_bgr, d.box, box_kind="detector", score=d.score) for d in self.detect(image_bgr)]
+        return self.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d in self.detect(image_bgr)])
 
     def crop_box(self, box, box_kind: str = "detector") -> np.ndarray:
         """The canonical crop predicted from a box of the given kind."""
@@ -174,21 +193,28 @@ class FaceAligner:
               previous: FaceResult | None = None) -> FaceResult:
         """Fit one face inside ``box``. With ``previous`` (video), start from that result's
         pose and shape instead of the mean face: the crop follows the previous camera."""
+        return self.align_many(image_bgr, [AlignRequest(box, box_kind, score, previous)])[0]
+
+    def align_many(self, image_bgr: np.ndarray, requests: list[AlignRequest]) -> list[FaceResult]:
+        """Fit several faces of one image: their crops go through the descriptor network as one
+        batch, then each face runs its own cascade. Same results as ``align`` one by one."""
         image_bgr = validate_image(image_bgr)
         descent = self._descent  # one model for the whole frame, even if swapped meanwhile
         n = descent.crop_size
-        if previous is not None:
-            crop_box = face_crop.canonical_crop_box(previous.camera)
-        else:
-            crop_box = self.crop_box(face_crop.check_box(box, image_bgr.shape), box_kind)
-        sampler = self.backend.prepare(crop_image(image_bgr, crop_box, n)[0])
-        if previous is not None:
-            init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(previous.camera, crop_box, n),
-                                              previous.params)
-        else:
-            init = self.cascade.initial_state(n)
-        state = self.cascade.run(descent, sampler, init)
-        return self._result(state, crop_box, n, box, score)
+        crop_boxes = [face_crop.canonical_crop_box(r.previous.camera) if r.previous is not None
+                      else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind)
+                      for r in requests]
+        samplers = self.backend.prepare_many([crop_image(image_bgr, b, n)[0] for b in crop_boxes])
+        results = []
+        for r, crop_box, sampler in zip(requests, crop_boxes, samplers):
+            if r.previous is not None:
+                init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(r.previous.camera, crop_box, n),
+                                                  r.previous.params)
+            else:
+                init = self.cascade.initial_state(n)
+            state = self.cascade.run(descent, sampler, init)
+            results.append(self._result(state, crop_box, n, r.box, r.score))
+        return results
 
     def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float) -> FaceResult:
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)

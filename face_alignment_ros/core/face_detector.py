@@ -127,7 +127,7 @@ class BlazeFaceDetector(FaceDetector):
     FULL_TO_SHORT = (0.084 - 0.038 * 0.882 / 0.933, 0.910 / 0.961, 0.882 / 0.933)
 
     def __init__(self, model: str = "both", min_score: float = 0.5, nms_iou: float = 0.3,
-                 switch_fraction: float = 0.2):
+                 switch_fraction: float = 0.2, threads: int | None = None):
         if model not in ("both", "full", "short"):
             raise ValueError(f"model must be 'both', 'full' or 'short', got {model!r}")
         try:
@@ -141,6 +141,12 @@ class BlazeFaceDetector(FaceDetector):
         self.min_score = float(min_score)
         self.nms_iou = float(nms_iou)
         self.switch_fraction = float(switch_fraction)
+        # MediaPipe's CPU graph runs its TFLite model on one thread (cpu/wall time 1.0 measured
+        # with the graph's XNNPACK delegate option at 1 and at 4): that is the thread policy's
+        # detector setting (core/threads.py), and the only one this runtime offers.
+        if threads not in (None, 1):
+            raise ValueError(f"BlazeFaceDetector runs on one thread; threads={threads} is not available")
+        self.threads = 1
         self._graphs = {
             m: mp_face.FaceDetection(min_detection_confidence=self.min_score,
                                      model_selection=1 if m == "full" else 0)
@@ -308,6 +314,7 @@ _REGISTRY: Dict[str, Callable[..., FaceDetector]] = {
     "dlib": DlibHogDetector,
 }
 DEFAULT_DETECTOR = "blazeface"
+_THREADED = {"blazeface", "blazeface_full", "blazeface_short"}
 
 
 def available_detectors() -> List[str]:
@@ -315,11 +322,14 @@ def available_detectors() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def create_detector(name: str = "default", **kwargs) -> FaceDetector:
+def create_detector(name: str = "default", threads: int | None = None, **kwargs) -> FaceDetector:
     """Build a detector by name: "default" (= ``DEFAULT_DETECTOR``), or one of
-    ``available_detectors()``. Keyword arguments go to the implementation's constructor."""
+    ``available_detectors()``. Keyword arguments go to the implementation's constructor;
+    ``threads`` to those with a thread pool of their own (the others run on one thread)."""
     key = DEFAULT_DETECTOR if name == "default" else name
     if key not in _REGISTRY:
         raise ValueError(f"unknown detector {name!r}; choose from "
                          f"{['default'] + available_detectors()}")
+    if threads is not None and key in _THREADED:
+        kwargs["threads"] = threads
     return _REGISTRY[key](**kwargs)

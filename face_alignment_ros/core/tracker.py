@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from face_alignment_ros.core.aligner import FaceAligner, FaceResult
+from face_alignment_ros.core.aligner import AlignRequest, FaceAligner, FaceResult
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
 from face_alignment_ros.core.smoothing import FaceSmoother, OneEuroSettings
@@ -103,10 +103,12 @@ class FaceTracker:
         if size != self._image_size:  # another camera mode: old positions mean nothing here
             self.reset()
             self._image_size = size
+        starts = [self._start(track) for track in self.tracks]
+        # the followed faces go through the descriptor network as one batch
+        faces = self.aligner.align_many(image_bgr, [AlignRequest(box, kind, track.face.score)
+                                                    for track, (box, kind, _, _) in zip(self.tracks, starts)])
         followed, settling = [], set()
-        for track in self.tracks:
-            box, kind, rest_box, still = self._start(track)
-            face = self.aligner.align(image_bgr, box, box_kind=kind, score=track.face.score)
+        for track, face, (_, kind, rest_box, still) in zip(self.tracks, faces, starts):
             followed.append(TrackedFace(track.face_id, face, track.age + 1, kind, rest_box))
             if still and kind == "landmarks":  # came to rest, not yet started from a detection
                 settling.add(track.face_id)
@@ -144,7 +146,7 @@ class FaceTracker:
         the detector does not find ends."""
         detections = self.aligner.detect(image_bgr)[: self.max_faces]
         free = list(followed)
-        out = []
+        out, starts = [], []  # starts: (detection, face id, age, place in out), aligned as one batch
         for det in detections:
             best, best_iou = None, self.match_iou
             for track in free:
@@ -156,9 +158,12 @@ class FaceTracker:
                 if best.face.confidence >= self.min_confidence and best.face_id not in settling:
                     out.append(best)
                     continue
-            face = self.aligner.align(image_bgr, det.box, box_kind="detector", score=det.score)
             face_id, age = (best.face_id, best.age) if best is not None else (self._new_id(), 0)
-            out.append(TrackedFace(face_id, face, age, "detector", landmark_box(face.landmarks)))
+            starts.append((det, face_id, age, len(out)))
+            out.append(None)
+        faces = self.aligner.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d, *_ in starts])
+        for (_, face_id, age, i), face in zip(starts, faces):
+            out[i] = TrackedFace(face_id, face, age, "detector", landmark_box(face.landmarks))
         return out
 
     def _new_id(self) -> int:

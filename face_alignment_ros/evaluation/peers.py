@@ -78,6 +78,14 @@ class Method:
     def detect_and_align(self, image: np.ndarray) -> list[Prediction]:
         raise NotImplementedError
 
+    def track(self, image: np.ndarray) -> list[Prediction]:
+        """Video mode: the faces of the next frame, following the previous frame's (the
+        method's own tracking). Methods without a tracking mode raise NotImplementedError."""
+        raise NotImplementedError
+
+    def reset_tracking(self) -> None:
+        pass
+
     def set_threads(self, n: int) -> None:
         """Limit the threads the method uses where it can."""
 
@@ -93,6 +101,8 @@ class OursMethod(Method):
 
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
+        self._default = aligner is None
+        self._tracker = None
         if aligner is None:
             try:
                 aligner = FaceAligner.from_default(descriptor=descriptor)
@@ -113,12 +123,27 @@ class OursMethod(Method):
         return [Prediction(f.landmarks, np.asarray(f.box, np.float32), f.visible)
                 for f in self.aligner.detect_and_align(image)]
 
-    def set_threads(self, n):
-        import cv2
-        import torch
+    def track(self, image):
+        from face_alignment_ros.core.tracker import FaceTracker
 
-        torch.set_num_threads(n)
-        cv2.setNumThreads(n)
+        if self._tracker is None:
+            self._tracker = FaceTracker(self.aligner)
+        return [Prediction(t.face.landmarks, np.asarray(t.face.box, np.float32), t.face.visible)
+                for t in self._tracker.process(image)]
+
+    def reset_tracking(self):
+        self._tracker = None
+
+    def set_threads(self, n):
+        """The package's thread policy; a shipped-model aligner is rebuilt, because the network
+        runtime sizes its thread pool when it is created."""
+        from face_alignment_ros.core import threads
+        from face_alignment_ros.core.aligner import FaceAligner
+
+        threads.apply(n)
+        if self.trained and self._default:
+            self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n)
+            self._tracker = None
 
 
 def dlib_model_path():
@@ -183,10 +208,12 @@ class MediaPipeMethod(Method):
 
         self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=False,
                                         min_detection_confidence=0.5)
+        self._face_mesh = face_mesh
+        self._video = None
 
-    def _run(self, image) -> list[np.ndarray]:
+    def _run(self, image, mesh=None) -> list[np.ndarray]:
         h, w = image.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image[:, :, ::-1]))
+        result = (mesh or self._mesh).process(np.ascontiguousarray(image[:, :, ::-1]))
         faces = []
         for lm in result.multi_face_landmarks or ():
             pts = np.array([(p.x * w, p.y * h) for p in lm.landmark], np.float32)
@@ -213,8 +240,21 @@ class MediaPipeMethod(Method):
     def detect_and_align(self, image):
         return [Prediction(f, landmark_box(f)) for f in self._run(image)]
 
+    def track(self, image):
+        """FaceMesh's video mode (static_image_mode=False): detection only when tracking is lost."""
+        if self._video is None:
+            self._video = self._face_mesh.FaceMesh(static_image_mode=False, max_num_faces=4,
+                                                   refine_landmarks=False, min_detection_confidence=0.5)
+        return [Prediction(f, landmark_box(f)) for f in self._run(image, self._video)]
+
+    def reset_tracking(self):
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
     def close(self):
         self._mesh.close()
+        self.reset_tracking()
 
 
 METHODS = {

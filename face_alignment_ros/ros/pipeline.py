@@ -14,6 +14,7 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from face_alignment_ros.core import resources
+from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import create_backend
@@ -69,24 +70,17 @@ class FrameOutput:
     image_size: tuple[int, int] = (0, 0)      # (width, height) of the decoded frame
 
 
-def apply_num_threads(num_threads: int) -> None:
-    """The ``num_threads`` parameter: torch and OpenCV CPU threads of this process (0 leaves the
-    libraries' defaults). The node and ``face-align-bag`` both call this."""
-    if num_threads > 0:
-        import cv2
-        import torch
-
-        torch.set_num_threads(num_threads)
-        cv2.setNumThreads(num_threads)
-
-
 def default_dff_weights() -> Path:
     return resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
 
 
 class FramePipeline:
     def __init__(self, config: PipelineConfig | None = None, dff_weights: str | Path | None = None,
-                 detector: str = "default", device: str | None = None, model: MorphableModel | None = None):
+                 detector: str = "default", device: str | None = None, model: MorphableModel | None = None,
+                 threads: int | None = None):
+        """``threads``: the core's thread policy (``core.threads``; None or 0: its default),
+        applied to this process here."""
+        self.threads = thread_policy.apply(threads or None)
         self.config = config or PipelineConfig()
         self.dff_weights = Path(dff_weights) if dff_weights else default_dff_weights()
         self.device = None if device in (None, "", "auto") else device
@@ -110,13 +104,14 @@ class FramePipeline:
         if self._model is None:
             self._model = MorphableModel.load()
         if self._detector is None:
-            self._detector = create_detector(self._detector_name)
+            self._detector = create_detector(self._detector_name, threads=self.threads.detector)
         a = self.aligner
         if a is not None and (a.backend.kind, a.backend.dim, a.backend.crop_size) == \
                 (descent.descriptor, descent.descriptor_dim, descent.crop_size):
             a.set_descent_model(descent)
         else:
-            backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device)
+            backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device,
+                                     threads=self.threads.network)
             self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector)
             self.tracker = None
         if self.tracker is None:
