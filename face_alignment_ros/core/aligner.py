@@ -53,6 +53,15 @@ class FaceResult:
         """(n, 3) decimated mesh: image x, y in pixels and depth s (R X)_z in pixels."""
         return cam.transform(self.camera, self.model.vertices(self.params, self.model.decimated))
 
+    @cached_property
+    def landmarks_3d(self) -> np.ndarray:
+        """(68, 3) float32, iBUG order: the fitted model's 68 fixed landmark vertices (the jaw
+        stays on its vertices, it does not slide to the silhouette), image x, y in pixels and
+        depth in pixels as in ``vertices``. This is the AFLW2000-3D / 3DDFA point convention
+        (their ``pt3d_68``; their z points towards the viewer, ours away from it). ``landmarks``
+        is the 300-W convention instead: the jaw on the visible outline."""
+        return cam.transform(self.camera, self.model.vertices(self.params, self.model.landmarks)).astype(np.float32)
+
     @property
     def triangles(self) -> np.ndarray:
         """(m, 3) int32 triangles indexing ``vertices``."""
@@ -70,7 +79,8 @@ class FaceResult:
         pitch, yaw, roll = (float(np.degrees(a)) for a in self.camera[cam.PITCH:cam.ROLL + 1])
         return {
             "box": [float(v) for v in self.box], "score": float(self.score), "confidence": float(self.confidence),
-            "landmarks": self.landmarks.round(2).tolist(), "visible": self.visible.astype(bool).tolist(),
+            "landmarks": self.landmarks.round(2).tolist(), "landmarks_3d": self.landmarks_3d.round(2).tolist(),
+            "visible": self.visible.astype(bool).tolist(),
             "camera": {"scale": float(self.camera[cam.S]), "pitch_deg": pitch, "yaw_deg": yaw, "roll_deg": roll,
                        "tx": float(self.camera[cam.TX]), "ty": float(self.camera[cam.TY])},
             "rotation": self.rotation.round(6).tolist(),
