@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
-from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
+from face_alignment_ros.core.morphable_model import N_LANDMARKS, ModelFileError, MorphableModel
+from face_alignment_ros.core.pose_refinement import PoseRefiner
 
 BOX_KINDS = ("detector", "landmarks")
 
@@ -97,11 +98,14 @@ class FaceAligner:
     """
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
-                 detector: FaceDetector | str | None = "default", output: str = "regressed"):
+                 detector: FaceDetector | str | None = "default", output: str = "regressed", refine_pose: bool = True):
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
         self.cascade = Cascade(self.model)
+        # After the cascade, camera and shape are refitted jointly to its 68 targets
+        # (core.pose_refinement); None keeps the cascade's regressed camera.
+        self.pose_refiner: PoseRefiner | None = PoseRefiner(self.model) if refine_pose else None
         self.backend = backend
         self.output = output
         self._detector_spec = detector
@@ -197,9 +201,17 @@ class FaceAligner:
         else:
             init = self.cascade.initial_state(n)
         state = self.cascade.run(descent, sampler, init)
-        return self._result(state, crop_box, n, box, score)
+        return self._result(state, crop_box, n, box, score, descent)
 
-    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float) -> FaceResult:
+    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
+                descent: DescentModel | None = None) -> FaceResult:
+        confidence = self.cascade.confidence(state)  # the cascade's own self-consistency
+        refiner = self.pose_refiner
+        if refiner is not None:
+            camera, params = refiner.refine(state.landmarks, state.camera, state.shape_params,
+                                            state.dense_visible[:N_LANDMARKS],  # the 68 come first
+                                            (descent or self._descent).regularisation)
+            state = replace(state, camera=camera, shape_params=params)
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
         fixed_ids = self.model.landmarks
         visible = self.cascade.visibility.visible(state.camera, state.shape_params,
@@ -211,6 +223,6 @@ class FaceAligner:
             landmarks=face_crop.crop_to_image(crop_landmarks, crop_box, n).astype(np.float32),
             visible=visible, camera=camera.astype(np.float32),
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
-            box=np.asarray(box, np.float32), score=float(score), confidence=self.cascade.confidence(state),
+            box=np.asarray(box, np.float32), score=float(score), confidence=confidence,
             crop_box=crop_box, model=self.model,
             landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in state.history])
