@@ -128,7 +128,7 @@ class Method:
 class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
-    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True):
+    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True):
         from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 
         self.name = f"ours-{descriptor}"
@@ -143,6 +143,9 @@ class OursMethod(Method):
 
                 aligner, self.trained = stand_in_aligner(descriptor), False
                 self.label += " [untrained stand-in]"
+        if not refine_pose:  # the cascade's regressed camera, without core.pose_refinement
+            aligner.pose_refiner = None
+            self.label += ", no pose refinement"
         self.aligner = aligner
 
     def align_box(self, image, box):
