@@ -182,3 +182,15 @@ def test_missing_prediction_counts_as_missing(render_folder):
     res = evaluate(ds, [Nothing()], ("given_box",), progress=False)
     assert all(np.isnan(r["geodesic_deg"]) and np.isnan(r["nme3d_box"]) for r in res["rows"])
     assert "pose" not in res["summary"]["nothing"]["given_box"]
+
+
+@pytest.mark.parametrize("yaw", [-80.0, 35.0])
+def test_diagnosis_fit_recovers_the_pose_of_perfect_landmarks(morphable_model, yaw):
+    from face_alignment_ros.evaluation.pose_diagnosis import fit_to_landmarks
+
+    m = morphable_model
+    params = (np.random.default_rng(5).standard_normal(m.n_id + m.n_exp) * m.shape_sigma * 0.5).astype(np.float32)
+    camera = np.array([0.5, np.radians(-10.0), np.radians(yaw), np.radians(7.0), 64.0, 64.0], np.float32)
+    rotation = cam.rotation_matrix(*camera[1:4])
+    points = cam.project(camera, m.vertices(params, m.contour_landmarks(rotation, params)))
+    assert head_pose.geodesic_deg(fit_to_landmarks(m, points), rotation) < 2.0
