@@ -77,7 +77,8 @@ def test_aligner_switch(morphable_model):
 
     image = demo_image()
     aligner = stand_in_aligner("sift", detector=None)
-    assert aligner.pose_refiner is not None  # on by default
+    assert aligner.pose_refiner is None  # off by default for the SIFT ablation
+    aligner.pose_refiner = PoseRefiner(aligner.model)
     box = (170, 60, 280, 190)
     a = aligner.align(image, box)
     aligner.pose_refiner = None
@@ -89,3 +90,9 @@ def test_aligner_switch(morphable_model):
     def residual(f):
         return np.linalg.norm(f.landmarks[17:] - f.landmarks_3d[17:, :2], axis=1).mean()
     assert residual(a) <= residual(b) + 1e-3
+
+
+def test_refinement_is_on_by_default_for_the_dff():
+    from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+
+    assert stand_in_aligner("dff", detector=None).pose_refiner is not None
