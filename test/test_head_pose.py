@@ -194,3 +194,13 @@ def test_diagnosis_fit_recovers_the_pose_of_perfect_landmarks(morphable_model, y
     rotation = cam.rotation_matrix(*camera[1:4])
     points = cam.project(camera, m.vertices(params, m.contour_landmarks(rotation, params)))
     assert head_pose.geodesic_deg(fit_to_landmarks(m, points), rotation) < 2.0
+
+
+def test_mean_face_rotation_of_peer_points(morphable_model):
+    from face_alignment_ros.evaluation.peers import mean_face_rotation
+
+    m = morphable_model
+    rotation = head_pose.rotation_from_aflw(*np.radians([12.0, -50.0, 8.0]))
+    points = 0.7 * m.vertices(None, m.landmarks) @ rotation.T + np.array([200.0, 150.0, 30.0])
+    assert head_pose.geodesic_deg(mean_face_rotation(points), rotation) < 0.01       # 3D points (MediaPipe)
+    assert head_pose.geodesic_deg(mean_face_rotation(points[:, :2]), rotation) < 0.5  # image points (dlib)

@@ -35,6 +35,7 @@ method failure (NaN error, a failure in CED figures).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,15 +97,11 @@ def mean_face_rotation(points: np.ndarray, inner_only: bool = True) -> np.ndarra
     return (u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt).astype(np.float32)
 
 
-_MODEL = []
-
-
+@functools.lru_cache(maxsize=1)
 def _mean_model():
-    if not _MODEL:
-        from face_alignment_ros.core.morphable_model import MorphableModel
+    from face_alignment_ros.core.morphable_model import MorphableModel
 
-        _MODEL.append(MorphableModel.load())
-    return _MODEL[0]
+    return MorphableModel.load()
 
 
 class Method:
