@@ -142,7 +142,8 @@ def write_aflw2000_sample(folder: str | Path, name: str, image: np.ndarray, poin
     if not cv2.imwrite(str(folder / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
         raise OSError(f"cannot write {folder / name}.jpg")
     pts = np.asarray(points_3d, np.float64)
-    savemat(str(folder / f"{name}.mat"), {"pt3d_68": pts.T, "Pose_Para": np.asarray(pose_para, np.float64).reshape(1, 7)})
+    pose = np.asarray(pose_para, np.float64).reshape(1, 7)
+    savemat(str(folder / f"{name}.mat"), {"pt3d_68": pts.T, "Pose_Para": pose})
     return folder / f"{name}.mat"
 
 
@@ -156,7 +157,8 @@ def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str
     def it():
         for img, mat in pairs:
             label = read_aflw2000_mat(mat)
-            yield Sample(_imread(img), label["landmarks"], label["yaw_deg"], str(mat.relative_to(folder).with_suffix("")),
+            name = str(mat.relative_to(folder).with_suffix(""))
+            yield Sample(_imread(img), label["landmarks"], label["yaw_deg"], name,
                          landmarks_3d=label["landmarks"], rotation=label["rotation"])
     return Dataset(name or folder.name, "aflw2000", len(pairs), it)
 

@@ -66,7 +66,8 @@ def weak_perspective(model, seed: int = 0, faces: int = 10) -> list[str]:
             for k in range(faces):
                 sign = 1.0 if k % 2 else -1.0
                 params = (rng.standard_normal(model.n_id + model.n_exp) * model.shape_sigma * 0.7).astype(np.float32)
-                rot = cam.rotation_matrix(np.radians(rng.normal(0, 8)), np.radians(sign * yaw), np.radians(rng.normal(0, 8)))
+                pitch, roll = np.radians(rng.normal(0, 8, 2))
+                rot = cam.rotation_matrix(pitch, np.radians(sign * yaw), roll)
                 pts = model.vertices(params, model.contour_landmarks(rot, params)) @ rot.T
                 pts[:, 2] += z
                 image = 1000.0 * pts[:, :2] / pts[:, 2:3] + 300.0
