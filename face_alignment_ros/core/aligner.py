@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -16,7 +16,8 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
-from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
+from face_alignment_ros.core.morphable_model import N_LANDMARKS, ModelFileError, MorphableModel
+from face_alignment_ros.core.pose_refinement import PoseRefiner
 
 BOX_KINDS = ("detector", "landmarks")
 
@@ -54,6 +55,15 @@ class FaceResult:
         """(n, 3) decimated mesh: image x, y in pixels and depth s (R X)_z in pixels."""
         return cam.transform(self.camera, self.model.vertices(self.params, self.model.decimated))
 
+    @cached_property
+    def landmarks_3d(self) -> np.ndarray:
+        """(68, 3) float32, iBUG order: the fitted model's 68 fixed landmark vertices (the jaw
+        stays on its vertices, it does not slide to the silhouette), image x, y in pixels and
+        depth in pixels as in ``vertices``. This is the AFLW2000-3D / 3DDFA point convention
+        (their ``pt3d_68``; their z points towards the viewer, ours away from it). ``landmarks``
+        is the 300-W convention instead: the jaw on the visible outline."""
+        return cam.transform(self.camera, self.model.vertices(self.params, self.model.landmarks)).astype(np.float32)
+
     @property
     def triangles(self) -> np.ndarray:
         """(m, 3) int32 triangles indexing ``vertices``."""
@@ -71,7 +81,8 @@ class FaceResult:
         pitch, yaw, roll = (float(np.degrees(a)) for a in self.camera[cam.PITCH:cam.ROLL + 1])
         return {
             "box": [float(v) for v in self.box], "score": float(self.score), "confidence": float(self.confidence),
-            "landmarks": self.landmarks.round(2).tolist(), "visible": self.visible.astype(bool).tolist(),
+            "landmarks": self.landmarks.round(2).tolist(), "landmarks_3d": self.landmarks_3d.round(2).tolist(),
+            "visible": self.visible.astype(bool).tolist(),
             "camera": {"scale": float(self.camera[cam.S]), "pitch_deg": pitch, "yaw_deg": yaw, "roll_deg": roll,
                        "tx": float(self.camera[cam.TX]), "ty": float(self.camera[cam.TY])},
             "rotation": self.rotation.round(6).tolist(),
@@ -98,11 +109,18 @@ class FaceAligner:
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
                  detector: FaceDetector | str | None = "default", output: str = "regressed",
-                 detector_threads: int | None = None):
+                 detector_threads: int | None = None, refine_pose: bool | None = None):
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
         self.cascade = Cascade(self.model)
+        # After the cascade, camera and shape are refitted jointly to its 68 targets
+        # (core.pose_refinement); None keeps the cascade's regressed camera. By default on for the
+        # DFF, where it lowers the head-pose error on held-out renders, off for the SIFT ablation,
+        # where it does not (BENCHMARKS.md).
+        if refine_pose is None:
+            refine_pose = descent.descriptor == "dff"
+        self.pose_refiner: PoseRefiner | None = PoseRefiner(self.model) if refine_pose else None
         self.backend = backend
         self.output = output
         self._detector_spec = detector
@@ -213,10 +231,18 @@ class FaceAligner:
             else:
                 init = self.cascade.initial_state(n)
             state = self.cascade.run(descent, sampler, init)
-            results.append(self._result(state, crop_box, n, r.box, r.score))
+            results.append(self._result(state, crop_box, n, r.box, r.score, descent))
         return results
 
-    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float) -> FaceResult:
+    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
+                descent: DescentModel | None = None) -> FaceResult:
+        confidence = self.cascade.confidence(state)  # the cascade's own self-consistency
+        refiner = self.pose_refiner
+        if refiner is not None:
+            camera, params = refiner.refine(state.landmarks, state.camera, state.shape_params,
+                                            state.dense_visible[:N_LANDMARKS],  # the 68 come first
+                                            (descent or self._descent).regularisation)
+            state = replace(state, camera=camera, shape_params=params)
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
         fixed_ids = self.model.landmarks
         visible = self.cascade.visibility.visible(state.camera, state.shape_params,
@@ -228,6 +254,6 @@ class FaceAligner:
             landmarks=face_crop.crop_to_image(crop_landmarks, crop_box, n).astype(np.float32),
             visible=visible, camera=camera.astype(np.float32),
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
-            box=np.asarray(box, np.float32), score=float(score), confidence=self.cascade.confidence(state),
+            box=np.asarray(box, np.float32), score=float(score), confidence=confidence,
             crop_box=crop_box, model=self.model,
             landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in state.history])
