@@ -5,12 +5,12 @@ import pytest
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 from face_alignment_ros.core.morphable_model import ModelFileError
-from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner, stand_in_descent
+from face_alignment_ros.common.stand_in_models import stand_in_aligner, stand_in_descent
 
 
 @pytest.fixture(scope="module")
 def astronaut():
-    from face_alignment_ros.cli.align import demo_image
+    from face_alignment_ros.common.samples import demo_image
 
     return demo_image()
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from face_alignment_ros.cli import align
+from face_alignment_ros.common.samples import demo_image
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def aligner(shipped_aligner, monkeypatch):
 
 @pytest.fixture(scope="module")
 def face_jpeg_bytes():
-    ok, buf = cv2.imencode(".jpg", align.demo_image())
+    ok, buf = cv2.imencode(".jpg", demo_image())
     assert ok
     return buf.tobytes()
 

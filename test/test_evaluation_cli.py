@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from face_alignment_ros.evaluation.pts_io import write_pts
+from face_alignment_ros.common.pts_io import write_pts
 
 
 @pytest.fixture(scope="module")
 def demo():
     """The demo photo and a rough 68-point 'ground truth' (an ellipse in its face box)."""
-    from face_alignment_ros.cli.align import demo_image
+    from face_alignment_ros.common.samples import demo_image
 
     img = demo_image()
     x0, y0, x1, y1 = 180, 85, 270, 175  # the astronaut's face, roughly (MediaPipe landmark box)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from face_alignment_ros.evaluation import datasets
-from face_alignment_ros.evaluation.pts_io import write_pts
+from face_alignment_ros.common.pts_io import write_pts
 
 
 def _points(offset: float = 0.0) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_missing_folder():
 
 
 def test_heldout_split(data_dir):
-    from face_alignment_ros.training.photo_split import SPLIT_NAME
+    from face_alignment_ros.common.photo_split import SPLIT_NAME
 
     ds = datasets.heldout_300w(data_dir)
     assert ds.name == SPLIT_NAME and len(ds) == 113

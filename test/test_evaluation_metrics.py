@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (evaluation/metrics.py)."""
+"""Metrics against hand-computed values (common/metrics.py)."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from face_alignment_ros.evaluation import metrics
+from face_alignment_ros.common import metrics
 
 
 def face() -> np.ndarray:

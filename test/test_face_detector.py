@@ -144,7 +144,7 @@ def test_import_is_cheap():
 def test_default_detector_recall_on_afw_sample(detectors):
     import cv2
 
-    from face_alignment_ros.evaluation.pts_io import read_pts
+    from face_alignment_ros.common.pts_io import read_pts
 
     det = detectors("default", {})
     paths = sorted(glob.glob(os.path.join(AFW, "*.jpg")))[:20]
@@ -159,7 +159,7 @@ def test_default_detector_recall_on_afw_sample(detectors):
 
 
 def test_pts_round_trip(tmp_path):
-    from face_alignment_ros.evaluation.pts_io import read_pts, write_pts
+    from face_alignment_ros.common.pts_io import read_pts, write_pts
 
     pts = np.random.default_rng(0).uniform(0, 500, (68, 2)).astype(np.float32)
     write_pts(tmp_path / "a.pts", pts)

@@ -72,8 +72,8 @@ def test_degenerate_targets_keep_the_cascade_answer(morphable_model):
 
 
 def test_aligner_switch(morphable_model):
-    from face_alignment_ros.cli.align import demo_image
-    from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+    from face_alignment_ros.common.samples import demo_image
+    from face_alignment_ros.common.stand_in_models import stand_in_aligner
 
     image = demo_image()
     aligner = stand_in_aligner("sift", detector=None)
@@ -93,6 +93,6 @@ def test_aligner_switch(morphable_model):
 
 
 def test_refinement_is_on_by_default_for_the_dff():
-    from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+    from face_alignment_ros.common.stand_in_models import stand_in_aligner
 
     assert stand_in_aligner("dff", detector=None).pose_refiner is not None

@@ -22,7 +22,9 @@ from face_alignment_ros.msg import FaceMeshArray, LandmarksArray  # noqa: E402
 from face_alignment_ros.ros import bag_io  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id, model_files, wait_until  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 W, H, FACE_PX = 320, 240, 90.0

@@ -30,8 +30,10 @@ from face_alignment_ros.ros.face_ids import hri_id  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS, TF_QOS  # noqa: E402
-from face_alignment_ros.ros.sample_stream import sample_frames  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id, model_files, wait_until  # noqa: E402
+from face_alignment_ros.common.samples import sample_frames  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 W, H, FACE_PX, FOCAL = 320, 240, 90.0, 400.0

@@ -31,8 +31,10 @@ from face_alignment_ros.ros.graph import Graph, node_args  # noqa: E402
 from face_alignment_ros.ros.hri import HriFacePublisher  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, TF_QOS  # noqa: E402
-from face_alignment_ros.ros.sample_stream import sample_frames  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id, model_files, wait_until  # noqa: E402
+from face_alignment_ros.common.samples import sample_frames  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
 # An exception that stops the executor's thread (e.g. a destroyed entity in its wait set) fails the test.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

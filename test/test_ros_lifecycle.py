@@ -14,8 +14,9 @@ from face_alignment_ros.msg import DescentModel as DescentModelMsg  # noqa: E402
 from face_alignment_ros.ros.descent_model_node import DescentModelNode  # noqa: E402
 from face_alignment_ros.ros.lifecycle_client import LifecycleClient  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS  # noqa: E402
-from face_alignment_ros.evaluation.stand_in_models import stand_in_descent  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id, wait_until  # noqa: E402
+from face_alignment_ros.common.stand_in_models import stand_in_descent  # noqa: E402
+from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 

@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from face_alignment_ros.core import resources  # noqa: E402
-from face_alignment_ros.evaluation.stand_in_models import stand_in_descent  # noqa: E402
+from face_alignment_ros.common.stand_in_models import stand_in_descent  # noqa: E402
 from face_alignment_ros.msg import DescentModel as DescentModelMsg  # noqa: E402
 from face_alignment_ros.ros.descent_model_node import DescentModelNode  # noqa: E402
 from face_alignment_ros.ros.diagnostics import FRAMES_LOST, NO_CAMERA_INFO, values_of  # noqa: E402
@@ -30,7 +30,8 @@ from face_alignment_ros.ros.graph import Graph, node_args  # noqa: E402
 from face_alignment_ros.ros.lifecycle_client import LifecycleClient  # noqa: E402
 from face_alignment_ros.ros.node_main import spin_node  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id, wait_until  # noqa: E402
+from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 TIMEOUT = 20.0

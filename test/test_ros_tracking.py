@@ -30,7 +30,7 @@ def frame(image, sec=0):
 
 
 def test_no_ghost_face_or_tf_after_the_face_leaves(aligner):
-    from face_alignment_ros.cli.align import demo_image
+    from face_alignment_ros.common.samples import demo_image
 
     pipeline = FramePipeline()
     pipeline.set_aligner(aligner)

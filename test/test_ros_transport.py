@@ -9,7 +9,7 @@ pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 
 from face_alignment_ros.cli import ros_bringup  # noqa: E402
 from face_alignment_ros.ros import bench_transport  # noqa: E402
-from face_alignment_ros.ros.testing import domain_id  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 from face_alignment_ros.ros.transport_profile import (PROFILE_ENV_VARS, profile_environment,  # noqa: E402
                                                       profile_path, use_shipped_profile)
 

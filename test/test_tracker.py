@@ -23,7 +23,7 @@ def aligner():
 
 @pytest.fixture(scope="module")
 def astronaut():
-    from face_alignment_ros.cli.align import demo_image
+    from face_alignment_ros.common.samples import demo_image
 
     return demo_image()
 

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.samples import demo_image
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 OVERLAY_SUFFIX = ".overlay.png"  # appended to the input's full name in a folder's overlays
@@ -39,13 +41,6 @@ class InputError(ValueError):
 
 class OutputError(ValueError):
     """An output that cannot be written."""
-
-
-def demo_image() -> np.ndarray:
-    """The embedded default input: a public-domain portrait shipped with scikit-image."""
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
 def _parser() -> argparse.ArgumentParser:

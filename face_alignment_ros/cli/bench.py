@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peers:
         return _peers(args)
 
-    from face_alignment_ros.cli.align import demo_image
+    from face_alignment_ros.common.samples import demo_image
     from face_alignment_ros.evaluation.bench_pipeline import benchmark, format_markdown
 
     image = demo_image() if args.image is None else cv2.imread(str(args.image))

@@ -76,7 +76,7 @@ def demo(args) -> int:
     from face_alignment_ros.ros.graph import Graph
     from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
     from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
-    from face_alignment_ros.ros.sample_stream import sample_frames
+    from face_alignment_ros.common.samples import sample_frames
     from face_alignment_ros.core import resources
 
     out_dir = Path(args.out)

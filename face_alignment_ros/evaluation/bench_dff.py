@@ -145,7 +145,7 @@ def _face_crops(n: int, size: int) -> np.ndarray:
     stream's faces, cropped as the aligner crops them."""
     from face_alignment_ros.core.dff_extractor import crop_image
     from face_alignment_ros.core.face_detector import create_detector
-    from face_alignment_ros.ros.sample_stream import sample_frames
+    from face_alignment_ros.common.samples import sample_frames
 
     detector = create_detector()
     crops = []

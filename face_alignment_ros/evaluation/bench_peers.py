@@ -97,7 +97,7 @@ def _cuda_aligner(kind: str, device: str):
         from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
         from face_alignment_ros.core.dff_extractor import DFFExtractor
         from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
-        from face_alignment_ros.evaluation.stand_in_models import stand_in_descent
+        from face_alignment_ros.common.stand_in_models import stand_in_descent
 
         backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if kind == "dff"
                    else SiftBackend(DFFConfig().input_size))
@@ -117,7 +117,7 @@ def bench_images(limit: int = 10, data_dir=None) -> tuple[list, list, str]:
         return ([s.image for s in samples], [landmark_box(s.landmarks) for s in samples],
                 f"{len(samples)} photos of {ds.name} (crops, longer side <= 512 px)")
     except FileNotFoundError:
-        from face_alignment_ros.cli.align import demo_image
+        from face_alignment_ros.common.samples import demo_image
         from face_alignment_ros.core.face_detector import create_detector
 
         img = demo_image()

@@ -10,7 +10,7 @@
 - The project's synthetic large-pose renders (stage ``synthesize``, held-out identities by
   default): 128 x 128 crops, yaw from the render camera, visibility from the depth buffer; the
   rotation and the 68 fixed landmark vertices projected come from the render's camera and shape.
-- The fixed held-out split of the shared 300-W photos (``training.photo_split``).
+- The fixed held-out split of the shared 300-W photos (``common.photo_split``).
 
 ``open_dataset(spec)`` takes ``300w-heldout``, ``synthetic-heldout`` or a folder (format
 detected from its files). Readers are lazy: images are read when a sample is built.
@@ -24,7 +24,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from face_alignment_ros.evaluation.pts_io import read_pts
+from face_alignment_ros.common.pts_io import read_pts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -100,7 +100,7 @@ def read_300w_folder(folder: str | Path, limit: int | None = None, name: str | N
 
 def heldout_300w(data_dir: str | Path | None = None, limit: int | None = None) -> Dataset:
     """The fixed held-out split of the shared 300-W photos (training never reads it)."""
-    from face_alignment_ros.training.photo_split import SPLIT_NAME, list_photos
+    from face_alignment_ros.common.photo_split import SPLIT_NAME, list_photos
 
     photos = _pick(list_photos("heldout", data_dir), limit)
 

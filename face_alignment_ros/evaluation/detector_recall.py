@@ -39,7 +39,7 @@ import numpy as np
 
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou, create_detector
-from face_alignment_ros.evaluation.pts_io import read_pts
+from face_alignment_ros.common.pts_io import read_pts
 
 CANVAS_W, CANVAS_H = 640, 480
 YAW_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)  # bins of |yaw proxy|, see yaw_proxy()

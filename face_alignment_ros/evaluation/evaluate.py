@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
-from face_alignment_ros.evaluation import head_pose, metrics
+from face_alignment_ros.common import metrics
+from face_alignment_ros.evaluation import head_pose
 from face_alignment_ros.evaluation.datasets import Dataset
 from face_alignment_ros.evaluation.peers import Method
 

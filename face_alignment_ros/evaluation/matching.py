@@ -23,7 +23,7 @@ from face_alignment_ros.core.descriptors import SIFT_PATCH_MM
 from face_alignment_ros.core.dff_extractor import apply_affine, crop_image, invert_affine
 from face_alignment_ros.core.face_crop import FACE_SPAN_MM, landmark_box
 from face_alignment_ros.core.sift_descriptor import SiftDescriptor
-from face_alignment_ros.evaluation import metrics
+from face_alignment_ros.common import metrics
 
 BACKGROUND = 65535
 VIEW_BINS = metrics.YAW_BINS_DEG
@@ -119,7 +119,7 @@ def synthetic_matching(describer: Describer, data: dict, mean_shape: np.ndarray,
 def photo_pairs(samples: list, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """Ordered pairs of photos of different source photos (so, different people, as far as the
     data tells)."""
-    from face_alignment_ros.training.photo_split import source_id
+    from face_alignment_ros.common.photo_split import source_id
 
     ids = [source_id(s.name.split("/")[-1]) for s in samples]
     cand = [(i, j) for i in range(len(samples)) for j in range(len(samples)) if i != j and ids[i] != ids[j]]

@@ -146,7 +146,7 @@ class OursMethod(Method):
             except ModelNotTrainedError:
                 if not allow_stand_in:
                     raise
-                from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+                from face_alignment_ros.common.stand_in_models import stand_in_aligner
 
                 aligner, self.trained = stand_in_aligner(descriptor), False
                 self.label += " [untrained stand-in]"
@@ -340,8 +340,8 @@ def measure_dlib_box_convention(limit: int = 300, data_dir=None) -> dict:
     import dlib
 
     from face_alignment_ros.core.face_detector import box_iou
-    from face_alignment_ros.evaluation.pts_io import read_pts
-    from face_alignment_ros.training.photo_split import list_photos
+    from face_alignment_ros.common.pts_io import read_pts
+    from face_alignment_ros.common.photo_split import list_photos
 
     det = dlib.get_frontal_face_detector()
     photos = list_photos("train", data_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_alignment_ros.evaluation import metrics
+from face_alignment_ros.common import metrics
 
 # The paper's figures that this project is sure of (quoted in issue 5); everything else is left
 # out rather than guessed. Values in %.
@@ -190,7 +190,7 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
     if real:
         L += ["## 300-W photos", "",
               f"Data: `{real['data']}`: the fixed held-out split (10 % of AFW and HELEN-train by source photo, "
-              f"`training/photo_split.py`; {real['images']} photos) that training never reads. This is not the "
+              f"`common/photo_split.py`; {real['images']} photos) that training never reads. This is not the "
               "300-W common/challenging test set: the published row is on other images and is shown for scale "
               "only (its normalisation is the paper's). AUC and failure rate use inter-ocular NME.", "",
               "Given box:", ""]

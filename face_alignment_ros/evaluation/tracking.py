@@ -26,7 +26,7 @@ from face_alignment_ros.core.face_detector import box_iou
 from face_alignment_ros.core.head_frame import Intrinsics, metric_pose
 from face_alignment_ros.core.smoothing import OneEuroSettings
 from face_alignment_ros.core.tracker import FaceTracker
-from face_alignment_ros.evaluation.metrics import nme
+from face_alignment_ros.common.metrics import nme
 
 HISTORIES = {"none": [], "shifted": [(12, -8, 1.0)], "zoomed": [(0, 0, 1.15)],
              "moving": [(-15, 10, 0.9), (-8, 5, 0.95)]}

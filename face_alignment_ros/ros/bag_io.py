@@ -130,7 +130,7 @@ def write_sample_bag(path, n_frames: int = 30, width: int = 640, height: int = 4
                      face_px: float = 150.0, topic: str = "/camera/image_raw", frame_id: str = "camera_optical_frame",
                      encoding: str = "rgb8", storage: str = "mcap", start_ns: int = 1_700_000_000_000_000_000,
                      camera_info: bool = True, focal_length_px: float = 0.0, compressed: str | None = None) -> list:
-    """A bag of the sample stream (``sample_stream.sample_frames``) with CameraInfo beside the
+    """A bag of the sample stream (``common.samples.sample_frames``) with CameraInfo beside the
     images; returns the header stamps written, in nanoseconds. ``compressed`` ("jpeg" or "png"):
     CompressedImage on ``topic``/compressed instead of raw Images on ``topic``."""
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -138,7 +138,7 @@ def write_sample_bag(path, n_frames: int = 30, width: int = 640, height: int = 4
     from face_alignment_ros.core.head_frame import Intrinsics
     from face_alignment_ros.ros.image_conversion import bgr_to_compressed_fields, bgr_to_image_fields
     from face_alignment_ros.ros.qos import image_qos
-    from face_alignment_ros.ros.sample_stream import sample_frames
+    from face_alignment_ros.common.samples import sample_frames
 
     info_topic = camera_info_topic(topic)
     intr = Intrinsics.assumed(width, height, focal_length_px)

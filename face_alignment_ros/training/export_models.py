@@ -18,7 +18,7 @@ from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
 from face_alignment_ros.core.dff_network import load_dff_weights
-from face_alignment_ros.training.photo_split import SPLIT_NAME
+from face_alignment_ros.common.photo_split import SPLIT_NAME
 from face_alignment_ros.training.stage_io import Stage
 
 SIZE_LIMIT_MB = 25.0
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             os.replace(path, args.assets / name)
 
     data_line = (f"- Data: 300-W photos (AFW + HELEN train subsets, ../shared/data/300w), split by "
-                 f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
+                 f"`common/photo_split.py`: {fit_summary['train']['count']} training photos; "
                  f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
     # photo_views.json is the photo step's own record (the summary misses it when the renders were already made)
     photo_views = stage.root / "synthesize" / "photo_views.json"

@@ -23,9 +23,9 @@ from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftB
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
-from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
+from face_alignment_ros.common.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
-from face_alignment_ros.training.photo_split import hashed_percentile, source_id
+from face_alignment_ros.common.photo_split import hashed_percentile, source_id
 from face_alignment_ros.training.stage_io import Stage
 
 VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
-from face_alignment_ros.evaluation.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
+from face_alignment_ros.common.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
 from face_alignment_ros.training.stage_io import Stage
 
 BACKGROUND = 65535

@@ -8,13 +8,14 @@ stamps each frame with its wall-clock send time and receives the landmarks), and
 per-stage means. At the end: the peak RSS of this process, i.e. of the node and its models
 (VmHWM: the camera's memory is its own).
 
-    python -m face_alignment_ros.evaluation.bench_ros [--faces 1 2 3 --rate 30 --duration 20]
+    python -m face_alignment_ros.ros.bench_ros [--faces 1 2 3 --rate 30 --duration 20]
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
+import random
 import time
 
 import numpy as np
@@ -37,8 +38,8 @@ def _camera(domain: int, faces: int, rate: float, duration: float, width: int, h
         from face_alignment_ros.msg import LandmarksArray
         from face_alignment_ros.ros.image_conversion import bgr_to_image_fields
         from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
-        from face_alignment_ros.ros.sample_stream import sample_frames
-        from face_alignment_ros.ros.testing import wait_until
+        from face_alignment_ros.common.samples import sample_frames
+        from face_alignment_ros.ros.waiting import wait_until
 
         rclpy.init(domain_id=domain)
         node = rclpy.create_node("bench_ros_camera")
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="node num_threads (0: the thread policy's default)")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--domain-id", type=int, default=None)
+    p.add_argument("--domain-id", type=int, default=None, help="default: random in [40, 200]")
     args = p.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
@@ -114,12 +115,13 @@ def main(argv=None) -> int:
 
     import rclpy
 
+    from face_alignment_ros.common.stand_in_models import model_files
     from face_alignment_ros.ros.graph import Graph
-    from face_alignment_ros.ros.testing import domain_id, model_files, wait_until
+    from face_alignment_ros.ros.waiting import wait_until
 
     tmp = tempfile.mkdtemp(prefix="bench_ros_")
     descent, weights, trained = model_files(tmp)
-    domain = args.domain_id if args.domain_id is not None else domain_id(3)
+    domain = args.domain_id if args.domain_id is not None else random.randint(40, 200)
     rclpy.init(domain_id=domain)
     graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights), "num_threads": args.threads},
                   model_overrides={"model_file": str(descent)})

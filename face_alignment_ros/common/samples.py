@@ -1,6 +1,6 @@
-"""A small sample stream of a real face for demos, tests and benchmarks: scikit-image's
-astronaut photo (Eileen Collins, public domain) with a slow synthetic head motion (shifts and
-in-plane rotations of the photo). Generated on the fly, nothing is shipped.
+"""Sample input for demos, tests and benchmarks: scikit-image's astronaut photo (Eileen Collins,
+public domain), and a small stream of it with a slow synthetic head motion (shifts and in-plane
+rotations of the photo). Generated on the fly, nothing is shipped.
 
 This is a data source, not part of the processing pipeline.
 """
@@ -13,7 +13,8 @@ FACE_CENTRE = (225.0, 125.0)  # face centre in the 512x512 photo, px
 FACE_SIZE = 100.0             # face width in the photo, px
 
 
-def astronaut_bgr() -> np.ndarray:
+def demo_image() -> np.ndarray:
+    """The embedded default input: a public-domain portrait shipped with scikit-image."""
     from skimage import data
 
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
@@ -25,7 +26,7 @@ def sample_frames(n: int, width: int = 640, height: int = 480, face_px: float = 
     image centre by up to 8% of the width and rolling by up to 8 degrees, a 4 s cycle. With
     ``faces`` > 1 the frame is cut into that many vertical strips, one face in each (at most
     60% of a strip wide), each moving with its own phase."""
-    photo = astronaut_bgr()
+    photo = demo_image()
     strip = width / faces
     zoom = min(face_px, 0.6 * strip) / FACE_SIZE
     for i in range(n):

@@ -2,7 +2,7 @@
 
 Zero descent matrices make the cascade return the mean face at the box. Never a default: the
 shipped-model loaders refuse to run without trained files; only benchmarks (timing does not
-depend on weight values) and tests use these.
+depend on weight values) and tests use these (``model_files``: the shipped models when present).
 """
 from __future__ import annotations
 
@@ -57,3 +57,15 @@ def stand_in_aligner(descriptor: str = "dff", detector="default"):
 
     backend = DffBackend(DFFExtractor(DFFNet(DFFConfig()))) if descriptor == "dff" else SiftBackend(DFFConfig().input_size)
     return FaceAligner(stand_in_descent(descriptor), backend, detector=detector)
+
+
+def model_files(folder) -> tuple[Path, Path, bool]:
+    """(descent, DFF weights, trained?): the shipped models when present, else stand-ins written
+    to ``folder``."""
+    from face_alignment_ros.core import resources
+
+    if resources.trained_models_present("dff"):
+        return (resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"],
+                resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE, True)
+    descent, weights, _ = write_stand_in_models(folder)
+    return descent, weights, False
