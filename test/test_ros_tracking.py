@@ -9,31 +9,27 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from face_alignment_ros.core.aligner import FaceAligner  # noqa: E402
+from face_alignment_ros.core import resources  # noqa: E402
+from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.core.smoothing import OneEuroSettings  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields  # noqa: E402
 from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def aligner():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield FaceAligner.from_default()
-    torch.set_num_threads(threads)
+def descent():
+    return DescentModel.load(resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"])
 
 
 def frame(image, sec=0):
     return Image(header=Header(stamp=Time(sec=sec), frame_id="camera"), **bgr_to_image_fields(image))
 
 
-def test_no_ghost_face_or_tf_after_the_face_leaves(aligner):
+def test_no_ghost_face_or_tf_after_the_face_leaves(descent):
     from face_alignment_ros.common.samples import demo_image
 
     pipeline = FramePipeline()
-    pipeline.set_aligner(aligner)
+    pipeline.set_descent_model(descent)
     out = pipeline.process(frame(demo_image()))
     assert len(out.landmarks.faces) == 1 and len(out.transforms) == 1
     for after in (np.full((512, 512, 3), 128, np.uint8), np.full((480, 640, 3), 128, np.uint8)):
@@ -42,9 +38,9 @@ def test_no_ghost_face_or_tf_after_the_face_leaves(aligner):
         assert out.landmarks.faces == [] and out.meshes.faces == [] and out.transforms == []
 
 
-def test_smoothing_parameters_reach_the_tracker(aligner):
+def test_smoothing_parameters_reach_the_tracker(descent):
     pipeline = FramePipeline(PipelineConfig(smoothing=True, smoothing_min_cutoff=0.5, smoothing_beta=2.0))
-    pipeline.set_aligner(aligner)
+    pipeline.set_descent_model(descent)
     assert pipeline.tracker.smoothing == OneEuroSettings(min_cutoff=0.5, beta=2.0)
     pipeline.update_config({"smoothing": False})
     assert pipeline.tracker.smoothing is None

@@ -86,9 +86,10 @@ class _StopRequest:
 
 
 def convert(args) -> int:
-    from face_alignment_ros.core.descent_model import DescentModel
+    from face_alignment_ros.core.morphable_model import ModelFileError
     from face_alignment_ros.ros import bag_io
-    from face_alignment_ros.ros.descent_model_node import PARAMS as MODEL_PARAMS, shipped_model_file
+    from face_alignment_ros.ros.descent_model_node import PARAMS as MODEL_PARAMS
+    from face_alignment_ros.ros.descent_model_node import load_model
     from face_alignment_ros.ros.face_alignment_node import PARAMS as NODE_PARAMS
     from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
     from face_alignment_ros.ros.face_ids import hri_id
@@ -96,17 +97,16 @@ def convert(args) -> int:
     node = _checked(NODE_PARAMS, _params_from_yaml(args.params, "face_alignment_node"))
     model = _checked(MODEL_PARAMS, _params_from_yaml(args.params, "descent_model_node"))
     _prepare_output(Path(args.output), args.overwrite)
-    values = dict(node, debug_image=args.debug_image or node["publish_debug_image"], markers=False)
+    values = dict(node, publish_debug_image=args.debug_image or node["publish_debug_image"], publish_markers=False)
     pipeline = FramePipeline(PipelineConfig.from_values(values), dff_weights=args.dff_weights or node["dff_weights"],
                              detector=node["detector"], device=node["device"], threads=node["num_threads"])
-    descent_path = Path(args.descent_model or model["model_file"] or shipped_model_file(model["descriptor"]))
-    import hashlib
-
-    data = descent_path.read_bytes() if descent_path.is_file() else None
-    if data is None:
-        raise SystemExit(f"descent model file not found: {descent_path}")
-    descent = DescentModel.from_bytes(data, source=str(descent_path), expect_descriptor=model["descriptor"])
-    pipeline.set_descent_model(descent, hashlib.sha256(data).hexdigest())
+    if args.descent_model:
+        model["model_file"] = args.descent_model
+    try:
+        descent, _, sha = load_model(model)  # as the descent model node loads it
+    except (ModelFileError, OSError) as exc:
+        raise SystemExit(str(exc)) from None
+    pipeline.set_descent_model(descent, sha)
 
     t0 = time.perf_counter()
 

@@ -69,10 +69,6 @@ class FaceResult:
         """(m, 3) int32 triangles indexing ``vertices``."""
         return self.model.decimated_triangles
 
-    def dense_vertices(self) -> np.ndarray:
-        """The full-resolution mesh (53k vertices), same coordinates as ``vertices``."""
-        return cam.transform(self.camera, self.model.vertices(self.params))
-
     def vertices_mm(self, vertex_ids: np.ndarray | None = None) -> np.ndarray:
         """Model-frame shape in millimetres (decimated mesh by default)."""
         return self.model.vertices(self.params, self.model.decimated if vertex_ids is None else vertex_ids)

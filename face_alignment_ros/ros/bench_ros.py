@@ -138,9 +138,7 @@ def main(argv=None) -> int:
               f"network runtime {getattr(runtime, 'runtime', '?')}", flush=True)
         ctx = mp.get_context("spawn")
         for faces in args.faces:
-            graph.aligner.stats.times_ms.clear()
-            for v in graph.aligner.stats.stage_ms.values():
-                v.clear()
+            graph.aligner.stats.clear_times()
             before = graph.aligner.stats.snapshot()
             q = ctx.Queue()
             cam = ctx.Process(target=_camera, args=(domain, faces, args.rate, args.duration, args.width,

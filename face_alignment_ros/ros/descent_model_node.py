@@ -50,6 +50,30 @@ def shipped_model_file(descriptor: str) -> Path:
     return resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES[descriptor]
 
 
+def model_path(params: dict) -> Path:
+    """The file the parameters name: ``model_file``, else the shipped one of ``descriptor``."""
+    return Path(params["model_file"]) if params["model_file"] else shipped_model_file(params["descriptor"])
+
+
+def load_model(params: dict) -> tuple[DescentModel, bytes, str]:
+    """Load and validate the file of ``params`` (this node's parameter values): (model, file
+    bytes, sha256). Raises ModelFileError with the reason. ``face-align-bag`` loads with it too."""
+    path = model_path(params)
+    if not path.is_file():
+        raise ModelFileError(f"descent model file not found: {path}"
+                             + ("" if params["model_file"] else f". {resources.TRAIN_HINT}"))
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    expected = params["sha256"].lower()
+    if expected and sha != expected:
+        raise ModelFileError(f"descent model {path}: sha256 is {sha}, the parameter sha256 expects {expected}")
+    model = DescentModel.from_bytes(data, source=str(path), expect_descriptor=params["descriptor"])
+    if params["iterations"] and model.iterations != params["iterations"]:
+        raise ModelFileError(f"descent model {path}: field 'iterations' is {model.iterations}, "
+                             f"the parameter iterations expects {params['iterations']}")
+    return model, data, sha
+
+
 class DescentModelNode(SafeLifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -63,25 +87,11 @@ class DescentModelNode(SafeLifecycleNode):
             self.publish_diagnostics))
 
     def model_path(self) -> Path:
-        return Path(self.params["model_file"]) if self.params["model_file"] else \
-            shipped_model_file(self.params["descriptor"])
+        return model_path(self.params.values)
 
     def load(self) -> tuple[DescentModel, bytes, str]:
         """Load and validate the configured file; raises ModelFileError with the reason."""
-        path = self.model_path()
-        if not path.is_file():
-            raise ModelFileError(f"descent model file not found: {path}"
-                                 + ("" if self.params["model_file"] else f". {resources.TRAIN_HINT}"))
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        expected = self.params["sha256"].lower()
-        if expected and sha != expected:
-            raise ModelFileError(f"descent model {path}: sha256 is {sha}, the parameter sha256 expects {expected}")
-        model = DescentModel.from_bytes(data, source=str(path), expect_descriptor=self.params["descriptor"])
-        if self.params["iterations"] and model.iterations != self.params["iterations"]:
-            raise ModelFileError(f"descent model {path}: field 'iterations' is {model.iterations}, "
-                                 f"the parameter iterations expects {self.params['iterations']}")
-        return model, data, sha
+        return load_model(self.params.values)
 
     # --- diagnostics ----------------------------------------------------------------------
     def _callback_error(self, text: str) -> None:

@@ -57,7 +57,8 @@ class StampGapCounter:
 
 
 class PipelineStats:
-    """Thread-safe counters shared by the subscription callbacks and the worker."""
+    """Thread-safe counters shared by the subscription callbacks and the worker: write them only
+    through the methods, which hold the lock (``snapshot`` reads them under it)."""
 
     def __init__(self, window: int = 100):
         self._lock = threading.Lock()
@@ -106,6 +107,26 @@ class PipelineStats:
         with self._lock:
             self.callback_errors += 1
             self.last_error, self.last_error_time = text, time.monotonic()
+
+    def model_rejected(self, text: str) -> None:
+        with self._lock:
+            self.model_error = text
+
+    def model_in_use(self, sha256: str) -> None:
+        with self._lock:
+            self.model_updates += 1
+            self.model_sha256, self.model_error = sha256, ""
+
+    def camera_info_status(self, text: str, valid: bool) -> None:
+        with self._lock:
+            self.camera_info, self.camera_info_valid = text, valid
+
+    def clear_times(self) -> None:
+        """Forget the processing times (a benchmark between two runs)."""
+        with self._lock:
+            self.times_ms.clear()
+            for times in self.stage_ms.values():
+                times.clear()
 
     def frame_done(self, faces: int, total_ms: float, stages: dict) -> None:
         with self._lock:

@@ -111,7 +111,7 @@ class FaceAlignmentNode(Node):
         self._stamp_gaps = diag.StampGapCounter()
         self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
         p = self.params
-        self.pipeline = FramePipeline(PipelineConfig.from_values(self._config_values()), dff_weights=p["dff_weights"],
+        self.pipeline = FramePipeline(PipelineConfig.from_values(self.params.values), dff_weights=p["dff_weights"],
                                       detector=p["detector"], device=p["device"], threads=p["num_threads"])
 
         self._cond = threading.Condition()
@@ -137,7 +137,7 @@ class FaceAlignmentNode(Node):
         self.create_subscription(image_type, image_topic, guard(self._on_image), image_qos(p["image_reliability"]),
                                  callback_group=inputs, event_callbacks=events)
         self.camera_info_topic = self._camera_info_topic() if p["use_camera_info"] else ""
-        self.stats.camera_info, self.stats.camera_info_valid = self._camera_info_status(None, 0, 0)
+        self.stats.camera_info_status(*self._camera_info_status(None, 0, 0))
         if p["use_camera_info"]:
             self.create_subscription(CameraInfo, self.camera_info_topic, guard(self._on_camera_info),
                                      image_qos(p["image_reliability"]), callback_group=inputs)
@@ -161,15 +161,10 @@ class FaceAlignmentNode(Node):
         return camera_info_beside(self.resolve_topic_name("image"))
 
     # --- parameters -----------------------------------------------------------------------
-    def _config_values(self) -> dict:
-        v = dict(self.params.values)
-        v["debug_image"], v["markers"] = v["publish_debug_image"], v["publish_markers"]
-        return v
-
     def _on_params(self, changed: dict) -> None:
         if hasattr(self, "pipeline"):
             with self._cond:  # the worker applies it between frames
-                self._pending_config = PipelineConfig.from_values(self._config_values()).__dict__
+                self._pending_config = PipelineConfig.from_values(self.params.values).__dict__
 
     # --- callbacks (executor threads): store only -----------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -203,8 +198,9 @@ class FaceAlignmentNode(Node):
                 raise ModelFileError(f"descent model message: sha256 {msg.sha256} does not match its bytes ({sha})")
             descent = DescentModel.from_bytes(data, source="descent_model message")
         except Exception as exc:  # any malformed message: report it, keep the current model
-            self.stats.model_error = str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
-            self.get_logger().error(f"rejected descent model: {self.stats.model_error}")
+            reason = str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
+            self.stats.model_rejected(reason)
+            self.get_logger().error(f"rejected descent model: {reason}")
             return
         with self._cond:
             self._pending_model = (descent, sha)
@@ -242,11 +238,10 @@ class FaceAlignmentNode(Node):
         try:
             self.pipeline.set_descent_model(descent, sha)
         except Exception as exc:  # e.g. missing DFF weights, descriptor mismatch
-            self.stats.model_error = f"{type(exc).__name__}: {exc}"
+            self.stats.model_rejected(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"cannot use descent model {sha[:12]}: {exc}")
             return
-        self.stats.add(model_updates=1)
-        self.stats.model_sha256, self.stats.model_error = sha, ""
+        self.stats.model_in_use(sha)
         topology = self.pipeline.take_topology()
         if topology is not None:
             self.pub_topology.publish(topology)
@@ -300,7 +295,7 @@ class FaceAlignmentNode(Node):
 
     def _report_camera_info(self, camera_info, width: int, height: int) -> None:
         text, valid = self._camera_info_status(camera_info, width, height)
-        self.stats.camera_info, self.stats.camera_info_valid = text, valid
+        self.stats.camera_info_status(text, valid)
         if not valid:
             self.get_logger().warn(text, throttle_duration_sec=10.0)
 

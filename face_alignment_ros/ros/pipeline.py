@@ -32,6 +32,7 @@ from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, message
 
 @dataclass
 class PipelineConfig:
+    """What the pipeline reads of the node's parameters, under the parameters' own names."""
     redetect_every: int = 10
     min_confidence: float = 0.3
     max_faces: int = 8
@@ -40,8 +41,8 @@ class PipelineConfig:
     face_frame_prefix: str = "face_"
     gaze_frame_prefix: str = "gaze_"
     publish_gaze: bool = False
-    debug_image: bool = False
-    markers: bool = False
+    publish_debug_image: bool = False
+    publish_markers: bool = False
     smoothing: bool = False               # One Euro filter of landmarks and pose (core.smoothing)
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 10.0
@@ -123,14 +124,6 @@ class FramePipeline:
         if self.topology is None or topo.topology_id != self.topology.topology_id:
             self.topology, self._topology_sent = topo, False
 
-    def set_aligner(self, aligner: FaceAligner) -> None:
-        """Use a ready-made aligner (benchmarks, tests of the core); tracking restarts."""
-        self.aligner = aligner
-        self.tracker = FaceTracker(aligner, self.config.redetect_every, self.config.min_confidence,
-                                   max_faces=self.config.max_faces, smoothing=self.config.smoothing_settings())
-        self.topology = messages.mesh_topology(aligner.model.decimated_triangles, len(aligner.model.decimated))
-        self._topology_sent = False
-
     def update_config(self, values: dict) -> None:
         for k, v in values.items():
             if k in PipelineConfig.__dataclass_fields__:
@@ -197,13 +190,13 @@ class FramePipeline:
             if cfg.publish_gaze:
                 out.transforms.append(messages.gaze_transform(header.stamp, head_frame,
                                                               f"{cfg.gaze_frame_prefix}{hri_id(face_id)}"))
-            if cfg.markers:
+            if cfg.publish_markers:
                 marker_faces.append((face_id, verts_m, face.triangles, lms_m))
         t3 = time.perf_counter()
         out.topology = self.take_topology()
-        if cfg.debug_image:
+        if cfg.publish_debug_image:
             out.debug_image = Image(header=header, **bgr_to_image_fields(draw_faces(image, [t.face for t in tracked])))
-        if cfg.markers:
+        if cfg.publish_markers:
             out.markers = messages.markers(header, marker_faces)
         t4 = time.perf_counter()
         stages.update({"convert": (t1 - t0) * 1e3, "detect+track+align": (t2 - t1) * 1e3,
