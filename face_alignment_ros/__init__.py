@@ -1,7 +1,8 @@
 """face_alignment_ros: Deep Face Feature (DFF) face alignment with a ROS 2 adapter.
 
 The core (``face_alignment_ros.core``) never imports rclpy. ``FaceAligner`` is imported
-lazily so that ``import face_alignment_ros`` stays cheap.
+lazily so that ``import face_alignment_ros`` stays cheap. The floors of the package:
+docs/ARCHITECTURE.md.
 """
 import pkgutil
 

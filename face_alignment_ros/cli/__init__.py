@@ -1,1 +1,2 @@
-"""cli layer of face_alignment_ros (see DESIGN in the README)."""
+"""cli floor of face_alignment_ros: the console entry points, on top of every other floor
+(docs/ARCHITECTURE.md)."""

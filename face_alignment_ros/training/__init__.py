@@ -1,1 +1,2 @@
-"""training layer of face_alignment_ros (see DESIGN in the README)."""
+"""training floor of face_alignment_ros: the stages from photos to the shipped assets. Reads core
+and common, never evaluation or ros (docs/ARCHITECTURE.md)."""
