@@ -84,3 +84,11 @@ def test_shipped_model_aligns_the_demo_photo(descriptor, astronaut):
     # Each iteration should move the landmarks less than the one before: the cascade converges.
     steps = [np.abs(b - a).mean() for a, b in zip(f.landmarks_per_iteration, f.landmarks_per_iteration[1:])]
     assert all(s2 <= s1 + 0.5 for s1, s2 in zip(steps, steps[1:]))
+
+
+def test_visibility_is_that_of_the_fitted_landmarks(plumbing, astronaut):
+    f = plumbing.detect_and_align(astronaut)[0]
+    m = plumbing.model
+    # The depth test does not depend on the camera's translation and scale (crop or image).
+    want = plumbing.cascade.visibility.visible(f.camera, f.params, m.vertices(f.params, m.landmarks))
+    np.testing.assert_array_equal(f.visible, want)

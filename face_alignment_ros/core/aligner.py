@@ -191,9 +191,9 @@ class FaceAligner:
 
     def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float) -> FaceResult:
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
-        fixed_ids = self.model.landmarks
-        visible = self.cascade.visibility.visible(state.camera, state.shape_params,
-                                                  self.model.vertices(state.shape_params, fixed_ids))
+        # The dense vertices start with the 68 fixed landmarks, and the last step tested them
+        # under this very camera and shape.
+        visible = state.dense_visible[:len(self.model.landmarks)].copy()
         crop_landmarks = state.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
