@@ -10,8 +10,6 @@ from face_alignment_ros.core.face_detector import (
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 needs_mediapipe = pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe absent")
-needs_both_runtimes = pytest.mark.skipif(not (HAS_MEDIAPIPE and HAS_LITERT),
-                                         reason="mediapipe or ai-edge-litert absent")
 
 
 def _astronaut_in_vga(scale=1.0):
@@ -68,20 +66,34 @@ def test_bad_runtime_is_refused():
         BlazeFaceDetector(runtime="tensorflow")
 
 
-@needs_both_runtimes
+@needs_mediapipe
+@pytest.mark.parametrize("runtime", [
+    "mediapipe", pytest.param("litert", marks=pytest.mark.skipif(not HAS_LITERT, reason="ai-edge-litert absent"))])
 @pytest.mark.parametrize("model", ["short", "full"])
-def test_litert_decoding_reproduces_mediapipes_graph(model):
-    frames = [_astronaut_in_vga(s)[0] for s in (0.35, 0.6, 1.0, 2.0)]
+def test_detections_reproduce_mediapipes_own_graph_on_the_whole_frame(model, runtime):
+    """Our letterbox (and, on LiteRT, our decoding and NMS) against MediaPipe's graph run the
+    old way, letterboxing the whole frame itself: the same boxes and scores."""
+    import cv2
+    from mediapipe.python.solutions import face_detection as mp_face
+
+    graph = mp_face.FaceDetection(min_detection_confidence=0.5, model_selection=BLAZEFACE_MODELS[model].graph_selection)
+    ours = BlazeFaceDetector(model=model, runtime=runtime)
+    frames = [_astronaut_in_vga(s)[0] for s in (0.5, 0.7, 1.0, 2.0)]
     frames += [np.ascontiguousarray(f[:, ::-1]) for f in frames]
-    lite, graph = (BlazeFaceDetector(model=model, runtime=r) for r in ("litert", "mediapipe"))
     found = 0
     for frame in frames:
-        a, b = lite.detect(frame), graph.detect(frame)
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(x.box, y.box, atol=0.05)
-            assert abs(x.score - y.score) < 1e-3
-        found += len(a)
+        h, w = frame.shape[:2]
+        want = []
+        for d in graph.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).detections or ():
+            rb = d.location_data.relative_bounding_box
+            want.append(((rb.xmin * w, rb.ymin * h, (rb.xmin + rb.width) * w, (rb.ymin + rb.height) * h), d.score[0]))
+        got = ours.detect(frame)
+        assert len(got) == len(want)
+        for d, (box, score) in zip(got, sorted(want, key=lambda x: -x[1])):
+            np.testing.assert_allclose(d.box, box, atol=0.01)
+            assert abs(d.score - score) < 1e-4
+        found += len(got)
+    graph.close()
     assert found >= 4
 
 

@@ -20,6 +20,7 @@ stays cheap):
 from __future__ import annotations
 
 import abc
+import functools
 import importlib.util
 import os
 import threading
@@ -142,21 +143,32 @@ BLAZEFACE_MODELS = {
 }
 
 
-def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The image scaled, centred and zero-padded into a size x size square in one warp, as
-    MediaPipe's ImageToTensorCalculator does (bilinear, the square's corners on the image's
-    padded extent). Returns the uint8 RGB square and (x0, y0, side): square pixel u is image
-    x0 + u * side / size."""
+@functools.lru_cache(maxsize=8)
+def _letterbox_maps(height: int, width: int, size: int):
+    """Fixed-point remap tables (OpenCV CV_16SC2) of the letterbox, made once per frame size."""
     import cv2
 
-    h, w = image_bgr.shape[:2]
-    side = float(max(w, h))
-    x0, y0 = (w - side) / 2.0, (h - side) / 2.0
-    k = size / side
-    warp = np.array([[k, 0.0, -x0 * k], [0.0, k, -y0 * k], [0.0, 0.0, 1.0]], np.float64)
-    square = cv2.warpPerspective(image_bgr, warp, (size, size), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return cv2.cvtColor(square, cv2.COLOR_BGR2RGB), np.array([x0, y0, side])
+    side = float(max(width, height))
+    x0, y0 = (width - side) / 2.0, (height - side) / 2.0
+    u = np.arange(size, dtype=np.float32) * np.float32(side / size)
+    map_x = np.ascontiguousarray(np.broadcast_to(u[None, :] + np.float32(x0), (size, size)))
+    map_y = np.ascontiguousarray(np.broadcast_to(u[:, None] + np.float32(y0), (size, size)))
+    return cv2.convertMaps(map_x, map_y, cv2.CV_16SC2) + (np.array([x0, y0, side]),)
+
+
+def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The image scaled, centred and zero-padded into a size x size square in one pass, as
+    MediaPipe's ImageToTensorCalculator does: the square's corners on the padded image's
+    extent, bilinear with OpenCV's fixed-point (1/32 pixel) weights, which reproduces
+    MediaPipe's input exactly (OpenCV 5's own warps interpolate in floating point and move
+    scores by up to 0.02). Returns the uint8 RGB square and (x0, y0, side): square pixel u is
+    image x0 + u * side / size."""
+    import cv2
+
+    map_xy, map_frac, geometry = _letterbox_maps(image_bgr.shape[0], image_bgr.shape[1], size)
+    square = cv2.remap(image_bgr, map_xy, map_frac, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.cvtColor(square, cv2.COLOR_BGR2RGB), geometry
 
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -275,7 +287,7 @@ class BlazeFaceDetector(FaceDetector):
     MEDIAPIPE_NMS_IOU = 0.3
 
     def __init__(self, model: str = "both", min_score: float = 0.5, nms_iou: float = 0.3,
-                 switch_fraction: float = 0.2, short_only_score: float = 0.85, runtime: str = "auto"):
+                 switch_fraction: float = 0.2, short_only_score: float = 0.9, runtime: str = "auto"):
         if model not in ("both", "full", "short"):
             raise ValueError(f"model must be 'both', 'full' or 'short', got {model!r}")
         if runtime not in ("auto", "litert", "mediapipe"):
