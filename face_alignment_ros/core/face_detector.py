@@ -137,6 +137,10 @@ class BlazeFaceModel:
         return np.concatenate(out)
 
 
+# OpenCV's fixed-point interpolation: source positions in 1/32 pixel.
+_INTER_BITS = 5
+_INTER_TAB = 1 << _INTER_BITS
+
 BLAZEFACE_MODELS = {
     "short": BlazeFaceModel("short", "face_detection_short_range.tflite", 128, ((8, 2), (16, 6)), 0, 0.5),
     "full": BlazeFaceModel("full", "face_detection_full_range_sparse.tflite", 192, ((4, 1),), 1, 0.6),
@@ -145,15 +149,18 @@ BLAZEFACE_MODELS = {
 
 @functools.lru_cache(maxsize=8)
 def _letterbox_maps(height: int, width: int, size: int):
-    """Fixed-point remap tables (OpenCV CV_16SC2) of the letterbox, made once per frame size."""
-    import cv2
-
+    """Fixed-point remap tables of the letterbox (OpenCV's CV_16SC2 + CV_16UC1 layout: integer
+    source pixel, then the 1/32 pixel fractions), made once per frame size. The source
+    coordinates are rounded to 1/32 pixel from double precision, as OpenCV's classic warps do."""
     side = float(max(width, height))
     x0, y0 = (width - side) / 2.0, (height - side) / 2.0
-    u = np.arange(size, dtype=np.float32) * np.float32(side / size)
-    map_x = np.ascontiguousarray(np.broadcast_to(u[None, :] + np.float32(x0), (size, size)))
-    map_y = np.ascontiguousarray(np.broadcast_to(u[:, None] + np.float32(y0), (size, size)))
-    return cv2.convertMaps(map_x, map_y, cv2.CV_16SC2) + (np.array([x0, y0, side]),)
+    steps = np.arange(size, dtype=np.float64) * (side / size)
+    fx = np.rint((x0 + steps) * _INTER_TAB).astype(np.int64)
+    fy = np.rint((y0 + steps) * _INTER_TAB).astype(np.int64)
+    fx, fy = np.broadcast_to(fx[None, :], (size, size)), np.broadcast_to(fy[:, None], (size, size))
+    map_xy = np.stack([fx >> _INTER_BITS, fy >> _INTER_BITS], axis=-1).astype(np.int16)
+    map_frac = ((fy & (_INTER_TAB - 1)) * _INTER_TAB + (fx & (_INTER_TAB - 1))).astype(np.uint16)
+    return map_xy, map_frac, np.array([x0, y0, side])
 
 
 def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
