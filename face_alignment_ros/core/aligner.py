@@ -51,7 +51,7 @@ class FaceResult:
     @cached_property
     def vertices(self) -> np.ndarray:
         """(n, 3) decimated mesh: image x, y in pixels and depth s (R X)_z in pixels."""
-        return cam.transform(self.camera, self.model.vertices(self.params, self.model.decimated))
+        return cam.transform(self.camera, self.model.decimated_mesh.vertices(self.params))
 
     @property
     def triangles(self) -> np.ndarray:
@@ -64,7 +64,9 @@ class FaceResult:
 
     def vertices_mm(self, vertex_ids: np.ndarray | None = None) -> np.ndarray:
         """Model-frame shape in millimetres (decimated mesh by default)."""
-        return self.model.vertices(self.params, self.model.decimated if vertex_ids is None else vertex_ids)
+        if vertex_ids is None:
+            return self.model.decimated_mesh.vertices(self.params)
+        return self.model.vertices(self.params, vertex_ids)
 
     def to_dict(self) -> dict:
         pitch, yaw, roll = (float(np.degrees(a)) for a in self.camera[cam.PITCH:cam.ROLL + 1])

@@ -99,6 +99,11 @@ class MorphableModel:
         return VertexSubset(*self.basis_rows(vertex_ids))
 
     @cached_property
+    def decimated_mesh(self) -> VertexSubset:
+        """The decimated mesh's rows (visibility buffer and published mesh), gathered once."""
+        return self.subset(self.decimated)
+
+    @cached_property
     def _landmark_pool(self) -> tuple[np.ndarray, VertexSubset]:
         """Every vertex a landmark can sit on (the 68 and the jaw candidates): sorted ids, rows."""
         ids = np.union1d(self.landmarks, self.contour_candidates[self.contour_candidates >= 0])

@@ -68,7 +68,7 @@ class VisibilityTester:
         self.model = model
         self.grid = grid
         self.tolerance_mm = tolerance_mm
-        self._mesh = model.subset(model.decimated)
+        self._mesh = model.decimated_mesh
         self._triangles = np.ascontiguousarray(model.decimated_triangles, np.int32)
 
     def mesh_vertices(self, shape_params: np.ndarray | None) -> np.ndarray:
