@@ -114,3 +114,15 @@ def test_full_range_runs_only_where_the_short_range_model_is_weak(monkeypatch):
         far, face = _astronaut_in_vga(scale)
         found = det.detect(far)
         assert calls == ["short", "full"] and found and box_iou(found[0].box, face) > 0.5
+
+
+@needs_mediapipe
+def test_detector_benchmark_times_every_step():
+    from face_alignment_ros.evaluation.bench_detector import benchmark, format_markdown
+
+    samples = benchmark(face_px=(128,), runs=2, warmup=0)
+    assert ("mediapipe", "detect(), 128 px face") in samples
+    if HAS_LITERT:
+        assert ("litert", "short: invoke") in samples and ("litert", "full: letterbox + colour") in samples
+    assert all(len(v) == 2 and min(v) > 0 for v in samples.values())
+    assert "| mediapipe | detect(), 128 px face |" in format_markdown(samples)
