@@ -80,6 +80,8 @@ def test_detections_reproduce_mediapipes_own_graph_on_the_whole_frame(model, run
     ours = BlazeFaceDetector(model=model, runtime=runtime)
     frames = [_astronaut_in_vga(s)[0] for s in (0.5, 0.7, 1.0, 2.0)]
     frames += [np.ascontiguousarray(f[:, ::-1]) for f in frames]
+    # Odd sizes, where the source positions fall on ties of the 1/32 pixel grid.
+    frames += [cv2.resize(frames[2], (313, 235)), np.ascontiguousarray(frames[3][20:469, 100:549])]
     found = 0
     for frame in frames:
         h, w = frame.shape[:2]
@@ -90,8 +92,8 @@ def test_detections_reproduce_mediapipes_own_graph_on_the_whole_frame(model, run
         got = ours.detect(frame)
         assert len(got) == len(want)
         for d, (box, score) in zip(got, sorted(want, key=lambda x: -x[1])):
-            np.testing.assert_allclose(d.box, box, atol=0.01)
-            assert abs(d.score - score) < 1e-4
+            np.testing.assert_allclose(d.box, box, atol=1e-3)
+            assert abs(d.score - score) < 1e-5
         found += len(got)
     graph.close()
     assert found >= 4

@@ -137,9 +137,10 @@ class BlazeFaceModel:
         return np.concatenate(out)
 
 
-# OpenCV's fixed-point interpolation: source positions in 1/32 pixel.
+# OpenCV's classic fixed-point warps: source positions in 1/32 pixel, blocks of BLOCK_SZ 32.
 _INTER_BITS = 5
 _INTER_TAB = 1 << _INTER_BITS
+_WARP_BLOCK = 32
 
 BLAZEFACE_MODELS = {
     "short": BlazeFaceModel("short", "face_detection_short_range.tflite", 128, ((8, 2), (16, 6)), 0, 0.5),
@@ -150,14 +151,25 @@ BLAZEFACE_MODELS = {
 @functools.lru_cache(maxsize=8)
 def _letterbox_maps(height: int, width: int, size: int):
     """Fixed-point remap tables of the letterbox (OpenCV's CV_16SC2 + CV_16UC1 layout: integer
-    source pixel, then the 1/32 pixel fractions), made once per frame size. The source
-    coordinates are rounded to 1/32 pixel from double precision, as OpenCV's classic warps do."""
+    source pixel, then the 1/32 pixel fractions), made once per frame size, with the numerics of
+    the classic ``cv2.warpPerspective`` that MediaPipe's ImageToTensorCalculator calls: the
+    matrix from the square's corners, inverted, evaluated in blocks of 16 rows x 64 columns in
+    double precision, each source position rounded to 1/32 pixel."""
+    import cv2
+
     side = float(max(width, height))
     x0, y0 = (width - side) / 2.0, (height - side) / 2.0
-    steps = np.arange(size, dtype=np.float64) * (side / size)
-    fx = np.rint((x0 + steps) * _INTER_TAB).astype(np.int64)
-    fy = np.rint((y0 + steps) * _INTER_TAB).astype(np.int64)
-    fx, fy = np.broadcast_to(fx[None, :], (size, size)), np.broadcast_to(fy[:, None], (size, size))
+    corners = np.array([[x0, y0 + side], [x0, y0], [x0 + side, y0], [x0 + side, y0 + side]], np.float32)
+    square = np.array([[0, size], [0, 0], [size, 0], [size, size]], np.float32)
+    m = cv2.invert(cv2.getPerspectiveTransform(corners, square))[1]
+    block = min(_WARP_BLOCK * _WARP_BLOCK // min(_WARP_BLOCK // 2, size), size)
+    cols = np.arange(size)
+    xb, x1 = (cols // block * block).astype(np.float64)[None, :], (cols % block).astype(np.float64)[None, :]
+    y = np.arange(size, dtype=np.float64)[:, None]
+    w = m[2, 0] * xb + m[2, 1] * y + m[2, 2] + m[2, 0] * x1
+    w = np.where(w != 0, _INTER_TAB / np.where(w != 0, w, 1.0), 0.0)
+    fx = np.rint((m[0, 0] * xb + m[0, 1] * y + m[0, 2] + m[0, 0] * x1) * w).astype(np.int64)
+    fy = np.rint((m[1, 0] * xb + m[1, 1] * y + m[1, 2] + m[1, 0] * x1) * w).astype(np.int64)
     map_xy = np.stack([fx >> _INTER_BITS, fy >> _INTER_BITS], axis=-1).astype(np.int16)
     map_frac = ((fy & (_INTER_TAB - 1)) * _INTER_TAB + (fx & (_INTER_TAB - 1))).astype(np.uint16)
     return map_xy, map_frac, np.array([x0, y0, side])
@@ -167,7 +179,7 @@ def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, n
     """The image scaled, centred and zero-padded into a size x size square in one pass, as
     MediaPipe's ImageToTensorCalculator does: the square's corners on the padded image's
     extent, bilinear with OpenCV's fixed-point (1/32 pixel) weights, which reproduces
-    MediaPipe's input exactly (OpenCV 5's own warps interpolate in floating point and move
+    MediaPipe's input bit for bit (OpenCV 5's own warps interpolate in floating point and move
     scores by up to 0.02). Returns the uint8 RGB square and (x0, y0, side): square pixel u is
     image x0 + u * side / size."""
     import cv2
