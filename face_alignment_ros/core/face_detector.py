@@ -215,7 +215,8 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
 
 class _LiteRtBlazeFace:
     """A BlazeFace network on the LiteRT (TFLite) interpreter, decoded here: the interpreter
-    and its buffers are made once, each call is one letterbox, one invoke and numpy decoding."""
+    and its buffers are made once; a call fills the input tensor from the letterboxed square,
+    invokes once and decodes in numpy."""
 
     def __init__(self, spec: BlazeFaceModel, model_dir: str, min_score: float):
         from ai_edge_litert.interpreter import Interpreter
