@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
+from face_alignment_ros.common.stand_in_models import stand_in_aligner, stand_in_descent
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 from face_alignment_ros.core.morphable_model import ModelFileError
-from face_alignment_ros.common.stand_in_models import stand_in_aligner, stand_in_descent
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,8 @@ def _face_at(model, camera, params, landmarks):
 
     n_id = model.n_id
     return FaceResult(landmarks=np.asarray(landmarks, np.float32), visible=np.ones(68, bool),
-                      camera=np.asarray(camera, np.float32), shape_params=params[:n_id], expression_params=params[n_id:],
+                      camera=np.asarray(camera, np.float32), shape_params=params[:n_id],
+                      expression_params=params[n_id:],
                       box=np.zeros(4, np.float32), score=1.0, confidence=1.0, crop_box=np.zeros(4, np.float32),
                       model=model)
 

@@ -1,5 +1,6 @@
 """The floor plan of docs/ARCHITECTURE.md, kept: import-linter's contracts (pyproject.toml) over
-the package's imports, those inside functions included."""
+the package's imports, those inside functions included; and ruff's lint of the whole repository
+(its rules in pyproject.toml)."""
 from __future__ import annotations
 
 import subprocess
@@ -15,4 +16,9 @@ def _tool(name: str) -> str:
 
 def test_imports_keep_the_floor_plan():
     run = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_ruff_finds_nothing():
+    run = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from face_alignment_ros.core.face_detector import (
-    BLAZEFACE_MODELS, BlazeFaceDetector, blazeface_letterbox, box_iou, weighted_nms)
+    BLAZEFACE_MODELS,
+    BlazeFaceDetector,
+    blazeface_letterbox,
+    box_iou,
+    weighted_nms,
+)
 
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None

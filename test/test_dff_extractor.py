@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from face_alignment_ros.core.dff_extractor import (DescriptorMap, DFFExtractor, apply_affine,
-                                                   bilinear_sample, crop_image)
+from face_alignment_ros.core.dff_extractor import DescriptorMap, DFFExtractor, apply_affine, bilinear_sample, crop_image
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
 CFG = DFFConfig(input_size=32, base_width=4, depth=3)

@@ -4,9 +4,15 @@ import pytest
 import torch
 
 from face_alignment_ros.core import dff_network
-from face_alignment_ros.core.dff_network import (SCHEMA, DFFConfig, DFFNet, flops,
-                                                 load_dff_weights, save_dff_weights,
-                                                 select_device)
+from face_alignment_ros.core.dff_network import (
+    SCHEMA,
+    DFFConfig,
+    DFFNet,
+    flops,
+    load_dff_weights,
+    save_dff_weights,
+    select_device,
+)
 from face_alignment_ros.core.morphable_model import ModelFileError
 
 SMALL = DFFConfig(input_size=32, base_width=4, depth=3)

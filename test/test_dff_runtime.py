@@ -94,7 +94,8 @@ def test_without_a_graph_torch_runs_with_a_note(exported, tmp_path, caplog):
 @pytest.mark.skipif(not onnx_path_for(SHIPPED).exists(), reason="no shipped DFF inference graph")
 def test_inference_does_not_import_torch():
     """The ONNX path leaves torch out of the process (its import alone costs ~300 MB RSS)."""
-    code = ("import sys; from face_alignment_ros import FaceAligner; from face_alignment_ros.common.samples import demo_image; "
+    code = ("import sys; from face_alignment_ros import FaceAligner; "
+            "from face_alignment_ros.common.samples import demo_image; "
             "a = FaceAligner.from_default(threads=1); assert a.backend.extractor.runtime == 'onnxruntime'; "
             "assert len(a.detect_and_align(demo_image())) == 1; print('torch' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -117,9 +118,9 @@ class _CountingRunner:
 
 def test_faces_of_a_frame_go_through_the_network_as_one_batch():
     from face_alignment_ros.common.samples import demo_image
+    from face_alignment_ros.common.stand_in_models import stand_in_aligner
     from face_alignment_ros.core.aligner import AlignRequest
     from face_alignment_ros.core.tracker import FaceTracker
-    from face_alignment_ros.common.stand_in_models import stand_in_aligner
 
     image = demo_image()
     aligner = stand_in_aligner("dff", detector="default")

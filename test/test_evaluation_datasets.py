@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from face_alignment_ros.evaluation import datasets
 from face_alignment_ros.common.pts_io import write_pts
+from face_alignment_ros.evaluation import datasets
 
 
 def _points(offset: float = 0.0) -> np.ndarray:

@@ -94,7 +94,8 @@ def test_speed_ratios_and_markdown():
 
     def r(method, ms):
         return {"method": method, "threads": 1, "device": "cpu", "label": method, "peak_rss_mb": 100.0,
-                "given_box": {"median_ms": ms, "p95_ms": ms}, "detect_and_align": {"median_ms": 2 * ms, "p95_ms": 2 * ms}}
+                "given_box": {"median_ms": ms, "p95_ms": ms},
+                "detect_and_align": {"median_ms": 2 * ms, "p95_ms": 2 * ms}}
     results = {"a": r("ours-dff", 30.0), "b": r("dlib-ert", 10.0)}
     ratios = speed_ratios(results)
     assert ratios == {"ours-dff / dlib-ert": {"threads=1": {"given_box": 3.0, "detect_and_align": 3.0}}}
@@ -109,7 +110,8 @@ class _ColourExtractor:
     def descriptor_map(self, crop, box):
         from face_alignment_ros.core.dff_extractor import DescriptorMap
 
-        t = (crop[:, :, 0].astype(np.float32) + 256 * crop[:, :, 1].astype(np.float32)) * (2 * np.pi / 300)  # vertex ids < 256
+        # vertex ids < 256
+        t = (crop[:, :, 0].astype(np.float32) + 256 * crop[:, :, 1].astype(np.float32)) * (2 * np.pi / 300)
         return DescriptorMap(np.stack([np.cos(t), np.sin(t)]), np.array([[1.0, 0, 0], [0, 1, 0]]))
 
 

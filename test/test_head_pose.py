@@ -162,7 +162,7 @@ def test_perfect_and_perturbed_predictions_score_as_expected(render_folder):
     assert rows[0]["roll_err"] == pytest.approx(-6.0, abs=1e-3)
     # Yaw shrink: turning every face back towards frontal reads as negative shrink.
     shrink_rows = []
-    for r, (rot, _) in zip(rows, truth.values()):
+    for _r, (rot, _) in zip(rows, truth.values()):
         angles = head_pose.aflw_angles(rot)
         shrunk = head_pose.rotation_from_aflw(angles[0], 0.8 * angles[1], angles[2])
         shrink_rows.append(head_pose.pose_errors(shrunk, rot))

@@ -14,7 +14,9 @@ serialization = pytest.importorskip(
     reason="rclpy is not importable: the ROS 2 Jazzy wheels are missing (run make setup)",
 )
 
-import face_alignment_ros  # noqa: E402
+from geometry_msgs.msg import Point, Pose, Quaternion  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
 from face_alignment_ros.msg import (  # noqa: E402
     DescentModel,
     FaceMesh,
@@ -23,8 +25,6 @@ from face_alignment_ros.msg import (  # noqa: E402
     LandmarksArray,
     MeshTopology,
 )
-from geometry_msgs.msg import Point, Pose, Quaternion  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
 N = Landmarks.NUM_LANDMARKS
 

@@ -7,8 +7,8 @@ pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 pytest.importorskip("rosbags", reason="rosbags missing: run make setup")
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
-from face_alignment_ros.ros import bag_io  # noqa: E402
 from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.ros import bag_io  # noqa: E402
 
 
 @pytest.mark.parametrize("storage", ["mcap"])

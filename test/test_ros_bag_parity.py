@@ -15,16 +15,16 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 pytest.importorskip("rosbags", reason="rosbags missing: run make setup")
 
 from rclpy.qos import DurabilityPolicy  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray  # noqa: E402
 from face_alignment_ros.ros import bag_io  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
-from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 W, H, FACE_PX = 320, 240, 90.0
@@ -94,7 +94,7 @@ def test_live_node_and_bag_tool_give_the_same_results(live):
     assert player.wait_for_subscribers(1, TIMEOUT)
     for topic, t, raw in player.messages():  # one frame at a time: the node processes each one
         player.publish(topic, raw)
-        wait_until(lambda: len(live["results"].get(t, {})) == 2, TIMEOUT, what=f"node results of frame {t}")
+        wait_until(lambda t=t: len(live["results"].get(t, {})) == 2, TIMEOUT, what=f"node results of frame {t}")
     assert graph.aligner.stats.dropped == 0
 
     torch.set_num_threads(2)  # the bag tool must apply the YAML's num_threads (1) itself

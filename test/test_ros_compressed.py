@@ -9,13 +9,18 @@ pytest.importorskip("rosbags", reason="rosbags missing: run make setup")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
-from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
-from face_alignment_ros.ros import bag_io  # noqa: E402
-from face_alignment_ros.ros.image_conversion import (ImageConversionError, bgr_to_compressed_fields,  # noqa: E402
-                                                     bgr_to_image_fields, compressed_to_bgr, message_to_bgr)
-from face_alignment_ros.ros.pipeline import FramePipeline  # noqa: E402
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
 from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
+from face_alignment_ros.ros import bag_io  # noqa: E402
+from face_alignment_ros.ros.image_conversion import (  # noqa: E402
+    ImageConversionError,
+    bgr_to_compressed_fields,
+    bgr_to_image_fields,
+    compressed_to_bgr,
+    message_to_bgr,
+)
+from face_alignment_ros.ros.pipeline import FramePipeline  # noqa: E402
 
 W, H, FACE_PX = 320, 240, 90.0
 FRAMES = list(sample_frames(2, W, H, FACE_PX))

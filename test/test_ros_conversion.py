@@ -6,10 +6,13 @@ pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 
 from sensor_msgs.msg import Image  # noqa: E402
 
-from face_alignment_ros.core.head_frame import (HEAD_FROM_GAZE, Intrinsics, metric_pose,  # noqa: E402
-                                                quaternion_xyzw)
-from face_alignment_ros.ros.image_conversion import (SUPPORTED_ENCODINGS, ImageConversionError,  # noqa: E402
-                                                     bgr_to_image_fields, image_to_bgr)
+from face_alignment_ros.core.head_frame import HEAD_FROM_GAZE, Intrinsics, metric_pose, quaternion_xyzw  # noqa: E402
+from face_alignment_ros.ros.image_conversion import (  # noqa: E402
+    SUPPORTED_ENCODINGS,
+    ImageConversionError,
+    bgr_to_image_fields,
+    image_to_bgr,
+)
 
 RNG = np.random.default_rng(0)
 BGR = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)

@@ -17,10 +17,13 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from face_alignment_ros.common.samples import sample_frames  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.core.face_detector import create_detector  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology  # noqa: E402
@@ -30,10 +33,7 @@ from face_alignment_ros.ros.face_ids import hri_id  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS, TF_QOS  # noqa: E402
-from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
-from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 W, H, FACE_PX, FOCAL = 320, 240, 90.0, 400.0
@@ -62,8 +62,10 @@ class Probe:
         node.create_subscription(MeshTopology, "/mesh_topology", self.topology.append, LATCHED_QOS)
         node.create_subscription(TFMessage, "/tf", self._store_tf, TF_QOS)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._store_diag, 10)
-        self.reliable = node.create_publisher(Image, "/cam/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-        self.best_effort = node.create_publisher(Image, "/cam/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.reliable = node.create_publisher(
+            Image, "/cam/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self.best_effort = node.create_publisher(
+            Image, "/cam/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
 
     def _store(self, table):
         def cb(msg):
@@ -159,11 +161,11 @@ def test_bag_replay_outputs_carry_input_header_and_plausible_geometry(graph):
         if not topic.endswith("image_raw"):
             continue
         k = divmod(t, 1_000_000_000)
-        lms = wait_until(lambda: probe.landmarks.get(k), TIMEOUT, what=f"landmarks of bag frame {k}")
-        mesh = wait_until(lambda: probe.meshes.get(k), TIMEOUT, what="mesh")
-        tf = wait_until(lambda: probe.tf.get(k), TIMEOUT, what="tf")
-        debug = wait_until(lambda: probe.debug.get(k), TIMEOUT, what="debug image")
-        markers = wait_until(lambda: probe.markers.get(k), TIMEOUT, what="markers")
+        lms = wait_until(lambda k=k: probe.landmarks.get(k), TIMEOUT, what=f"landmarks of bag frame {k}")
+        mesh = wait_until(lambda k=k: probe.meshes.get(k), TIMEOUT, what="mesh")
+        tf = wait_until(lambda k=k: probe.tf.get(k), TIMEOUT, what="tf")
+        debug = wait_until(lambda k=k: probe.debug.get(k), TIMEOUT, what="debug image")
+        markers = wait_until(lambda k=k: probe.markers.get(k), TIMEOUT, what="markers")
         for m in (lms, mesh, debug):
             assert key(m.header.stamp) == k and m.header.frame_id == FRAME_ID
         assert len(lms.faces) == 1 and len(mesh.faces) == 1

@@ -19,10 +19,13 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from hri_msgs.msg import FacialLandmarks, IdsList, NormalizedRegionOfInterest2D  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
+from face_alignment_ros.common.samples import sample_frames  # noqa: E402
+from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.core import face_views  # noqa: E402
 from face_alignment_ros.msg import LandmarksArray  # noqa: E402
 from face_alignment_ros.ros.face_alignment_node import FaceAlignmentNode  # noqa: E402
@@ -31,10 +34,7 @@ from face_alignment_ros.ros.graph import Graph, node_args  # noqa: E402
 from face_alignment_ros.ros.hri import HriFacePublisher  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, TF_QOS  # noqa: E402
-from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
-from ros_support import domain_id  # noqa: E402
 
 # An exception that stops the executor's thread (e.g. a destroyed entity in its wait set) fails the test.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -98,7 +98,7 @@ class HriClient:
                 types[topic], f"/humans/faces/{face_id}/{topic}", self._store(table), CLIENT_QOS,
                 # no QoS-event waitables: destroyed while the executor spins (see ros/hri.py)
                 event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
-            wait_until(lambda: sub.get_publisher_count() >= 1, TIMEOUT, what=f"publisher of {face_id}/{topic}")
+            wait_until(lambda sub=sub: sub.get_publisher_count() >= 1, TIMEOUT, what=f"publisher of {face_id}/{topic}")
 
     def unfollow(self, face_id):
         for (fid, topic) in [k for k in self.subs if k[0] == face_id]:
@@ -216,7 +216,7 @@ def test_faces_enter_and_leave_with_stamped_per_face_topics(hri):
     assert list(client.tracked[k3].ids) == []
     for topic in ("roi", "landmarks"):
         sub = client.subs[(fid, topic)]
-        wait_until(lambda: sub.get_publisher_count() == 0, TIMEOUT, what=f"{fid}/{topic} removed")
+        wait_until(lambda sub=sub: sub.get_publisher_count() == 0, TIMEOUT, what=f"{fid}/{topic} removed")
     client.unfollow(fid)
     # it comes back: a new face, with a new id
     k4 = client.send(frames[2])
@@ -256,7 +256,7 @@ def test_face_images_only_while_subscribed(hri, monkeypatch):
     client.send(hri["empty"])  # the face leaves; unsubscribe once its topics are gone
     for topic in ("cropped", "aligned"):
         sub = client.subs[(fid, topic)]
-        wait_until(lambda: sub.get_publisher_count() == 0, TIMEOUT, what=f"{fid}/{topic} removed")
+        wait_until(lambda sub=sub: sub.get_publisher_count() == 0, TIMEOUT, what=f"{fid}/{topic} removed")
     client.unfollow(fid)
 
 
@@ -279,7 +279,7 @@ def test_close_empties_the_list_and_removes_the_topics(hri):
         publisher.close(Header(frame_id=FRAME_ID, stamp=Time(sec=3001)))
         assert list(wait_until(lambda: client.tracked.get((3001, 0)), TIMEOUT, what="empty ids list").ids) == []
         sub = client.subs[(fid, "roi")]
-        wait_until(lambda: sub.get_publisher_count() == 0, TIMEOUT, what="face topics removed")
+        wait_until(lambda sub=sub: sub.get_publisher_count() == 0, TIMEOUT, what="face topics removed")
         client.unfollow(fid)
     finally:
         node.destroy_node()

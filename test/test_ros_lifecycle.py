@@ -8,15 +8,15 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 
+from face_alignment_ros.common.stand_in_models import stand_in_descent  # noqa: E402
 from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.msg import DescentModel as DescentModelMsg  # noqa: E402
 from face_alignment_ros.ros.descent_model_node import DescentModelNode  # noqa: E402
 from face_alignment_ros.ros.lifecycle_client import LifecycleClient  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS  # noqa: E402
-from face_alignment_ros.common.stand_in_models import stand_in_descent  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
-from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 

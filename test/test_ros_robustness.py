@@ -18,10 +18,11 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_support import domain_id  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
-from face_alignment_ros.core import resources  # noqa: E402
 from face_alignment_ros.common.stand_in_models import stand_in_descent  # noqa: E402
+from face_alignment_ros.core import resources  # noqa: E402
 from face_alignment_ros.msg import DescentModel as DescentModelMsg  # noqa: E402
 from face_alignment_ros.ros.descent_model_node import DescentModelNode  # noqa: E402
 from face_alignment_ros.ros.diagnostics import FRAMES_LOST, NO_CAMERA_INFO, values_of  # noqa: E402
@@ -31,7 +32,6 @@ from face_alignment_ros.ros.lifecycle_client import LifecycleClient  # noqa: E40
 from face_alignment_ros.ros.node_main import spin_node  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
-from ros_support import domain_id  # noqa: E402
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 TIMEOUT = 20.0
@@ -224,7 +224,7 @@ def test_gaps_in_a_steady_camera_rate_are_counted_and_warned(ros):
     frames = [i for i in range(20) if i not in (12, 13, 17)]   # 10 Hz, three frames never sent
     for n, i in enumerate(frames, 1):
         pub.publish(_image(100 + i // 10, (i % 10) * 100_000_000))
-        wait_until(lambda: node.stats.received >= n, TIMEOUT, 0.005, f"frame {i} received")
+        wait_until(lambda n=n: node.stats.received >= n, TIMEOUT, 0.005, f"frame {i} received")
     status = ros.wait_diag("aligner_gaps: face alignment", lambda m, v: int(v["frames missing by stamp gaps"]) == 3,
                            "three missing frames counted")
     assert FRAMES_LOST in status.message and "config/fastdds.xml" in status.message

@@ -7,11 +7,16 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 
+from ros_support import domain_id  # noqa: E402
+
 from face_alignment_ros.cli import ros_bringup  # noqa: E402
 from face_alignment_ros.ros import bench_transport  # noqa: E402
-from ros_support import domain_id  # noqa: E402
-from face_alignment_ros.ros.transport_profile import (PROFILE_ENV_VARS, profile_environment,  # noqa: E402
-                                                      profile_path, use_shipped_profile)
+from face_alignment_ros.ros.transport_profile import (  # noqa: E402
+    PROFILE_ENV_VARS,
+    profile_environment,
+    profile_path,
+    use_shipped_profile,
+)
 
 
 def test_profile_is_set_only_when_the_user_set_none():

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def model(morphable_model):
     return morphable_model

@@ -65,9 +65,9 @@ def test_landmark_nme_normalisation():
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "300w")), reason="../shared/data/300w absent")
 def test_fit_real_photos(model):
+    from face_alignment_ros.common.photo_split import list_photos
     from face_alignment_ros.common.pts_io import read_pts
     from face_alignment_ros.training.fit_photos import fit_landmarks
-    from face_alignment_ros.common.photo_split import list_photos
 
     photos = list_photos("all", DATA_DIR)[::150]
     nme = [fit_landmarks(model, read_pts(p.pts)).residual_nme for p in photos]

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     descriptors = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     results = benchmark(image, descriptors, tuple(args.threads), args.runs, args.repeats, tuple(args.runtimes))
-    header = (f"face-align-bench {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+    header = (f"face-align-bench {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"{platform.processor() or platform.machine()}, "
               f"image {image.shape[1]}x{image.shape[0]}, {args.runs} runs, best of {args.repeats} blocks\n")
     text = header + "\n" + format_markdown(results)
     print(text)

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="given_box,detector")
     p.add_argument("--limit", type=int, default=0, help="images per data set (per yaw bin for synthetic); 0: all")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
-    p.add_argument("--threads", type=int, default=0, help="network threads of our aligners under the thread policy (0: its default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="network threads of our aligners under the thread policy (0: its default)")
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
     p.add_argument("--no-pose-refinement", action="store_true",
                    help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")

@@ -71,13 +71,13 @@ def demo(args) -> int:
     import rclpy
     from sensor_msgs.msg import Image
 
+    from face_alignment_ros.common.samples import sample_frames
+    from face_alignment_ros.core import resources
     from face_alignment_ros.msg import LandmarksArray
     from face_alignment_ros.ros.face_ids import hri_id
     from face_alignment_ros.ros.graph import Graph
     from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
     from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
-    from face_alignment_ros.common.samples import sample_frames
-    from face_alignment_ros.core import resources
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def demo(args) -> int:
             sent = time.perf_counter()
             pub.publish(msg)
             with got:  # one frame at a time: every frame is processed, none dropped
-                if not got.wait_for(lambda: key in results and key in overlays, timeout=args.timeout):
+                if not got.wait_for(lambda key=key: key in results and key in overlays, timeout=args.timeout):
                     print(f"frame {i}: no result within {args.timeout} s")
                     continue
                 done, lm = results[key]
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
                         "image_transport, raw)")
     p.add_argument("--camera-info-topic", default=None,
                    help="sensor_msgs/CameraInfo topic (default: camera_info beside the image topic)")
-    p.add_argument("--params", default=_default_params(), help="ROS parameter YAML (default: config/face_alignment.yaml)")
+    p.add_argument("--params", default=_default_params(),
+                   help="ROS parameter YAML (default: config/face_alignment.yaml)")
     p.add_argument("--namespace", default="", help="namespace of both nodes")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for services / results")
     p.add_argument("--demo", action="store_true", help="feed the sample stream of a real face and save overlays")

@@ -16,11 +16,10 @@ this module reads and writes numbers as they are, without shifting.
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import numpy as np
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike[str]
 
 
 def read_pts(path: PathLike) -> np.ndarray:
@@ -28,7 +27,7 @@ def read_pts(path: PathLike) -> np.ndarray:
 
     Raises ``ValueError`` for a malformed file (missing braces, wrong point count, bad numbers).
     """
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         lines = [ln.strip() for ln in f if ln.strip()]
     n_points = None
     try:

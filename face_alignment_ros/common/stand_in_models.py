@@ -55,7 +55,10 @@ def stand_in_aligner(descriptor: str = "dff", detector="default"):
     from face_alignment_ros.core.dff_extractor import DFFExtractor
     from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
-    backend = DffBackend(DFFExtractor(DFFNet(DFFConfig()))) if descriptor == "dff" else SiftBackend(DFFConfig().input_size)
+    if descriptor == "dff":
+        backend = DffBackend(DFFExtractor(DFFNet(DFFConfig())))
+    else:
+        backend = SiftBackend(DFFConfig().input_size)
     return FaceAligner(stand_in_descent(descriptor), backend, detector=detector)
 
 

@@ -131,7 +131,7 @@ class FaceAligner:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_default(cls, descriptor: str = "dff", device=None, detector: FaceDetector | str | None = "default",
-                     threads: int | None = None, **kwargs) -> "FaceAligner":
+                     threads: int | None = None, **kwargs) -> FaceAligner:
         """The shipped trained models (CPU, or CUDA when available). ``threads``: CPU threads
         of the DFF network under the package's thread policy (``core.threads``; None: the
         default, all cores up to 2), applied to the whole process."""
@@ -139,10 +139,12 @@ class FaceAligner:
         weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
         if descriptor not in resources.DESCENT_MODEL_FILES:
             raise ValueError(f"descriptor must be one of {sorted(resources.DESCENT_MODEL_FILES)}, not {descriptor!r}")
-        missing = [p for p in (descent_path, weights if descriptor == "dff" else None) if p is not None and not p.exists()]
+        missing = [p for p in (descent_path, weights if descriptor == "dff" else None)
+                   if p is not None and not p.exists()]
         if missing:
             raise ModelNotTrainedError(
-                f"no trained {descriptor.upper()} model in the package (missing: {', '.join(str(p) for p in missing)}). "
+                f"no trained {descriptor.upper()} model in the package "
+                f"(missing: {', '.join(str(p) for p in missing)}). "
                 + resources.TRAIN_HINT)
         return cls.from_files(descent_path, weights if descriptor == "dff" else None, device=device,
                               detector=detector, threads=threads, **kwargs)
@@ -150,7 +152,7 @@ class FaceAligner:
     @classmethod
     def from_files(cls, descent_path: str | Path, dff_weights: str | Path | None = None, device=None,
                    detector: FaceDetector | str | None = "default", threads: int | None = None,
-                   runtime: str = "auto", **kwargs) -> "FaceAligner":
+                   runtime: str = "auto", **kwargs) -> FaceAligner:
         """``threads`` as in ``from_default``; ``runtime``: the DFF network's ("auto": ONNX
         Runtime on the graph beside the weights, else torch; ``core.dff_runtime``)."""
         policy = thread_policy.apply(threads)
@@ -173,7 +175,8 @@ class FaceAligner:
             raise ModelFileError(f"descent model is for {descent.descriptor} ({descent.descriptor_dim}-d) "
                                  f"but the aligner computes {self.backend.kind} ({self.backend.dim}-d)")
         if descent.crop_size != self.backend.crop_size:
-            raise ModelFileError(f"descent model crop_size {descent.crop_size} != descriptor input {self.backend.crop_size}")
+            raise ModelFileError(f"descent model crop_size {descent.crop_size} "
+                                 f"!= descriptor input {self.backend.crop_size}")
         with self._lock:
             self._descent = descent
 

@@ -12,8 +12,8 @@ share one code path.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 
@@ -120,7 +120,8 @@ class Cascade:
         span = float(state.camera[cam.S]) * FACE_SPAN_MM
         if not np.isfinite(span) or span <= 0:
             return 0.0
-        residual = np.linalg.norm(state.landmarks - self.model_landmarks(state.camera, state.shape_params), axis=1).mean()
+        model_points = self.model_landmarks(state.camera, state.shape_params)
+        residual = np.linalg.norm(state.landmarks - model_points, axis=1).mean()
         last_step = 0.0
         if len(state.history) >= 2:
             last_step = np.linalg.norm(state.history[-1] - state.history[-2], axis=1).mean()

@@ -68,7 +68,7 @@ class DescentModel:
         dw = self.R_w[k] @ phi + self.b_w[k]
         return dx.reshape(N_LANDMARKS, 2), dw
 
-    def first(self, iterations: int) -> "DescentModel":
+    def first(self, iterations: int) -> DescentModel:
         """The cascade cut after ``iterations`` steps: each step's regressor was learned on the
         states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one."""
         if not 1 <= iterations <= self.iterations:
@@ -110,7 +110,7 @@ class DescentModel:
         return hashlib.sha256(data).hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path, expect_descriptor: str | None = None) -> "DescentModel":
+    def load(cls, path: str | Path, expect_descriptor: str | None = None) -> DescentModel:
         path = Path(path)
         if not path.exists():
             raise ModelFileError(f"descent model not found: {path}")
@@ -121,7 +121,7 @@ class DescentModel:
         return cls.from_bytes(data, source=str(path), expect_descriptor=expect_descriptor)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>", expect_descriptor: str | None = None) -> "DescentModel":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", expect_descriptor: str | None = None) -> DescentModel:
         """Parse and validate a file's content. Every failure is a ``ModelFileError`` naming the
         field: callers (the ROS nodes) catch that one type, and a bad file must not kill them."""
         try:
@@ -133,7 +133,7 @@ class DescentModel:
                                  f"{type(exc).__name__}: {exc}") from exc
 
     @classmethod
-    def _parse(cls, data: bytes, source: str, expect_descriptor: str | None) -> "DescentModel":
+    def _parse(cls, data: bytes, source: str, expect_descriptor: str | None) -> DescentModel:
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

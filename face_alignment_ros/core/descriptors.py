@@ -46,7 +46,7 @@ class DffBackend:
 
     @classmethod
     def from_file(cls, weights: str | Path, device=None, threads: int | None = None,
-                  runtime: str = "auto") -> "DffBackend":
+                  runtime: str = "auto") -> DffBackend:
         from face_alignment_ros.core.dff_runtime import load_dff_runtime
 
         return cls(load_dff_runtime(weights, device=device, threads=threads, runtime=runtime))
@@ -107,4 +107,5 @@ def check_dff_pairing(descent: DescentModel, dff_weights: str | Path) -> None:
     if expected and resources.file_sha256(dff_weights) != expected:
         raise ModelFileError(
             f"{dff_weights} is not the DFF network this descent model was learned on "
-            f"(sha256 {expected[:12]}...); use the matching weights or re-run `face-align-train descent --descriptor dff`")
+            f"(sha256 {expected[:12]}...); use the matching weights or re-run "
+            "`face-align-train descent --descriptor dff`")

@@ -13,7 +13,6 @@ down-scaling (box more than twice the crop) the image is first pyramided down wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import cv2
@@ -161,7 +160,7 @@ class DFFExtractor(DescriptorRunner):
 
     runtime = "torch"
 
-    def __init__(self, model: "DFFNet", config: "DFFConfig | None" = None, device=None):
+    def __init__(self, model: DFFNet, config: DFFConfig | None = None, device=None):
         import torch
 
         from face_alignment_ros.core.dff_network import select_device
@@ -177,7 +176,7 @@ class DFFExtractor(DescriptorRunner):
         self._inv_std = 1.0 / (np.asarray(self.config.std, np.float32) * 255.0)
 
     @classmethod
-    def from_file(cls, path, device=None) -> "DFFExtractor":
+    def from_file(cls, path, device=None) -> DFFExtractor:
         from face_alignment_ros.core.dff_network import load_dff_weights
 
         model, config = load_dff_weights(path, device=device)
@@ -202,7 +201,7 @@ class DFFExtractor(DescriptorRunner):
         x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr))))
         return self._run(x)
 
-    def _run(self, x: "torch.Tensor") -> np.ndarray:
+    def _run(self, x: torch.Tensor) -> np.ndarray:
         """(B, N, N, D) float32 C-contiguous (a channels-last net already produces it)."""
         import torch
 

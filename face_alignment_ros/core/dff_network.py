@@ -112,7 +112,7 @@ class DFFConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DFFConfig":
+    def from_dict(cls, d: dict) -> DFFConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -194,7 +194,7 @@ class DFFNet(nn.Module):
         """(N, 3, S, S) BGR pixels in [0, 255] (any float/uint8 dtype) -> network input."""
         return (img.float() / 255.0 - self.mean) / self.std
 
-    def fuse_for_inference(self) -> "DFFNet":
+    def fuse_for_inference(self) -> DFFNet:
         """Copy in eval mode with every BatchNorm folded into its preceding convolution."""
         fused = copy.deepcopy(self).eval()
         for mod in fused.modules():

@@ -73,7 +73,8 @@ class OnnxDffRuntime(DescriptorRunner):
                                  f"expected {ONNX_SCHEMA!r} version {ONNX_SCHEMA_VERSION}")
         if weights_sha256 is not None and meta.get("dff_weights_sha256") != weights_sha256:
             raise ModelFileError(
-                f"{self.path} was exported from other DFF weights (sha256 {meta.get('dff_weights_sha256', '')[:12]}..., "
+                f"{self.path} was exported from other DFF weights "
+                f"(sha256 {meta.get('dff_weights_sha256', '')[:12]}..., "
                 f"the weights beside it are {weights_sha256[:12]}...); re-export it with "
                 "`face-align-train export --onnx-only`")
         try:

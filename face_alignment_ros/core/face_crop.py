@@ -47,7 +47,7 @@ class BoxPrior:
         return asdict(self)
 
     @classmethod
-    def fit(cls, boxes: np.ndarray, cameras: np.ndarray) -> "BoxPrior":
+    def fit(cls, boxes: np.ndarray, cameras: np.ndarray) -> BoxPrior:
         """Mean and spread of the box -> canonical-crop offsets over (n, 4) boxes and their
         (n, 6) ground-truth image cameras."""
         boxes = np.asarray(boxes, np.float64)

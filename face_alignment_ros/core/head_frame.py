@@ -61,14 +61,14 @@ class Intrinsics:
     cy: float
 
     @classmethod
-    def from_k(cls, k) -> "Intrinsics":
+    def from_k(cls, k) -> Intrinsics:
         """From a row-major 3x3 K (9 values), as in CameraInfo.k."""
         k = np.asarray(k, np.float64).reshape(9)
         return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
 
     @classmethod
     def assumed(cls, width: int, height: int, focal_length_px: float = 0.0,
-                horizontal_fov_deg: float = DEFAULT_HORIZONTAL_FOV_DEG) -> "Intrinsics":
+                horizontal_fov_deg: float = DEFAULT_HORIZONTAL_FOV_DEG) -> Intrinsics:
         """Without a calibration: the principal point at the image centre (pixel centres at
         integer coordinates) and ``focal_length_px``, or when that is 0 the focal length that
         gives ``horizontal_fov_deg`` across ``width``."""

@@ -158,7 +158,7 @@ class MorphableModel:
         return ids
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "MorphableModel":
+    def load(cls, path: str | Path | None = None) -> MorphableModel:
         path = Path(path) if path is not None else resources.morphable_model_path()
         if not path.exists():
             raise ModelFileError(

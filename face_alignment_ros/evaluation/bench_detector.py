@@ -68,7 +68,8 @@ def benchmark(face_px=(128, 68), runs: int = 300, warmup: int = 10) -> dict:
         jobs.update({("litert", step): fn for step, fn in _steps(detectors["litert"], frames[face_px[0]]).items()})
     for runtime, det in detectors.items():
         for name in det._nets:
-            jobs[(runtime, f"{name}: whole network run")] = lambda det=det, name=name: det._run(name, frames[face_px[0]])
+            jobs[(runtime, f"{name}: whole network run")] = \
+                lambda det=det, name=name: det._run(name, frames[face_px[0]])
         for px, frame in frames.items():
             jobs[(runtime, f"detect(), {px} px face")] = lambda det=det, frame=frame: det.detect(frame)
     samples = {key: [] for key in jobs}

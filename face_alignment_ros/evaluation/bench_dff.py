@@ -143,9 +143,9 @@ RUNTIME_NAMES = ("torch", "onnxruntime", "onnxruntime-int8-dynamic", "onnxruntim
 def _face_crops(n: int, size: int) -> np.ndarray:
     """(n, size, size, 3) uint8 face crops for timing and for int8 calibration: the sample
     stream's faces, cropped as the aligner crops them."""
+    from face_alignment_ros.common.samples import sample_frames
     from face_alignment_ros.core.dff_extractor import crop_image
     from face_alignment_ros.core.face_detector import create_detector
-    from face_alignment_ros.common.samples import sample_frames
 
     detector = create_detector()
     crops = []
@@ -257,7 +257,8 @@ def format_runtimes(bench: dict) -> str:
     threads = sorted({r["threads"] for r in rows})
     batches = sorted({r["batch"] for r in rows})
     cols = [(t, b) for b in batches for t in threads]
-    lines = ["| runtime | " + " | ".join(f"batch {b}, {t} thr" for t, b in cols) + " | max abs diff to torch | mean cosine |",
+    lines = ["| runtime | " + " | ".join(f"batch {b}, {t} thr" for t, b in cols)
+             + " | max abs diff to torch | mean cosine |",
              "|---|" + "---:|" * (len(cols) + 2)]
     by = {(r["runtime"], r["threads"], r["batch"]): r for r in rows}
     for name in dict.fromkeys(r["runtime"] for r in rows):

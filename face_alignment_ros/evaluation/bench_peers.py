@@ -94,10 +94,10 @@ def _cuda_aligner(kind: str, device: str):
     try:
         return FaceAligner.from_default(descriptor=kind, device=device)
     except ModelNotTrainedError:
+        from face_alignment_ros.common.stand_in_models import stand_in_descent
         from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
         from face_alignment_ros.core.dff_extractor import DFFExtractor
         from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
-        from face_alignment_ros.common.stand_in_models import stand_in_descent
 
         backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if kind == "dff"
                    else SiftBackend(DFFConfig().input_size))
@@ -157,10 +157,10 @@ def benchmark_methods(methods: list[str], threads=(1, 2), runs: int = 3, warmup:
 def speed_ratios(results: dict, ours=("ours-dff", "ours-sift")) -> dict:
     """time(ours) / time(peer), per thread count and timing kind: < 1 means ours is faster."""
     out = {}
-    for key, r in results.items():
+    for r in results.values():
         if r["method"] not in ours or r["device"] != "cpu" or "error" in r:
             continue
-        for key2, p in results.items():
+        for p in results.values():
             if p["method"] in ours or p["threads"] != r["threads"] or p["device"] != "cpu" or "error" in p:
                 continue
             for kind in ("given_box", "detect_and_align", "tracking"):
@@ -172,7 +172,8 @@ def speed_ratios(results: dict, ours=("ours-dff", "ours-sift")) -> dict:
 
 
 def format_markdown(bench: dict) -> str:
-    lines = [f"Images: {bench['images']}, {bench['runs']} timed passes each, best of {bench.get('repeats', 1)} runs.", "",
+    lines = [f"Images: {bench['images']}, {bench['runs']} timed passes each, "
+             f"best of {bench.get('repeats', 1)} runs.", "",
              "| method | threads | device | given box, median ms (p95) | detect + align, median ms (p95) "
              "| tracking (video mode), median ms (p95) | peak RSS MB |",
              "|---|---:|---|---:|---:|---:|---:|"]
@@ -192,7 +193,8 @@ def format_markdown(bench: dict) -> str:
         for pair, per in bench["ratios"].items():
             for t, r in per.items():
                 tr = f"{r['tracking']:.2f}" if "tracking" in r else "-"
-                lines.append(f"| {pair} | {t.split('=')[1]} | {r['given_box']:.2f} | {r['detect_and_align']:.2f} | {tr} |")
+                lines.append(f"| {pair} | {t.split('=')[1]} | {r['given_box']:.2f} | "
+                             f"{r['detect_and_align']:.2f} | {tr} |")
     return "\n".join(lines) + "\n"
 
 

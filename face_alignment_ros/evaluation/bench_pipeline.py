@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from face_alignment_ros.common.stand_in_models import stand_in_aligner
 from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.common.stand_in_models import stand_in_aligner
 
 
 def load_aligner(descriptor: str, detector="default", threads: int | None = None,

@@ -17,9 +17,9 @@ detected from its files). Readers are lazy: images are read when a sample is bui
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -164,7 +164,8 @@ def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str
 
 
 # --- synthetic renders ----------------------------------------------------------------------
-def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None, per_bin: int | None = None) -> Dataset:
+def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None,
+                      per_bin: int | None = None) -> Dataset:
     """Renders of stage ``synthesize`` (held-out identities by default); ``per_bin`` samples
     evenly spaced within each yaw bin (all identities kept)."""
     from face_alignment_ros.core import camera as cam

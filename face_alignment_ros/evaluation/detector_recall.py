@@ -33,13 +33,13 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
+from face_alignment_ros.common.pts_io import read_pts
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou, create_detector
-from face_alignment_ros.common.pts_io import read_pts
 
 CANVAS_W, CANVAS_H = 640, 480
 YAW_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)  # bins of |yaw proxy|, see yaw_proxy()
@@ -62,7 +62,7 @@ def yaw_proxy(pts: np.ndarray) -> float:
     return float(np.clip((dl - dr) / (abs(dl) + abs(dr) + 1e-9), -1.0, 1.0))
 
 
-def load_folder(folder: str, limit: int | None, seed: int) -> List[Tuple[str, np.ndarray]]:
+def load_folder(folder: str, limit: int | None, seed: int) -> list[tuple[str, np.ndarray]]:
     jpgs = sorted(p for p in glob.glob(os.path.join(folder, "*.jpg"))
                   if os.path.isfile(p[:-4] + ".pts"))
     if not jpgs:
@@ -74,7 +74,7 @@ def load_folder(folder: str, limit: int | None, seed: int) -> List[Tuple[str, np
 
 
 def to_canvas(image: np.ndarray, pts: np.ndarray, long_side: int,
-              rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Scale the crop to ``long_side`` px and paste it at a random place in a 640x480 canvas."""
     import cv2
 
@@ -91,9 +91,9 @@ def to_canvas(image: np.ndarray, pts: np.ndarray, long_side: int,
     return canvas, new_pts.astype(np.float32)
 
 
-def parse_spec(spec: str) -> Tuple[str, Dict[str, object]]:
+def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     name, *parts = spec.split(":")
-    kwargs: Dict[str, object] = {}
+    kwargs: dict[str, object] = {}
     for part in parts:
         key, _, value = part.partition("=")
         try:
@@ -103,14 +103,14 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, object]]:
     return name, kwargs
 
 
-def _match(det_box, gt_box) -> Tuple[bool, bool, float]:
+def _match(det_box, gt_box) -> tuple[bool, bool, float]:
     iou = box_iou(det_box, gt_box)
     cx, cy = (gt_box[0] + gt_box[2]) / 2, (gt_box[1] + gt_box[3]) / 2
     inside = det_box[0] <= cx <= det_box[2] and det_box[1] <= cy <= det_box[3]
     return iou >= 0.3, inside, iou
 
 
-def box_relation(det_box, gt_box) -> Dict[str, float]:
+def box_relation(det_box, gt_box) -> dict[str, float]:
     """Detection box relative to the landmark box, and the inverse (for initialisation)."""
     dw, dh = det_box[2] - det_box[0], det_box[3] - det_box[1]
     gw, gh = gt_box[2] - gt_box[0], gt_box[3] - gt_box[1]
@@ -130,7 +130,7 @@ def box_relation(det_box, gt_box) -> Dict[str, float]:
 def evaluate(data_dirs: Sequence[str], detector_specs: Sequence[str],
              conditions: Sequence[str] = ("crop", "canvas"), limit: int | None = None,
              seed: int = 0, canvas_long: int = 240, threads: int = 2,
-             progress: bool = True) -> Dict[str, object]:
+             progress: bool = True) -> dict[str, object]:
     """Run every detector on every image and condition; return per-image records and summary.
 
     The summary is keyed ``"{folder}/{condition}/{detector}"`` (plus ``"all/..."`` pooling the
@@ -173,7 +173,7 @@ def evaluate(data_dirs: Sequence[str], detector_specs: Sequence[str],
     for i, (tag, path, pts) in enumerate(samples):
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise IOError(f"cannot read {path}")
+            raise OSError(f"cannot read {path}")
         yaw = yaw_proxy(pts)
         for cond in conditions:
             if cond == "crop":
@@ -212,8 +212,8 @@ def evaluate(data_dirs: Sequence[str], detector_specs: Sequence[str],
                          "canvas_long": canvas_long, "threads": threads}}
 
 
-def summarize(records: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
-    groups: Dict[str, List[Dict[str, object]]] = {}
+def summarize(records: Sequence[dict[str, object]]) -> dict[str, dict[str, object]]:
+    groups: dict[str, list[dict[str, object]]] = {}
     for r in records:
         for folder in (r["folder"], "all"):
             groups.setdefault(f"{folder}/{r['condition']}/{r['detector']}", []).append(r)
@@ -244,7 +244,7 @@ def summarize(records: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, objec
     return out
 
 
-def format_table(summary: Dict[str, Dict[str, object]]) -> str:
+def format_table(summary: dict[str, dict[str, object]]) -> str:
     bin_keys = None
     lines = []
     for key in sorted(summary):
@@ -271,7 +271,7 @@ def format_table(summary: Dict[str, Dict[str, object]]) -> str:
         rel = summary[key]["relation"]
         if not rel:
             continue
-        f = lambda k: f"{rel[k]['mean']:+.3f} ± {rel[k]['std']:.3f}"  # noqa: E731
+        f = lambda k, rel=rel: f"{rel[k]['mean']:+.3f} ± {rel[k]['std']:.3f}"  # noqa: E731
         lines.append(f"| {key} | " + " | ".join(f(k) for k in (
             "dx_over_lmw", "dy_over_lmh", "detw_over_lmw", "deth_over_lmh", "lmw_over_detw",
             "lmh_over_deth", "lmdx_over_detw", "lmdy_over_deth")) + " |")

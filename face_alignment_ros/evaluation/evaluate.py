@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common import metrics
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
-from face_alignment_ros.common import metrics
 from face_alignment_ros.evaluation import head_pose
 from face_alignment_ros.evaluation.datasets import Dataset
 from face_alignment_ros.evaluation.peers import Method
@@ -262,7 +262,8 @@ def format_3d_tables(result: dict, protocol: str) -> list[str]:
     if rows3:
         lines += ["3D-convention landmarks (the 68 fixed model vertices, AFLW2000-3D protocol), "
                   "box-normalised NME (%) by |yaw| bin:", "",
-                  "| method | [0,30] | [30,60] | [60,90] | mean of bins | all images |", "|---|---:|---:|---:|---:|---:|"]
+                  "| method | [0,30] | [30,60] | [60,90] | mean of bins | all images |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for method, s in rows3:
             y = s["yaw_bins_nme3d_box"]
             lines.append(f"| {result['methods'][method]['label']} | "
@@ -274,7 +275,8 @@ def format_3d_tables(result: dict, protocol: str) -> list[str]:
         lines += ["Head pose, degrees, by |yaw| bin: mean geodesic error (angle of R_pred^T R_true); yaw, "
                   "pitch, roll MAE in the AFLW2000-3D Euler convention; yaw shrink = mean of sign(true yaw) x yaw "
                   "error (negative: yaw underestimated towards frontal):", "",
-                  "| method | bin | n | geodesic mean | geodesic median | yaw MAE | pitch MAE | roll MAE | yaw shrink |",
+                  "| method | bin | n | geodesic mean | geodesic median | yaw MAE | pitch MAE | roll MAE "
+                  "| yaw shrink |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for method, s in rows_pose:
             for name, p in [*s["yaw_bins_pose"].items(), ("all", s["pose"])]:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from face_alignment_ros.common import metrics
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM
 from face_alignment_ros.core.dff_extractor import apply_affine, crop_image, invert_affine
 from face_alignment_ros.core.face_crop import FACE_SPAN_MM, landmark_box
 from face_alignment_ros.core.sift_descriptor import SiftDescriptor
-from face_alignment_ros.common import metrics
 
 BACKGROUND = 65535
 VIEW_BINS = metrics.YAW_BINS_DEG
@@ -101,7 +101,7 @@ def synthetic_matching(describer: Describer, data: dict, mean_shape: np.ndarray,
     rates = {k: {name: [] for name in VIEW_BIN_NAMES} for k in DESCRIPTORS}
     examples = []
     for b, name in enumerate(VIEW_BIN_NAMES):
-        for j, (ia, ib) in enumerate(pairs[b]):
+        for ia, ib in pairs[b]:
             r = match_views(describer, data, ia, ib, mean_shape, rng, queries)
             if r is None:
                 continue

@@ -339,9 +339,9 @@ def measure_dlib_box_convention(limit: int = 300, data_dir=None) -> dict:
     import cv2
     import dlib
 
-    from face_alignment_ros.core.face_detector import box_iou
-    from face_alignment_ros.common.pts_io import read_pts
     from face_alignment_ros.common.photo_split import list_photos
+    from face_alignment_ros.common.pts_io import read_pts
+    from face_alignment_ros.core.face_detector import box_iou
 
     det = dlib.get_frontal_face_detector()
     photos = list_photos("train", data_dir)

@@ -17,10 +17,10 @@ import argparse
 
 import numpy as np
 
+from face_alignment_ros.common import metrics
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.pose_refinement import PoseRefiner
-from face_alignment_ros.common import metrics
 from face_alignment_ros.evaluation import head_pose
 
 FIT_SWEEPS = 10

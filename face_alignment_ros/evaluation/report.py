@@ -165,7 +165,8 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
 
     syn = by_kind.get("synthetic")
     if syn:
-        per_bin = {b: v["count"] for b, v in next(iter(syn["summary"].values()))["given_box"]["yaw_bins_box"]["bins"].items()}
+        bins = next(iter(syn["summary"].values()))["given_box"]["yaw_bins_box"]["bins"]
+        per_bin = {b: v["count"] for b, v in bins.items()}
         L += ["## Large poses: NME by yaw bin (shaped like paper Tables I–II)", "",
               f"Data: `{syn['data']}`, the project's renders of held-out identities (stage `synthesize`, "
               f"128×128 crops; {syn['images']} images, per bin {per_bin}). Protocol: given box. "
@@ -221,7 +222,8 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
             L += [f"Landmark transfer between held-out photos of different people (`{real['data'] if real else ''}`): "
                   "each of A's 68 ground-truth landmarks goes to the pixel of B's face crop with the nearest "
                   "descriptor; error normalised by B's inter-ocular distance (%).", "",
-                  "| descriptor | pairs | all 68 | jaw | brows | nose | eyes | mouth |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| descriptor | pairs | all 68 | jaw | brows | nose | eyes | mouth |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for k in ("dff", "sift"):
                 r = pt[k]
                 L.append(f"| {k.upper()} | {r['pairs']} | {_pct(r['mean_inter_ocular_nme'])} | "

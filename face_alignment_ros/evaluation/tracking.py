@@ -20,13 +20,13 @@ import argparse
 import cv2
 import numpy as np
 
+from face_alignment_ros.common.metrics import nme
 from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
 from face_alignment_ros.core.head_frame import Intrinsics, metric_pose
 from face_alignment_ros.core.smoothing import OneEuroSettings
 from face_alignment_ros.core.tracker import FaceTracker
-from face_alignment_ros.common.metrics import nme
 
 HISTORIES = {"none": [], "shifted": [(12, -8, 1.0)], "zoomed": [(0, 0, 1.15)],
              "moving": [(-15, 10, 0.9), (-8, 5, 0.95)]}
@@ -78,7 +78,7 @@ def still_scene(aligner: FaceAligner, image: np.ndarray, smoothing: OneEuroSetti
     worst = {"motion_px": 0.0, "rotation_deg": 0.0, "depth_range_mm": 0.0, "vs_no_history_px": 0.0,
              "vs_no_history_deg": 0.0, "faces": len(refs)}
     last_without_history = None
-    for name, history in HISTORIES.items():
+    for history in HISTORIES.values():
         tracker = FaceTracker(aligner, smoothing=smoothing)
         for dx, dy, zoom in history:
             tracker.process(moved(image, dx, dy, zoom))
@@ -90,7 +90,8 @@ def still_scene(aligner: FaceAligner, image: np.ndarray, smoothing: OneEuroSetti
                 continue
             worst["motion_px"] = max(worst["motion_px"], max(
                 float(np.linalg.norm(f.landmarks - fits[0].landmarks, axis=1).max()) for f in fits))
-            worst["rotation_deg"] = max(worst["rotation_deg"], max(angle_deg(f.rotation, fits[0].rotation) for f in fits))
+            worst["rotation_deg"] = max(worst["rotation_deg"],
+                                        max(angle_deg(f.rotation, fits[0].rotation) for f in fits))
             depth = [metric_pose(f, intrinsics).translation_mm[2] for f in fits]
             worst["depth_range_mm"] = max(worst["depth_range_mm"], float(np.ptp(depth)))
         if last_without_history is None:

@@ -135,10 +135,10 @@ def write_sample_bag(path, n_frames: int = 30, width: int = 640, height: int = 4
     CompressedImage on ``topic``/compressed instead of raw Images on ``topic``."""
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+    from face_alignment_ros.common.samples import sample_frames
     from face_alignment_ros.core.head_frame import Intrinsics
     from face_alignment_ros.ros.image_conversion import bgr_to_compressed_fields, bgr_to_image_fields
     from face_alignment_ros.ros.qos import image_qos
-    from face_alignment_ros.common.samples import sample_frames
 
     info_topic = camera_info_topic(topic)
     intr = Intrinsics.assumed(width, height, focal_length_px)

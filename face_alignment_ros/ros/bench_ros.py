@@ -35,10 +35,10 @@ def _camera(domain: int, faces: int, rate: float, duration: float, width: int, h
         import rclpy
         from sensor_msgs.msg import Image
 
+        from face_alignment_ros.common.samples import sample_frames
         from face_alignment_ros.msg import LandmarksArray
         from face_alignment_ros.ros.image_conversion import bgr_to_image_fields
         from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
-        from face_alignment_ros.common.samples import sample_frames
         from face_alignment_ros.ros.waiting import wait_until
 
         rclpy.init(domain_id=domain)
@@ -149,7 +149,8 @@ def main(argv=None) -> int:
             after = graph.aligner.stats.snapshot()
             if "error" in res:
                 print(f"{faces} face(s): camera failed: {res['error']}; node: received "
-                      f"{after['received'] - before['received']}, processed {after['processed'] - before['processed']}, "
+                      f"{after['received'] - before['received']}, "
+                      f"processed {after['processed'] - before['processed']}, "
                       f"errors {after.get('errors')}, last error {after.get('last_error')!r}")
                 continue
             lat = np.asarray(res["latency_ms"]) if res["latency_ms"] else np.array([np.nan])

@@ -108,7 +108,8 @@ def measure(counter: FrameCounter, size: str, reliability: str, with_profile: bo
             domain: int, timeout: float = 30.0) -> int:
     """Frames of ``frames`` that arrived from one publisher subprocess."""
     counter.reset()
-    cmd = [sys.executable, "-m", "face_alignment_ros.ros.bench_transport", "--publish", size, "--reliability", reliability, "--frames", str(frames),
+    cmd = [sys.executable, "-m", "face_alignment_ros.ros.bench_transport", "--publish", size,
+           "--reliability", reliability, "--frames", str(frames),
            "--rate", str(rate), "--domain-id", str(domain), "--match-timeout", str(timeout)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=publisher_environment(with_profile))

@@ -20,7 +20,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 

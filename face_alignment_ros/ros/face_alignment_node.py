@@ -34,8 +34,7 @@ from face_alignment_ros.ros.hri import HriFacePublisher
 from face_alignment_ros.ros.image_conversion import ImageConversionError
 from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
 from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
-from face_alignment_ros.ros.qos import (DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS,
-                                        image_qos)
+from face_alignment_ros.ros.qos import DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS, image_qos
 from face_alignment_ros.ros.tf import TfPublisher
 from face_alignment_ros.ros.topics import camera_info_beside
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import traceback
 
-import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -58,7 +57,7 @@ class Graph:
         self._stopped = threading.Event()
         self.failure: BaseException | None = None  # what stopped the executor, if anything did
 
-    def start(self) -> "Graph":
+    def start(self) -> Graph:
         """Spin in a background thread."""
         self._thread = threading.Thread(target=self._spin, name="face_alignment_executor", daemon=True)
         self._thread.start()

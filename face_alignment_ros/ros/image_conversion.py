@@ -40,7 +40,10 @@ def image_to_bgr(msg) -> np.ndarray:
         raise ImageConversionError(f"step {step} is smaller than width * channels = {row_bytes} "
                                    f"({width} px of {encoding})")
     data = msg.data
-    buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8, copy=False).reshape(-1)
+    if isinstance(data, np.ndarray):
+        buf = data.astype(np.uint8, copy=False).reshape(-1)
+    else:
+        buf = np.frombuffer(data, np.uint8)
     if buf.size != step * height:
         kind = "truncated" if buf.size < step * height else "too long"
         raise ImageConversionError(f"image data {kind}: {buf.size} bytes, expected step * height = "
@@ -67,7 +70,10 @@ def compressed_to_bgr(msg) -> np.ndarray:
         raise ImageConversionError(f"unsupported compressed image format {msg.format!r}; "
                                    f"supported: {', '.join(COMPRESSED_FORMATS)}")
     data = msg.data
-    buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8, copy=False).reshape(-1)
+    if isinstance(data, np.ndarray):
+        buf = data.astype(np.uint8, copy=False).reshape(-1)
+    else:
+        buf = np.frombuffer(data, np.uint8)
     if buf.size == 0:
         raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)

@@ -51,7 +51,7 @@ class PipelineConfig:
         return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
 
     @classmethod
-    def from_values(cls, values: dict) -> "PipelineConfig":
+    def from_values(cls, values: dict) -> PipelineConfig:
         return cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
 
 

@@ -1,8 +1,7 @@
 """QoS profiles of the package's topics (docs/ros.md, "QoS")."""
 from __future__ import annotations
 
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 IMAGE_RELIABILITY = ("best_effort", "reliable")
 

@@ -6,8 +6,8 @@ iteration's regressor is trained on the states the previous regressors really pr
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -103,8 +103,10 @@ def learn_descent(cascade: Cascade, train: Sequence[TrainingSample], validation:
                 best = (err, lam, r, b, trial)
         err, lam, r, b, val_states = best
         nx = dx.shape[1]
-        mats["R_X"].append(r[:nx]); mats["b_X"].append(b[:nx])
-        mats["R_w"].append(r[nx:]); mats["b_w"].append(b[nx:])
+        mats["R_X"].append(r[:nx])
+        mats["b_X"].append(b[:nx])
+        mats["R_w"].append(r[nx:])
+        mats["b_w"].append(b[nx:])
         states = [cascade.update(st, r[:nx] @ f + b[:nx], r[nx:] @ f + b[nx:], regularisation)
                   for st, f in zip(states, phi)]
         record = {"iteration": k + 1, "lambda": lam, "train_nme": landmark_error(states, train), "val_nme": err}

@@ -13,12 +13,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-
+from face_alignment_ros.common.photo_split import SPLIT_NAME
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
 from face_alignment_ros.core.dff_network import load_dff_weights
-from face_alignment_ros.common.photo_split import SPLIT_NAME
 from face_alignment_ros.training.stage_io import Stage
 
 SIZE_LIMIT_MB = 25.0
@@ -171,12 +170,14 @@ def run(args: argparse.Namespace) -> int:
 
     data_line = (f"- Data: 300-W photos (AFW + HELEN train subsets, ../shared/data/300w), split by "
                  f"`common/photo_split.py`: {fit_summary['train']['count']} training photos; "
-                 f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
+                 f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), "
+                 "never used for training or model choice.")
     # photo_views.json is the photo step's own record (the summary misses it when the renders were already made)
     photo_views = stage.root / "synthesize" / "photo_views.json"
     photo_counts = json.loads(photo_views.read_text())["counts"] if photo_views.exists() else {}
     common = [data_line,
-              f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",
+              f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% "
+              "of the box size.",
               f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
               f"photo crops (fitted meshes as labels): {photo_counts or 'none'}.",
               f"- Exported {date} by `face-align-train export`."]
@@ -194,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
         s = descent_summary.get(kind, {})
         lines = [f"- Descriptor: {kind.upper()}; trained by `face-align-train descent --descriptor {kind}` "
                  "(ridge regressions of eq. 9-11 on perturbed starts from the shipped detector's and landmark boxes"
-                 " plus large-pose renders; lambda chosen per iteration on a validation part of the training identities).",
+                 " plus large-pose renders; lambda chosen per iteration on a validation part of the training"
+                 " identities).",
                  f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration: "
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
@@ -206,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
                  *common]
-        (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
+        title = f"{kind.upper()} descent directions (`descent_{kind}.npz`)"
+        (cards / f"descent_{kind}.md").write_text(_card(title, lines))
     stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date,
                                     "iterations": keep})
     stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)

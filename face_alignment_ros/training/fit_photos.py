@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from face_alignment_ros.common.photo_split import SUBSETS, list_photos
+from face_alignment_ros.common.pts_io import read_pts
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.shape_fit import fit_shape
-from face_alignment_ros.common.pts_io import read_pts
-from face_alignment_ros.common.photo_split import SUBSETS, list_photos
 from face_alignment_ros.training.stage_io import Stage
 
 N_ALTERNATIONS = 10

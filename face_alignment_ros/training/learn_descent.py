@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
+from face_alignment_ros.common.photo_split import hashed_percentile, source_id
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
@@ -23,9 +25,7 @@ from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftB
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
-from face_alignment_ros.common.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
-from face_alignment_ros.common.photo_split import hashed_percentile, source_id
 from face_alignment_ros.training.stage_io import Stage
 
 VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
@@ -86,7 +86,8 @@ def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
     }
 
 
-def jittered_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+def jittered_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator,
+                      amount: float) -> np.ndarray:
     crop = prior.crop_box(box)
     side = float(crop[2] - crop[0])
     centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
@@ -198,7 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dff-weights", default=None, help="default: <work>/train-dff/dff_weights.pt")
     parser.add_argument("--detector", default="default")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--perturbations", type=int, default=12, help="starts per training photo (and per mirror image)")
+    parser.add_argument("--perturbations", type=int, default=12,
+                        help="starts per training photo (and per mirror image)")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="do not add the training photos' mirror images (on by default)")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")

@@ -17,15 +17,23 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.metrics import yaw_bin
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.common.metrics import yaw_bin
-from face_alignment_ros.training.synthesize import (
-    BACKGROUND_ID, Fits, MeshTools, face_region_mask, jittered_crop_box, open_outputs, photometric_jitter,
-    read_image, sample_record, visible_surface,
-)
 from face_alignment_ros.training.stage_io import Stage
+from face_alignment_ros.training.synthesize import (
+    BACKGROUND_ID,
+    Fits,
+    MeshTools,
+    face_region_mask,
+    jittered_crop_box,
+    open_outputs,
+    photometric_jitter,
+    read_image,
+    sample_record,
+    visible_surface,
+)
 
 PHOTO_SPLITS = {"photo_train": "train", "photo_heldout": "heldout"}
 PHOTO_SPLIT_CODE = {"photo_train": 2, "photo_heldout": 3}

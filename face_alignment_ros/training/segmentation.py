@@ -57,9 +57,9 @@ def mesh_graph(points: np.ndarray, triangles: np.ndarray) -> sparse.csr_matrix:
     edges = np.unique(edges, axis=0)
     length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
     n = len(points)
-    graph = sparse.coo_matrix((np.concatenate([length, length]),
-                               (np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]]))),
-                              shape=(n, n))
+    rows = np.concatenate([edges[:, 0], edges[:, 1]])
+    cols = np.concatenate([edges[:, 1], edges[:, 0]])
+    graph = sparse.coo_matrix((np.concatenate([length, length]), (rows, cols)), shape=(n, n))
     return graph.tocsr()
 
 

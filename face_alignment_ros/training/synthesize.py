@@ -216,7 +216,7 @@ class MeshTools:
     vertex_colours: np.ndarray  # (n, 3) uint8 BGR colour-coding of the mean shape, for the sheets
 
     @classmethod
-    def build(cls, model: MorphableModel) -> "MeshTools":
+    def build(cls, model: MorphableModel) -> MeshTools:
         indptr, indices = vertex_adjacency(model.n_vertices, model.triangles)
         lo, hi = model.mean.min(axis=0), model.mean.max(axis=0)
         code = ((model.mean - lo) / (hi - lo) * 200 + 40).astype(np.uint8)
@@ -376,7 +376,7 @@ class Fits:
     landmarks: np.ndarray
 
     @classmethod
-    def load(cls, path: str | Path) -> "Fits":
+    def load(cls, path: str | Path) -> Fits:
         with np.load(path, allow_pickle=False) as d:
             missing = [f for f in cls.__dataclass_fields__ if f not in d.files]
             if missing:
@@ -753,7 +753,7 @@ def run(args: argparse.Namespace) -> int:
            "identities": 0}
     chunk_stats: list[dict] = []
     try:
-        for split, row, batch, info in results:
+        for split, _row, batch, info in results:
             k = done[split]
             lo = k * views[split]
             for key, arr in batch.items():
@@ -899,7 +899,8 @@ def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
         written.append(path)
         pairs = []
         for i in idx[:: max(1, len(idx) // 8)][:8]:
-            pairs.append(np.concatenate([data["images"][i], colourise_vertex_ids(data["vertex_ids"][i], tools)], axis=1))
+            ids = colourise_vertex_ids(data["vertex_ids"][i], tools)
+            pairs.append(np.concatenate([data["images"][i], ids], axis=1))
         path = stage.path(f"vertex_ids_{split}.png")
         cv2.imwrite(str(path), cv2.resize(_grid(pairs, 4), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
         written.append(path)

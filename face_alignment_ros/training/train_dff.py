@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
 from face_alignment_ros.common.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
+from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
 from face_alignment_ros.training.stage_io import Stage
 
 BACKGROUND = 65535
@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
                        100 * args.photo_fraction if photos else 0, len(held["images"]),
                        len(held_photos["images"]) if held_photos else 0)
     size = train["images"].shape[1]
-    config = DFFConfig(input_size=size) if args.base_width is None else DFFConfig(input_size=size, base_width=args.base_width)
+    config = DFFConfig(input_size=size) if args.base_width is None else \
+        DFFConfig(input_size=size, base_width=args.base_width)
     device = select_device()
     model = DFFTrainer(config, n_seg, n_patch).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _monitor(model: "DFFTrainer", held: dict, held_photos: dict | None, seg_labels, mean_shape) -> dict:
+def _monitor(model: DFFTrainer, held: dict, held_photos: dict | None, seg_labels, mean_shape) -> dict:
     """Held-out renders (patch accuracy, matching) and, when made, held-out photos (patch accuracy)."""
     metrics = validate(model.net, held, seg_labels, model.heads, mean_shape, np.random.default_rng(0))
     if held_photos is not None:
@@ -343,7 +344,8 @@ def main(argv=None) -> int:
         import sys
 
         Stage("train-dff", args.work, args.seed).record_command(
-            " ".join([f"torchrun --nproc_per_node {os.environ.get('WORLD_SIZE', '1')} -m face_alignment_ros.training.train_dff",
+            " ".join([f"torchrun --nproc_per_node {os.environ.get('WORLD_SIZE', '1')} "
+                      "-m face_alignment_ros.training.train_dff",
                       *(sys.argv[1:] if argv is None else argv)]))
     return run(args)
 
