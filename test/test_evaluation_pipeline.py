@@ -106,11 +106,11 @@ def test_speed_ratios_and_markdown():
 class _ColourExtractor:
     """Descriptor = a unit 2-vector coding the pixel's colour, so equal colours match exactly."""
 
-    def descriptor_map(self, crop, box):
+    def descriptor_map(self, crop):
         from face_alignment_ros.core.dff_extractor import DescriptorMap
 
         t = (crop[:, :, 0].astype(np.float32) + 256 * crop[:, :, 1].astype(np.float32)) * (2 * np.pi / 300)  # vertex ids < 256
-        return DescriptorMap(np.stack([np.cos(t), np.sin(t)]), np.array([[1.0, 0, 0], [0, 1, 0]]))
+        return DescriptorMap(np.stack([np.cos(t), np.sin(t)]))
 
 
 def test_synthetic_view_matching():

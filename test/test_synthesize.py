@@ -165,6 +165,6 @@ def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
     plain = photo_view(image, fits, 0, tools, 32, np.random.default_rng(0), jitter=False)
     region = syn.face_region_mask(face_crop.image_to_crop(fits.landmarks[0], box, 32), (32, 32))
     assert not np.any((plain["vertex_ids"] != syn.BACKGROUND_ID) & ~region)
-    from face_alignment_ros.core.dff_extractor import crop_image
+    from face_alignment_ros.core.face_crop import crop_image
 
     assert np.array_equal(plain["images"], crop_image(image, box, 32)[0])  # no jitter: the photo itself

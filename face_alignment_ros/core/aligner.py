@@ -14,8 +14,8 @@ from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.cascade import Cascade, CascadeState
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
-from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
+from face_alignment_ros.core.face_crop import crop_image, validate_image
+from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
 from face_alignment_ros.core.morphable_model import N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
 

@@ -143,7 +143,7 @@ RUNTIME_NAMES = ("torch", "onnxruntime", "onnxruntime-int8-dynamic", "onnxruntim
 def _face_crops(n: int, size: int) -> np.ndarray:
     """(n, size, size, 3) uint8 face crops for timing and for int8 calibration: the sample
     stream's faces, cropped as the aligner crops them."""
-    from face_alignment_ros.core.dff_extractor import crop_image
+    from face_alignment_ros.core.face_crop import crop_image
     from face_alignment_ros.core.face_detector import create_detector
     from face_alignment_ros.ros.sample_stream import sample_frames
 

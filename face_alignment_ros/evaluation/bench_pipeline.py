@@ -13,7 +13,7 @@ import numpy as np
 
 from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
-from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
 
 

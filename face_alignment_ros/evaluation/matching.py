@@ -20,8 +20,7 @@ import numpy as np
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM
-from face_alignment_ros.core.dff_extractor import apply_affine, crop_image, invert_affine
-from face_alignment_ros.core.face_crop import FACE_SPAN_MM, landmark_box
+from face_alignment_ros.core.face_crop import FACE_SPAN_MM, apply_affine, crop_image, invert_affine, landmark_box
 from face_alignment_ros.core.sift_descriptor import SiftDescriptor
 from face_alignment_ros.evaluation import metrics
 
@@ -43,8 +42,7 @@ class Describer:
     def describe(self, kind: str, crop: np.ndarray, points_xy: np.ndarray, px_per_mm: float) -> np.ndarray:
         """(n, D) descriptors of ``crop`` (N x N BGR) at (n, 2) crop-pixel points (x, y)."""
         if kind == "dff":
-            n = crop.shape[0]
-            return self.extractor.descriptor_map(crop, (0.0, 0.0, float(n), float(n))).sample(points_xy)
+            return self.extractor.descriptor_map(crop).sample(points_xy)
         return self.sift.compute(crop, points_xy, SIFT_PATCH_MM * px_per_mm)
 
 

@@ -20,7 +20,7 @@ from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
-from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
-from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.evaluation.metrics import yaw_bin
 from face_alignment_ros.training.synthesize import (
     BACKGROUND_ID, Fits, MeshTools, face_region_mask, jittered_crop_box, open_outputs, photometric_jitter,
