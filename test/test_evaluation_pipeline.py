@@ -119,7 +119,7 @@ def test_synthetic_view_matching():
     n = 16
     vid_a = np.arange(n * n, dtype=np.uint16).reshape(n, n)
     vid_b = np.roll(vid_a, 2, axis=1)
-    vid_b[:, :2] = matching.BACKGROUND
+    vid_b[:, :2] = matching.BACKGROUND_ID
     vids = np.stack([vid_a, vid_b])
     images = np.zeros((2, n, n, 3), np.uint8)
     images[..., 0] = vids % 256

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from face_alignment_ros.common import render_format as fmt
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.morphable_model import MorphableModel
@@ -89,14 +90,14 @@ def test_stage_runs_deterministically_and_resumes(tmp_path, tools):
     fits = _synthetic_fits(tmp_path, tools.model)
     work = tmp_path / "work"
     assert syn.run(_args(work, fits)) == 0
-    train = {k: np.array(v) for k, v in syn.load_outputs(work, "train").items()}
-    held = {k: np.array(v) for k, v in syn.load_outputs(work, "heldout").items()}
+    train = {k: np.array(v) for k, v in fmt.load_outputs(work, "train").items()}
+    held = {k: np.array(v) for k, v in fmt.load_outputs(work, "heldout").items()}
 
     assert train["images"].shape == (4, 32, 32, 3) and train["images"].dtype == np.uint8
     assert held["images"].shape == (3, 32, 32, 3)
     vid = train["vertex_ids"]
     assert vid.dtype == np.uint16
-    face = vid != syn.BACKGROUND_ID
+    face = vid != fmt.BACKGROUND_ID
     assert 0.2 < face.mean() < 0.95
     assert vid[face].max() < tools.model.n_vertices
     assert train["landmarks"].shape == (4, 68, 2) and train["dense"].shape == (4, 160, 2)
@@ -139,7 +140,7 @@ def test_data_real_identity_renders(tools):
     assert ident.stats["seen"] > 0.2
     bank = np.full((1, 64, 64, 3), 100, np.uint8)
     s = syn.render_sample(ident, tools, 64, "train", 0, 0, 12, bank)
-    assert (s["vertex_ids"] != syn.BACKGROUND_ID).mean() > 0.3
+    assert (s["vertex_ids"] != fmt.BACKGROUND_ID).mean() > 0.3
     assert np.all(np.isfinite(s["landmarks"]))
 
 
@@ -152,7 +153,7 @@ def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
     a = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
     b = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
     assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
-    face = a["vertex_ids"] != syn.BACKGROUND_ID
+    face = a["vertex_ids"] != fmt.BACKGROUND_ID
     assert 0.2 < face.mean() < 0.95
     # the stored camera maps the photo's annotated points into this crop
     pts = cam.project(a["camera"], tools.model.vertices(a["shape"], a["landmark_ids"]))
@@ -164,7 +165,7 @@ def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
     box = syn.face_crop.canonical_crop_box(camera_image)
     plain = photo_view(image, fits, 0, tools, 32, np.random.default_rng(0), jitter=False)
     region = syn.face_region_mask(face_crop.image_to_crop(fits.landmarks[0], box, 32), (32, 32))
-    assert not np.any((plain["vertex_ids"] != syn.BACKGROUND_ID) & ~region)
+    assert not np.any((plain["vertex_ids"] != fmt.BACKGROUND_ID) & ~region)
     from face_alignment_ros.core.face_crop import crop_image
 
     assert np.array_equal(plain["images"], crop_image(image, box, 32)[0])  # no jitter: the photo itself

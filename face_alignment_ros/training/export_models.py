@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+from face_alignment_ros.common.render_format import PHOTO_VIEWS_FILE, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     provenance = torch.load(weights_src, map_location="cpu", weights_only=True)["provenance"]
     descent_summary = json.loads(stage.input("descent", "summary.json").read_text())
     fit_summary = json.loads(stage.input("fit", "summary.json").read_text())
-    synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
+    synth_progress = json.loads(stage.input(SYNTHESIZE_STAGE, SYNTH_PROGRESS_FILE).read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     keep = _parse_iterations(args.iterations)
 
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                  f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
                  f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
     # photo_views.json is the photo step's own record (the summary misses it when the renders were already made)
-    photo_views = stage.root / "synthesize" / "photo_views.json"
+    photo_views = stage.root / SYNTHESIZE_STAGE / PHOTO_VIEWS_FILE
     photo_counts = json.loads(photo_views.read_text())["counts"] if photo_views.exists() else {}
     common = [data_line,
               f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from face_alignment_ros.common.render_format import FITS_FILE
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.morphable_model import MorphableModel
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     }
     tmp = stage.path("fits.tmp.npz")
     np.savez_compressed(tmp, **data)
-    tmp.replace(stage.path("fits.npz"))
+    tmp.replace(stage.path(FITS_FILE))
 
     nme = data["residual_nme"]
     sigma = model.shape_sigma
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
                   "overlay_random.png")
     _overlay_grid(stage, model, data, np.argsort(-np.abs(data["camera"][:, cam.YAW]))[:16], "overlay_profile.png")
     _overlay_grid(stage, model, data, np.argsort(-nme)[:16], "overlay_worst.png")
-    stage.log.info("wrote %s, overlays and residual_hist.png in %s (%.1f s)", stage.path("fits.npz"),
+    stage.log.info("wrote %s, overlays and residual_hist.png in %s (%.1f s)", stage.path(FITS_FILE),
                    stage.dir, stage.elapsed())
     return 0
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
@@ -52,7 +53,7 @@ def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
     """Fitted photos with the detector's matching box (cached: the detector runs once)."""
     import cv2
 
-    fits = np.load(stage.input("fit", "fits.npz"), allow_pickle=False)
+    fits = np.load(stage.input(FIT_STAGE, FITS_FILE), allow_pickle=False)
     cache = stage.path(f"detections_{detector_name}.npz")
     if cache.exists():
         boxes = np.load(cache)["boxes"]
@@ -86,7 +87,9 @@ def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
     }
 
 
-def jittered_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+def perturbed_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """The prior's crop box of ``box``, moved and scaled by normal draws of ``amount`` times the
+    prior's spread over training photos (initialisations a descent learns to correct)."""
     crop = prior.crop_box(box)
     side = float(crop[2] - crop[0])
     centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
@@ -132,7 +135,7 @@ def photo_samples(cascade, backend, records, priors, rng, perturbations: int, ji
                 use_detector = rec.detector_box is not None and k % 2 == 0
                 kind = "detector" if use_detector else "landmarks"
                 box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
-                crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+                crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
                 samples.append(make_sample(cascade, backend, img, crop_box, rec.landmarks, rec.camera, crop_size))
     return samples
 
@@ -227,11 +230,11 @@ def run(args: argparse.Namespace) -> int:
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
     if args.synthetic:
-        from face_alignment_ros.training.synthesize import load_outputs
+        from face_alignment_ros.common.render_format import load_outputs
 
         stage.input("synthesize", "train_images.npy")
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
-    fit_rows = np.load(stage.input("fit", "fits.npz"))
+    fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
     val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
     summary = {}
     for kind in kinds:

@@ -33,6 +33,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from face_alignment_ros.common.render_format import SEGMENTATIONS_FILE
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.rasterizer import rasterize_ids
@@ -311,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
                             on_segmentation)
     tmp = stage.path("segmentations.tmp.npz")
     np.savez_compressed(tmp, n_patches=np.int32(args.patches), seed=np.int32(args.seed), **out)
-    tmp.replace(stage.path("segmentations.npz"))
+    tmp.replace(stage.path(SEGMENTATIONS_FILE))
     seconds = stage.elapsed()
 
     rows = [r for r in stage.metrics() if "segmentation" in r]
@@ -345,5 +346,5 @@ def run(args: argparse.Namespace) -> int:
                       "per segmentation: patch-area CV, Lloyd iterations, extra components")
     _plot_areas(stage, out["patch_area"])
     _render_grid(stage, model, out["labels"], list(range(min(4, args.segmentations))), "segmentations.png")
-    stage.log.info("wrote %s and segmentations.png (%.1f s)", stage.path("segmentations.npz"), stage.elapsed())
+    stage.log.info("wrote %s and segmentations.png (%.1f s)", stage.path(SEGMENTATIONS_FILE), stage.elapsed())
     return 0

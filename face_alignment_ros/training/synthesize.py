@@ -32,7 +32,7 @@ file                        shape, dtype         content
 ``{split}_dense_visible``   (n, 160) bool        VisibilityTester on the fixed vertex ids
 ``{split}_identity``        (n,) int32           row of ``fit/fits.npz``
 ``{split}_view``            (n,) int16           view number within the identity
-``{split}_yaw_bin``         (n,) int8            0: |yaw| in [0,30], 1: [30,60], 2: [60,90]
+``{split}_yaw_bin``         (n,) int8            0: |yaw| in [0,30], 1: (30,60], 2: (60,90]
 ==========================  ===================  =================================================
 
 With ``--photo-views N`` (default 4) the stage also writes ``photo_train_*`` (N jittered crops of
@@ -66,20 +66,21 @@ from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.rasterizer import rasterize_depth, rasterize_ids
 from face_alignment_ros.core.threads import limit_blas_threads
 from face_alignment_ros.core.visibility import VisibilityTester
+from face_alignment_ros.common.render_format import (
+    BACKGROUND_ID, FIT_STAGE, FITS_FILE, PHOTO_SPLITS, SPLITS, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE, YAW_BINS_DEG,
+    load_outputs, open_outputs, yaw_bin,
+)
 from face_alignment_ros.training.stage_io import Stage
 
-STAGE = "synthesize"
-SPLITS = ("train", "heldout")
+STAGE = SYNTHESIZE_STAGE
 DEFAULT_SIZE = 128
 DEFAULT_TRAIN_SAMPLES = 30000
 DEFAULT_PHOTO_VIEWS = 4  # crops of each training photo itself (photo_views)
 DEFAULT_HELDOUT_VIEWS_PER_BIN = 12
-YAW_BINS_DEG = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 PITCH_ROLL_SIGMA_DEG = 12.0
 PITCH_ROLL_CLIP_DEG = 30.0
 SCALE_JITTER = 0.10      # crop side x U(1 - j, 1 + j)
 SHIFT_JITTER = 0.05      # crop centre + U(-j, j) crop sides
-BACKGROUND_ID = 65535
 # A photo pixel seen this obliquely (cosine between normal and view) is a stretched smear:
 # such vertices take mirrored or diffused colour instead.
 GRAZING_COS = 0.35
@@ -306,11 +307,14 @@ def photo_texture(image: np.ndarray, camera_image: np.ndarray, shape_params: np.
     if landmarks is not None:
         region = face_region_mask(landmarks, (h, w))
         seen[inside] &= region[py[inside], px[inside]]
-    return fill_texture(bilinear_sample(image, tv[:, :2]), seen, tools)
+    return fill_texture(sample_colours(image, tv[:, :2]), seen, tools)
 
 
-def bilinear_sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(n, 3) float32 colours at (n, 2) pixel positions (pixel centres at integers)."""
+def sample_colours(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(n, 3) float32 colours at (n, 2) pixel positions (pixel centres at integers), edge pixels
+    repeated outside. OpenCV's remap, not ``dff_extractor.bilinear_sample`` (zero outside, float
+    weights): the synthesized data were made with this one, and its fixed-point weights differ in
+    the last bits."""
     n = len(points)
     cols = 256  # remap wants maps under 32767 on a side
     pad = np.zeros(((n + cols - 1) // cols * cols, 2), np.float32)
@@ -423,8 +427,7 @@ def sample_pose(rng: np.random.Generator, split: str, view: int, views_per_bin: 
         lo, hi = YAW_BINS_DEG[min(view // views_per_bin, len(YAW_BINS_DEG) - 1)]
         yaw = rng.uniform(lo, hi) * (1.0 if view % 2 == 0 else -1.0)
     pitch, roll = np.clip(rng.normal(0.0, PITCH_ROLL_SIGMA_DEG, 2), -PITCH_ROLL_CLIP_DEG, PITCH_ROLL_CLIP_DEG)
-    yaw_bin = min(int(abs(yaw) // 30.0), 2)
-    return float(np.radians(pitch)), float(np.radians(yaw)), float(np.radians(roll)), yaw_bin
+    return float(np.radians(pitch)), float(np.radians(yaw)), float(np.radians(roll)), yaw_bin(yaw)
 
 
 def jittered_crop_camera(pitch: float, yaw: float, roll: float, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -497,7 +500,7 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     per-sample generator."""
     model = tools.model
     rng = sample_rng(seed, split, ident.row, view)
-    pitch, yaw, roll, yaw_bin = sample_pose(rng, split, view, views_per_bin)
+    pitch, yaw, roll, bin_ = sample_pose(rng, split, view, views_per_bin)
     beta = (rng.standard_normal(model.n_exp) * model.exp_sigma).astype(np.float32)
     params = np.concatenate([ident.alpha, beta])
     verts = ident.neutral + (beta @ tools.exp_basis_t).reshape(-1, 3)
@@ -530,7 +533,7 @@ def render_sample(ident: Identity, tools: MeshTools, size: int, split: str, view
     img = alpha * img + (1.0 - alpha) * bg  # soft silhouette, no stair steps
 
     image = photometric_jitter(img, rng)
-    return sample_record(tools, image, vid, camera, params, verts, tv, ident.row, view, yaw_bin)
+    return sample_record(tools, image, vid, camera, params, verts, tv, ident.row, view, bin_)
 
 
 def visible_surface(tv: np.ndarray, triangles: np.ndarray, size: int):
@@ -576,36 +579,6 @@ def sample_record(tools: MeshTools, image, vid, camera, params, verts, tv, ident
         "dense": tv[dense_ids, :2], "dense_visible": vis[68:],
         "identity": identity, "view": view, "yaw_bin": yaw_bin,
     }
-
-
-def output_specs(size: int) -> dict:
-    return {
-        "images": ((size, size, 3), np.uint8), "vertex_ids": ((size, size), np.uint16),
-        "camera": ((6,), np.float32), "shape": ((50,), np.float32),
-        "landmarks": ((68, 2), np.float32), "landmark_ids": ((68,), np.int32),
-        "landmark_visible": ((68,), bool), "dense": ((160, 2), np.float32),
-        "dense_visible": ((160,), bool), "identity": ((), np.int32), "view": ((), np.int16),
-        "yaw_bin": ((), np.int8),
-    }
-
-
-def open_outputs(folder: Path, split: str, n: int, size: int, mode: str) -> dict:
-    out = {}
-    for key, (shape, dtype) in output_specs(size).items():
-        path = folder / f"{split}_{key}.npy"
-        if mode == "w+":
-            out[key] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *shape))
-        else:
-            out[key] = np.load(path, mmap_mode="r+")
-            if out[key].shape != (n, *shape):
-                raise ValueError(f"{path} has shape {out[key].shape}, expected {(n, *shape)}: rerun with --restart")
-    return out
-
-
-def load_outputs(work_dir: str | Path | None = None, split: str = "train") -> dict:
-    """Read-only memory maps of a split's samples, keyed as in ``output_specs``."""
-    folder = (Path(work_dir) if work_dir else resources.work_dir()) / STAGE
-    return {key: np.load(folder / f"{split}_{key}.npy", mmap_mode="r") for key in output_specs(1)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,7 +664,7 @@ def _build_backgrounds(fits: Fits, rows: np.ndarray, size: int, rng: np.random.G
 def run(args: argparse.Namespace) -> int:
     stage = Stage(STAGE, getattr(args, "work_dir", None), seed=getattr(args, "seed", 0))
     log = stage.log
-    fits_path = Path(args.fits) if getattr(args, "fits", None) else stage.input("fit", "fits.npz")
+    fits_path = Path(args.fits) if getattr(args, "fits", None) else stage.input(FIT_STAGE, FITS_FILE)
     fits = Fits.load(fits_path)
     rows = _identity_rows(fits, args.limit)
     n_train = len(rows["train"])
@@ -700,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
     config = {"fits": fits.fingerprint(), "size": args.size, "seed": stage.seed, "views": views,
               "views_per_bin": args.heldout_views_per_bin, "identities": {s: len(r) for s, r in rows.items()},
               "version": 1}
-    progress_path = stage.path("progress.json")
+    progress_path = stage.path(SYNTH_PROGRESS_FILE)
     done = {s: 0 for s in SPLITS}
     if progress_path.exists() and not args.restart:
         import json
@@ -718,7 +691,7 @@ def run(args: argparse.Namespace) -> int:
     totals = {s: len(rows[s]) * views[s] for s in SPLITS}
     outputs = {s: open_outputs(stage.dir, s, totals[s], args.size, "w+" if fresh else "r+") for s in SPLITS}
     if fresh:
-        stage.save_json("progress.json", {"config": config, "done": done})
+        stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
     log.info("synthesize: %s identities, %s views each -> %s samples at %dx%d (fits %s); resuming at %s",
              {s: len(r) for s, r in rows.items()}, views, totals, args.size, args.size, fits_path, done)
 
@@ -819,7 +792,7 @@ def _checkpoint(stage, outputs, config, done, chunk_stats, split, views, t_loop)
     for arrays in outputs.values():
         for arr in arrays.values():
             arr.flush()
-    stage.save_json("progress.json", {"config": config, "done": done})
+    stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
     out = outputs[split]
     hi = done[split] * views[split]
     lo = max(0, hi - sum(s["views"] for s in chunk_stats))
@@ -874,7 +847,6 @@ def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
     magenta = not visible), and image | vertex-id map pairs."""
     import json
 
-    from face_alignment_ros.training.photo_views import PHOTO_SPLITS
 
     tools = None
     written = []
@@ -885,7 +857,7 @@ def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
             continue
         n = len(data["view"])
         if split in SPLITS:  # renders: only the samples done so far
-            prog = json.loads(stage.path("progress.json").read_text())
+            prog = json.loads(stage.path(SYNTH_PROGRESS_FILE).read_text())
             n = min(prog["done"][split] * prog["config"]["views"][split], n)
         if n == 0 or count <= 0:
             continue
