@@ -61,7 +61,7 @@ from scipy.spatial import cKDTree
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
-from face_alignment_ros.core.mesh_topology import triangle_normals
+from face_alignment_ros.core.mesh_topology import front_facing, triangle_normals, vertex_adjacency
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.rasterizer import rasterize_depth, rasterize_ids
 from face_alignment_ros.core.threads import limit_blas_threads
@@ -98,18 +98,6 @@ def mirror_vertex_map(mean: np.ndarray) -> np.ndarray:
     """(n,) int32: for each vertex, the mean-shape vertex nearest to its mirror (-x, y, z)."""
     _, idx = cKDTree(mean).query(mean * np.array([-1.0, 1.0, 1.0], np.float32))
     return idx.astype(np.int32)
-
-
-def vertex_adjacency(n_vertices: int, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, indices) of the mesh's vertex graph."""
-    t = np.asarray(triangles, np.int64)
-    a = np.concatenate([t[:, 0], t[:, 1], t[:, 2], t[:, 1], t[:, 2], t[:, 0]])
-    b = np.concatenate([t[:, 1], t[:, 2], t[:, 0], t[:, 0], t[:, 1], t[:, 2]])
-    key = np.unique(a * n_vertices + b)
-    a, b = key // n_vertices, key % n_vertices
-    indptr = np.zeros(n_vertices + 1, np.int64)
-    np.cumsum(np.bincount(a, minlength=n_vertices), out=indptr[1:])
-    return indptr, b.astype(np.int32)
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -192,18 +180,6 @@ def _relax(values, solve, use, indptr, indices, iterations, omega):
                 values[v, 0] += omega * (c0 / cnt - values[v, 0])
                 values[v, 1] += omega * (c1 / cnt - values[v, 1])
                 values[v, 2] += omega * (c2 / cnt - values[v, 2])
-
-
-@njit(cache=True, nogil=True)
-def _front_facing(tv, triangles):
-    """Triangles whose outward normal faces the camera: negative signed image area (y down)."""
-    out = np.empty(triangles.shape[0], np.bool_)
-    for t in range(triangles.shape[0]):
-        i0, i1, i2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        area = ((tv[i1, 0] - tv[i0, 0]) * (tv[i2, 1] - tv[i0, 1])
-                - (tv[i2, 0] - tv[i0, 0]) * (tv[i1, 1] - tv[i0, 1]))
-        out[t] = area < 0
-    return out
 
 
 @dataclass
@@ -541,7 +517,7 @@ def visible_surface(tv: np.ndarray, triangles: np.ndarray, size: int):
     triangles' corner ids, their barycentrics) with the mesh's holes closed."""
     # Back faces never show on a face mask seen from the front half-space; culling them halves
     # the raster work and keeps the mask's inside out of profile views.
-    tris = triangles[_front_facing(tv, triangles)]
+    tris = triangles[front_facing(tv, triangles)]
     _, tri_id, bary = rasterize_ids(tv, tris, size, size)
     _close_holes(tri_id, bary)
     mask = tri_id >= 0
