@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from face_alignment_ros.training import train_dff
-from face_alignment_ros.training.synthesize import open_outputs
+from face_alignment_ros.common.render_format import open_outputs
 
 SIZE = 32
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.render_format import BACKGROUND_ID, PHOTO_SPLITS, PHOTO_VIEWS_FILE, open_outputs, yaw_bin
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.face_crop import crop_image
-from face_alignment_ros.common.render_format import BACKGROUND_ID, PHOTO_SPLITS, PHOTO_VIEWS_FILE, open_outputs, yaw_bin
-from face_alignment_ros.training.synthesize import (
-    Fits, MeshTools, face_region_mask, jittered_crop_box, photometric_jitter,
-    read_image, sample_record, visible_surface,
+from face_alignment_ros.training.mesh_texture import MeshTools, face_region_mask
+from face_alignment_ros.training.render_views import (
+    Fits, jittered_crop_box, photometric_jitter, read_image, sample_record, visible_surface,
 )
 from face_alignment_ros.training.stage_io import Stage
 
