@@ -163,3 +163,20 @@ def test_landmarks_3d_follow_the_aligners_fit_and_reach_the_json(morphable_model
     np.testing.assert_allclose(face.landmarks_3d[17:, :2], face.landmarks[17:], atol=0.05)
     record = json.loads(json.dumps(face.to_dict()))
     np.testing.assert_allclose(record["landmarks_3d"], face.landmarks_3d, atol=0.01)
+
+
+def test_visibility_is_that_of_the_fitted_landmarks(plumbing, astronaut):
+    f = plumbing.detect_and_align(astronaut)[0]
+    m = plumbing.model
+    # The depth test does not depend on the camera's translation and scale (crop or image).
+    want = plumbing.cascade.visibility.visible(f.camera, f.params, m.vertices(f.params, m.landmarks))
+    np.testing.assert_array_equal(f.visible, want)
+
+
+def test_mesh_is_the_decimated_shape_under_the_camera(plumbing, astronaut):
+    from face_alignment_ros.core import camera as cam
+
+    f = plumbing.detect_and_align(astronaut)[0]
+    m = plumbing.model
+    np.testing.assert_allclose(f.vertices_mm(), m.vertices(f.params, m.decimated), atol=1e-3)
+    np.testing.assert_allclose(f.vertices, cam.transform(f.camera, m.vertices(f.params, m.decimated)), atol=1e-2)

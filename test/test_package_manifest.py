@@ -18,7 +18,8 @@ ROSDEP_KEYS = {
 # imported only where installed, each behind a clear message
 OPTIONAL = {"dlib": "evaluation peer and optional detector (requirements-eval.txt)",
             "onnx": "ONNX export only (requirements-export.txt)",
-            "openvino": "runtime comparison in bench_dff only (requirements-eval.txt)"}
+            "openvino": "runtime comparison in bench_dff only (requirements-eval.txt)",
+            "ai_edge_litert": "fast detector runtime; without it the detector runs MediaPipe's graphs"}
 
 
 def _imported_top_level_modules() -> dict[str, str]:

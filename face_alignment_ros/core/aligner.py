@@ -53,7 +53,7 @@ class FaceResult:
     @cached_property
     def vertices(self) -> np.ndarray:
         """(n, 3) decimated mesh: image x, y in pixels and depth s (R X)_z in pixels."""
-        return cam.transform(self.camera, self.model.vertices(self.params, self.model.decimated))
+        return cam.transform(self.camera, self.model.decimated_mesh.vertices(self.params))
 
     @cached_property
     def landmarks_3d(self) -> np.ndarray:
@@ -75,7 +75,9 @@ class FaceResult:
 
     def vertices_mm(self, vertex_ids: np.ndarray | None = None) -> np.ndarray:
         """Model-frame shape in millimetres (decimated mesh by default)."""
-        return self.model.vertices(self.params, self.model.decimated if vertex_ids is None else vertex_ids)
+        if vertex_ids is None:
+            return self.model.decimated_mesh.vertices(self.params)
+        return self.model.vertices(self.params, vertex_ids)
 
     def to_dict(self) -> dict:
         pitch, yaw, roll = (float(np.degrees(a)) for a in self.camera[cam.PITCH:cam.ROLL + 1])
@@ -244,9 +246,9 @@ class FaceAligner:
                                             (descent or self._descent).regularisation)
             state = replace(state, camera=camera, shape_params=params)
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
-        fixed_ids = self.model.landmarks
-        visible = self.cascade.visibility.visible(state.camera, state.shape_params,
-                                                  self.model.vertices(state.shape_params, fixed_ids))
+        # The dense vertices start with the 68 fixed landmarks, and the last step tested them
+        # under this very camera and shape.
+        visible = state.dense_visible[:len(self.model.landmarks)].copy()
         crop_landmarks = state.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
