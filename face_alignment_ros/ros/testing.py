@@ -37,8 +37,8 @@ def model_files(folder) -> tuple[Path, Path, bool]:
     from face_alignment_ros.core import resources
 
     if trained_models_available():
-        return (resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"],
-                resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE, True)
+        shipped = resources.shipped_models("dff")
+        return shipped.descent, shipped.dff_weights, True
     from face_alignment_ros.evaluation.stand_in_models import write_stand_in_models
 
     descent, weights, _ = write_stand_in_models(folder)

@@ -1,0 +1,22 @@
+"""core.resources.shipped_models: the one place the shipped model paths are built."""
+import pytest
+
+from face_alignment_ros.core import resources
+
+
+def test_shipped_models_per_descriptor(tmp_path, monkeypatch):
+    monkeypatch.setattr(resources, "ASSETS_DIR", tmp_path)
+    dff, sift = resources.shipped_models("dff"), resources.shipped_models("sift")
+    assert dff.files() == [tmp_path / "descent_dff.npz", tmp_path / "dff_weights.pt"]
+    assert sift.files() == [tmp_path / "descent_sift.npz"] and sift.dff_weights is None
+    assert not dff.present() and dff.missing() == dff.files()
+    (tmp_path / "descent_dff.npz").write_bytes(b"x")
+    assert dff.missing() == [tmp_path / "dff_weights.pt"] and not resources.trained_models_present("dff")
+    (tmp_path / "dff_weights.pt").write_bytes(b"x")
+    assert dff.present() and resources.trained_models_present("dff")
+    assert not resources.trained_models_present("sift")
+
+
+def test_unknown_descriptor_is_refused():
+    with pytest.raises(ValueError, match="descriptor must be one of"):
+        resources.shipped_models("orb")
