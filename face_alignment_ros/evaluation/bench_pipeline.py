@@ -43,6 +43,13 @@ class StageTimer:
                 for k, v in self.samples.items()}
 
 
+def _timing_hook(timer: StageTimer):
+    """A ``Cascade.run`` hook timing each iteration and its parts under the table's stage names."""
+    names = {"features": "  features (sampling)", "regression": "  regression (eq. 4-5)",
+             "update": "  shape fit + visibility"}
+    return lambda k, part: timer(f"iteration {k + 1}" if part == "iteration" else names[part])
+
+
 def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmup: int = 3) -> dict:
     """Time each stage of detect -> crop -> descriptor -> K iterations on ``image``."""
     timer = StageTimer()
@@ -60,15 +67,7 @@ def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmu
                 crop = crop_image(image, crop_box, n)[0]
             with t(f"descriptor ({aligner.descriptor})"):
                 sampler = aligner.backend.prepare(crop)
-            state = cascade.initial_state(n)
-            for k in range(descent.iterations):
-                with t(f"iteration {k + 1}"):
-                    with t("  features (sampling)"):
-                        phi = cascade.features(sampler, state)
-                    with t("  regression (eq. 4-5)"):
-                        dx, dw = descent.step(k, phi)
-                    with t("  shape fit + visibility"):
-                        state = cascade.update(state, dx, dw, descent.regularisation)
+            state = cascade.run(descent, sampler, cascade.initial_state(n), hook=_timing_hook(t))
             with t("visibility (alone)"):
                 cascade.visibility.visible(state.camera, state.shape_params, cascade.dense_points(state))
     # video mode: the face starts from the previous frame's result, no detector

@@ -154,14 +154,10 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
 
 
 def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
-    """Normalised landmark error before and after each iteration."""
-    state, sampler = sample.state, sample.make_sampler()
-    errors = [np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser]
-    for k in range(descent.iterations):
-        dx, dw = descent.step(k, cascade.features(sampler, state))
-        state = cascade.update(state, dx, dw, descent.regularisation)
-        errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
-    return errors
+    """Normalised landmark error before and after each iteration (from the run's history)."""
+    final = cascade.run(descent, sample.make_sampler(), sample.state)
+    return [np.linalg.norm(x - sample.target_landmarks, axis=1).mean() / sample.normaliser
+            for x in [sample.state.landmarks, *final.history]]
 
 
 def evaluate_large_pose(cascade, backend, descent, data: dict) -> dict:
