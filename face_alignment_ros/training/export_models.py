@@ -13,6 +13,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 
 from face_alignment_ros.common.render_format import PHOTO_VIEWS_FILE, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE
 from face_alignment_ros.core import resources
@@ -49,28 +50,41 @@ def _parse_iterations(items: list[str]) -> dict[str, int]:
     return out
 
 
-def _float16_check(stage: Stage, model: DescentModel, dff_weights: Path, photos: int,
+def _float16_check(stage: Stage, shipped: Path, dff_weights: Path, photos: int,
                    iterations: int | None) -> dict | None:
-    """Held-out inter-pupil NME with the float16 model (as loaded for export) against its float32
-    twin, both cut to the shipped iterations; one descriptor back-end serves both."""
-    f32 = stage.root / "descent" / f"descent_{model.descriptor}_float32.npz"
+    """Held-out inter-pupil NME (%) of the staged (float16) descent model against its float32
+    twin, both cut to the shipped iterations and both run through ``FaceAligner.from_files``,
+    the path the package ships."""
+    descriptor = DescentModel.load(shipped).descriptor
+    f32 = stage.root / "descent" / f"descent_{descriptor}_float32.npz"
     if not f32.exists():
         return None
-    from face_alignment_ros.core.cascade import Cascade
-    from face_alignment_ros.core.descriptors import create_backend
-    from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.learn_descent import evaluate_split, load_photo_records
+    from face_alignment_ros.training.learn_descent import load_photo_records
 
-    cascade = Cascade(MorphableModel.load())
     records = [r for r in load_photo_records(Stage("descent", stage.root, stage.seed), "default")
                if r.split == "heldout"][:photos]
-    backend = create_backend(model, dff_weights=dff_weights)
-    out = {}
-    for name, descent in (("float16", model), ("float32", DescentModel.load(f32))):
-        descent = descent.first(iterations or descent.iterations)
-        out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
+    weights = dff_weights if descriptor == "dff" else None
+    out = {name: shipped_path_nme(path, weights, records, iterations)
+           for name, path in (("float16", shipped), ("float32", f32))}
     out["photos"] = len(records)
     return out
+
+
+def shipped_path_nme(descent_path: Path, dff_weights: Path | None, records, iterations: int | None) -> float:
+    """Mean inter-pupil NME (%) of ``FaceAligner.from_files`` on photo records (image_path,
+    landmarks), each aligned from its landmark box, with the model cut to ``iterations``."""
+    import cv2
+
+    from face_alignment_ros.core.aligner import FaceAligner
+    from face_alignment_ros.core.face_crop import landmark_box
+    from face_alignment_ros.evaluation.metrics import nme
+
+    aligner = FaceAligner.from_files(descent_path, dff_weights, detector=None)
+    if iterations:
+        aligner.set_descent_model(aligner.descent.first(min(iterations, aligner.descent.iterations)))
+    errors = [nme(aligner.align(cv2.imread(str(r.image_path)), landmark_box(r.landmarks), "landmarks").landmarks,
+                  r.landmarks, "inter_pupil") for r in records]
+    return round(100.0 * float(np.mean(errors)), 3) if errors else float("nan")
 
 
 def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list[str]:
@@ -161,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 model.first(keep[kind]).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, model, weights_src, args.check_photos, keep.get(kind))
+            checks[kind] = _float16_check(stage, out, weights_src, args.check_photos, keep.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
         if total > SIZE_LIMIT_MB:
