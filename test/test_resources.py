@@ -20,3 +20,16 @@ def test_shipped_models_per_descriptor(tmp_path, monkeypatch):
 def test_unknown_descriptor_is_refused():
     with pytest.raises(ValueError, match="descriptor must be one of"):
         resources.shipped_models("orb")
+
+
+def test_trained_or_stand_in_aligner(tmp_path, monkeypatch):
+    from face_alignment_ros.core.aligner import ModelNotTrainedError
+    from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_aligner
+
+    aligner, trained = trained_or_stand_in_aligner("sift", detector=None)
+    assert trained and not aligner.descent.provenance.get("stand-in")  # the package ships its models
+    monkeypatch.setattr(resources, "ASSETS_DIR", tmp_path)  # a checkout that has not trained
+    aligner, trained = trained_or_stand_in_aligner("sift", detector=None)
+    assert not trained and aligner.descent.provenance.get("stand-in")
+    with pytest.raises(ModelNotTrainedError):
+        trained_or_stand_in_aligner("sift", detector=None, allow_stand_in=False)

@@ -12,20 +12,15 @@ from contextlib import contextmanager
 import numpy as np
 
 from face_alignment_ros.core import threads as thread_policy
-from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
+from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.face_crop import crop_image
-from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_aligner
 
 
 def load_aligner(descriptor: str, detector="default", threads: int | None = None,
                  runtime: str = "auto") -> tuple[FaceAligner, bool]:
     """(aligner, trained?), under the package's thread policy for ``threads``."""
-    try:
-        return FaceAligner.from_default(descriptor=descriptor, detector=detector, threads=threads,
-                                        runtime=runtime), True
-    except ModelNotTrainedError:
-        thread_policy.apply(threads)
-        return stand_in_aligner(descriptor, detector), False
+    return trained_or_stand_in_aligner(descriptor, detector, threads=threads, runtime=runtime)
 
 
 class StageTimer:
