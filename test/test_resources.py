@@ -28,6 +28,7 @@ def test_trained_or_stand_in_aligner(tmp_path, monkeypatch):
 
     aligner, trained = trained_or_stand_in_aligner("sift", detector=None)
     assert trained and not aligner.descent.provenance.get("stand-in")  # the package ships its models
+    monkeypatch.setenv("FACE_MORPHABLE_MODEL", str(resources.morphable_model_path()))
     monkeypatch.setattr(resources, "ASSETS_DIR", tmp_path)  # a checkout that has not trained
     aligner, trained = trained_or_stand_in_aligner("sift", detector=None)
     assert not trained and aligner.descent.provenance.get("stand-in")
