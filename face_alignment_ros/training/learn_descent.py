@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
-from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE
+from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE, YAW_BIN_NAMES
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
@@ -164,7 +164,7 @@ def evaluate_large_pose(cascade, backend, descent, data: dict) -> dict:
     """Box-normalised NME (%) per yaw bin on held-out identities' renders."""
     bins = np.asarray(data["yaw_bin"])
     out = {}
-    for b, name in enumerate(("[0,30]", "[30,60]", "[60,90]")):
+    for b, name in enumerate(YAW_BIN_NAMES):
         rows = np.flatnonzero(bins == b)
         rows = rows[:: max(1, len(rows) // LARGE_POSE_EVAL_PER_BIN)]  # evenly spaced: every identity
         errors = np.array([run_cascade_errors(cascade, descent, s)
