@@ -21,6 +21,8 @@ from face_alignment_ros.core import resources
 FIT_STAGE = "fit"
 SYNTHESIZE_STAGE = "synthesize"
 SEGMENT_STAGE = "segment"
+TRAIN_DFF_STAGE = "train-dff"            # writes resources.DFF_WEIGHTS_FILE
+DESCENT_STAGE = "descent"                # writes resources.DESCENT_MODEL_FILES and their float32 twins
 FITS_FILE = "fits.npz"                    # fit: one row per fitted photo
 SEGMENTATIONS_FILE = "segmentations.npz"  # segment: random segmentations of the mean face
 SYNTH_PROGRESS_FILE = "progress.json"     # synthesize: config and identities done per split
@@ -58,9 +60,19 @@ def output_specs(size: int) -> dict:
     }
 
 
+def descent_float32_file(descriptor: str) -> str:
+    """The float32 twin the descent stage writes beside each (float16) descent model."""
+    return f"descent_{descriptor}_float32.npz"
+
+
+def split_file_name(split: str, key: str) -> str:
+    """The ``.npy`` file name of array ``key`` of ``split`` in the synthesize folder."""
+    return f"{split}_{key}.npy"
+
+
 def split_file(folder: Path, split: str, key: str) -> Path:
     """The ``.npy`` file of array ``key`` of ``split`` in a synthesize folder."""
-    return Path(folder) / f"{split}_{key}.npy"
+    return Path(folder) / split_file_name(split, key)
 
 
 def open_outputs(folder: Path, split: str, n: int, size: int, mode: str) -> dict:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from face_alignment_ros.common.render_format import PHOTO_VIEWS_FILE, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE
+from face_alignment_ros.common.render_format import (
+    DESCENT_STAGE, PHOTO_VIEWS_FILE, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE, TRAIN_DFF_STAGE, descent_float32_file,
+)
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
@@ -56,12 +58,12 @@ def _float16_check(stage: Stage, shipped: Path, dff_weights: Path, photos: int,
     twin, both cut to the shipped iterations and both run through ``FaceAligner.from_files``,
     the path the package ships."""
     descriptor = DescentModel.load(shipped).descriptor
-    f32 = stage.root / "descent" / f"descent_{descriptor}_float32.npz"
+    f32 = stage.root / DESCENT_STAGE / descent_float32_file(descriptor)
     if not f32.exists():
         return None
     from face_alignment_ros.training.learn_descent import load_photo_records
 
-    records = [r for r in load_photo_records(Stage("descent", stage.root, stage.seed), "default")
+    records = [r for r in load_photo_records(Stage(DESCENT_STAGE, stage.root, stage.seed), "default")
                if r.split == "heldout"][:photos]
     weights = dff_weights if descriptor == "dff" else None
     out = {name: shipped_path_nme(path, weights, records, iterations)
@@ -141,13 +143,13 @@ def run(args: argparse.Namespace) -> int:
     from face_alignment_ros.core.dff_runtime import export_onnx, onnx_path_for
 
     stage = Stage("export", args.work, args.seed)
-    weights_src = stage.input("train-dff", "dff_weights.pt")
-    descent_src = {k: stage.input("descent", f"descent_{k}.npz") for k in ("dff", "sift")}
+    weights_src = stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)
+    descent_src = {k: stage.input(DESCENT_STAGE, resources.DESCENT_MODEL_FILES[k]) for k in ("dff", "sift")}
     _, config = load_dff_weights(weights_src, device="cpu")  # refuses a broken file
     import torch
 
     provenance = torch.load(weights_src, map_location="cpu", weights_only=True)["provenance"]
-    descent_summary = json.loads(stage.input("descent", "summary.json").read_text())
+    descent_summary = json.loads(stage.input(DESCENT_STAGE, "summary.json").read_text())
     fit_summary = json.loads(stage.input("fit", "summary.json").read_text())
     synth_progress = json.loads(stage.input(SYNTHESIZE_STAGE, SYNTH_PROGRESS_FILE).read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")

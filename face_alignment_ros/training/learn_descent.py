@@ -16,7 +16,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
-from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE, YAW_BIN_NAMES
+from face_alignment_ros.common.render_format import (
+    DESCENT_STAGE, FIT_STAGE, FITS_FILE, SYNTHESIZE_STAGE, TRAIN_DFF_STAGE, YAW_BIN_NAMES, descent_float32_file,
+    split_file_name,
+)
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
@@ -209,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stage = Stage("descent", args.work, args.seed)
+    stage = Stage(DESCENT_STAGE, args.work, args.seed)
     rng = stage.rng()
     model = MorphableModel.load()
     cascade = Cascade(model)
@@ -228,14 +231,14 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         from face_alignment_ros.common.render_format import load_outputs
 
-        stage.input("synthesize", "train_images.npy")
+        stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
     fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
     val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
     summary = {}
     for kind in kinds:
         if kind == "dff":
-            weights = args.dff_weights or stage.input("train-dff", "dff_weights.pt")
+            weights = args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)
             backend = DffBackend.from_file(weights)
             extra = {"dff_weights": str(weights), "dff_weights_sha256": resources.file_sha256(weights)}
         else:
@@ -265,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
                         "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter,
                         "detector": args.detector, "validation_photos": len(val)},
             extra=extra)
-        sha = descent.save(stage.path(f"descent_{kind}.npz"))
-        descent.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)  # export checks float16 against it
+        sha = descent.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
+        descent.save(stage.path(descent_float32_file(kind)), dtype=np.float32)  # export checks float16 against it
         results = {box_kind: evaluate_split(cascade, backend, descent, heldout, box_kind)
                    for box_kind in ("landmarks", "detector")}
         summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results,

@@ -32,7 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from face_alignment_ros.common.render_format import BACKGROUND_ID, SEGMENT_STAGE, SEGMENTATIONS_FILE
+from face_alignment_ros.common.render_format import (
+    BACKGROUND_ID, SEGMENT_STAGE, SEGMENTATIONS_FILE, SYNTHESIZE_STAGE, split_file_name,
+)
+from face_alignment_ros.core.resources import DFF_WEIGHTS_FILE
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
 from face_alignment_ros.evaluation.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
 from face_alignment_ros.training.stage_io import Stage
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     seg_labels = seg["labels"].astype(np.int64)
     n_seg, n_patch = seg_labels.shape[0], int(seg_labels.max()) + 1
     labelled = (seg_labels >= 0).any(0)
-    stage.input("synthesize", "train_images.npy")
+    stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
     train = load_outputs(args.work, "train")
     held = load_outputs(args.work, "heldout")
     photos, held_photos = _photo_outputs(args.work, args.photo_fraction)
@@ -318,7 +321,7 @@ def _monitor(model: "DFFTrainer", held: dict, held_photos: dict | None, seg_labe
 def _save_weights(stage: Stage, net: DFFNet, config: DFFConfig, step: int, args, n_train: int, n_seg: int,
                   n_patch: int, metrics: dict) -> None:
     """The latest weights: the held-out renders only monitor training, they never pick a model."""
-    save_dff_weights(stage.path("dff_weights.pt"), net, config,
+    save_dff_weights(stage.path(DFF_WEIGHTS_FILE), net, config,
                      provenance={"stage": "train-dff", "step": step, "seed": args.seed, "train_samples": n_train,
                                  "segmentations": n_seg, "patches": n_patch,
                                  "args": {k: v for k, v in vars(args).items() if k != "func"}, **metrics})
