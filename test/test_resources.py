@@ -34,3 +34,13 @@ def test_trained_or_stand_in_aligner(tmp_path, monkeypatch):
     assert not trained and aligner.descent.provenance.get("stand-in")
     with pytest.raises(ModelNotTrainedError):
         trained_or_stand_in_aligner("sift", detector=None, allow_stand_in=False)
+
+
+def test_trained_or_stand_in_files(tmp_path, monkeypatch):
+    from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_files
+
+    shipped = resources.shipped_models("dff")
+    assert trained_or_stand_in_files(tmp_path / "unused") == (shipped.descent, shipped.dff_weights, True)
+    monkeypatch.setattr(resources, "ASSETS_DIR", tmp_path / "empty")
+    descent, weights, trained = trained_or_stand_in_files(tmp_path / "models")
+    assert not trained and descent.parent == weights.parent == tmp_path / "models" and descent.exists()

@@ -48,6 +48,18 @@ def write_stand_in_models(folder, bias_px: float = 0.0) -> tuple[Path, Path, str
     return descent_path, weights, sha
 
 
+def trained_or_stand_in_files(folder) -> tuple[Path, Path, bool]:
+    """(descent, DFF weights, trained?): the shipped DFF model files when the package has them,
+    else stand-ins written to ``folder``."""
+    from face_alignment_ros.core import resources
+
+    shipped = resources.shipped_models("dff")
+    if shipped.present():
+        return shipped.descent, shipped.dff_weights, True
+    descent, weights, _ = write_stand_in_models(folder)
+    return descent, weights, False
+
+
 def stand_in_aligner(descriptor: str = "dff", detector="default", device=None):
     """A FaceAligner on stand-in models (untrained DFF network, zero descent)."""
     from face_alignment_ros.core.aligner import FaceAligner
