@@ -1,5 +1,5 @@
 """Support for the ROS tests: a per-process ROS domain. Waiting on conditions is
-``face_alignment_ros.ros.waiting``; models are ``common.stand_in_models.model_files``."""
+``face_alignment_ros.ros.waiting``; models are ``common.stand_in_models.trained_or_stand_in_files``."""
 from __future__ import annotations
 
 import os

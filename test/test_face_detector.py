@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from face_alignment_ros.core.face_crop import validate_image
 from face_alignment_ros.core.face_detector import (
     Detection,
     FaceDetector,
@@ -16,7 +17,6 @@ from face_alignment_ros.core.face_detector import (
     box_iou,
     create_detector,
     non_max_suppression,
-    validate_image,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

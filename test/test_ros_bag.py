@@ -7,13 +7,13 @@ pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
 pytest.importorskip("rosbags", reason="rosbags missing: run make setup")
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.ros import bag_io  # noqa: E402
 
 
 @pytest.mark.parametrize("storage", ["mcap"])
 def test_bag_in_bag_out_keeps_stamps(tmp_path, storage):
-    descent, weights, _ = model_files(tmp_path / "models")
+    descent, weights, _ = trained_or_stand_in_files(tmp_path / "models")
     stamps = bag_io.write_sample_bag(tmp_path / "in", n_frames=2, width=320, height=240, face_px=90.0,
                                      frame_id="cam_optical", storage="sqlite3")
     assert bag_cli.main([str(tmp_path / "in"), str(tmp_path / "out"), "--descent-model", str(descent),

@@ -19,7 +19,7 @@ from ros_support import domain_id  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray  # noqa: E402
 from face_alignment_ros.ros import bag_io  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
@@ -54,7 +54,7 @@ descent_model_node:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bag_parity")
-    descent, weights, _ = model_files(tmp / "models")
+    descent, weights, _ = trained_or_stand_in_files(tmp / "models")
     params = write_params(tmp / "params.yaml", descent, weights)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(3))
@@ -174,7 +174,7 @@ def test_overwrite_is_a_clear_choice(tmp_path):
 
 
 def test_sigterm_leaves_a_readable_partial_bag(tmp_path):
-    descent, weights, _ = model_files(tmp_path / "models")
+    descent, weights, _ = trained_or_stand_in_files(tmp_path / "models")
     params = write_params(tmp_path / "params.yaml", descent, weights)
     n = 60
     bag_io.write_sample_bag(tmp_path / "in", n_frames=n, width=W, height=H, face_px=FACE_PX)

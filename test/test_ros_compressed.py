@@ -10,7 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from face_alignment_ros.cli import bag as bag_cli  # noqa: E402
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.ros import bag_io  # noqa: E402
 from face_alignment_ros.ros.image_conversion import (  # noqa: E402
@@ -55,7 +55,7 @@ def test_bad_payloads_raise_clear_errors(fields, words):
 
 @pytest.fixture(scope="module")
 def pipeline_factory(tmp_path_factory):
-    descent, weights, _ = model_files(tmp_path_factory.mktemp("models"))
+    descent, weights, _ = trained_or_stand_in_files(tmp_path_factory.mktemp("models"))
     model = DescentModel.load(descent)
 
     def make():

@@ -23,7 +23,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.core.face_detector import create_detector  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology  # noqa: E402
@@ -116,7 +116,7 @@ class Probe:
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros_graph")
-    descent, weights, trained = model_files(tmp / "models")
+    descent, weights, trained = trained_or_stand_in_files(tmp / "models")
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(1))
     g = Graph("/cam/image", None, context=context, camera_info_topic="/cam/camera_info",

@@ -25,7 +25,7 @@ from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import model_files  # noqa: E402
+from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.core import face_views  # noqa: E402
 from face_alignment_ros.msg import LandmarksArray  # noqa: E402
 from face_alignment_ros.ros.face_alignment_node import FaceAlignmentNode  # noqa: E402
@@ -123,7 +123,7 @@ class HriClient:
 @pytest.fixture(scope="module")
 def hri(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros_hri")
-    descent, weights, _ = model_files(tmp / "models")
+    descent, weights, _ = trained_or_stand_in_files(tmp / "models")
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(2))
     # redetect_every 1: the detector runs on every frame, so a face leaves with the first empty frame

@@ -2,7 +2,7 @@
 
 Zero descent matrices make the cascade return the mean face at the box. Never a default: the
 shipped-model loaders refuse to run without trained files; only benchmarks (timing does not
-depend on weight values) and tests use these (``model_files``: the shipped models when present).
+depend on weight values) and tests use these.
 """
 from __future__ import annotations
 
@@ -48,27 +48,43 @@ def write_stand_in_models(folder, bias_px: float = 0.0) -> tuple[Path, Path, str
     return descent_path, weights, sha
 
 
-def stand_in_aligner(descriptor: str = "dff", detector="default"):
+def trained_or_stand_in_files(folder) -> tuple[Path, Path, bool]:
+    """(descent, DFF weights, trained?): the shipped DFF model files when the package has them,
+    else stand-ins written to ``folder``."""
+    from face_alignment_ros.core import resources
+
+    shipped = resources.shipped_models("dff")
+    if shipped.present():
+        return shipped.descent, shipped.dff_weights, True
+    descent, weights, _ = write_stand_in_models(folder)
+    return descent, weights, False
+
+
+def stand_in_aligner(descriptor: str = "dff", detector="default", device=None):
     """A FaceAligner on stand-in models (untrained DFF network, zero descent)."""
     from face_alignment_ros.core.aligner import FaceAligner
     from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
     from face_alignment_ros.core.dff_extractor import DFFExtractor
     from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
-    if descriptor == "dff":
-        backend = DffBackend(DFFExtractor(DFFNet(DFFConfig())))
-    else:
-        backend = SiftBackend(DFFConfig().input_size)
+    backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if descriptor == "dff"
+               else SiftBackend(DFFConfig().input_size))
     return FaceAligner(stand_in_descent(descriptor), backend, detector=detector)
 
 
-def model_files(folder) -> tuple[Path, Path, bool]:
-    """(descent, DFF weights, trained?): the shipped models when present, else stand-ins written
-    to ``folder``."""
-    from face_alignment_ros.core import resources
+def trained_or_stand_in_aligner(descriptor: str = "dff", detector="default", threads: int | None = None,
+                                runtime: str = "auto", device=None, allow_stand_in: bool = True):
+    """(aligner, trained?): the shipped models (``FaceAligner.from_default``) when the package
+    has them, else stand-ins (unless ``allow_stand_in`` is False: then ModelNotTrainedError),
+    under the package's thread policy for ``threads``."""
+    from face_alignment_ros.core import threads as thread_policy
+    from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 
-    if resources.trained_models_present("dff"):
-        return (resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"],
-                resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE, True)
-    descent, weights, _ = write_stand_in_models(folder)
-    return descent, weights, False
+    try:
+        return FaceAligner.from_default(descriptor=descriptor, device=device, detector=detector, threads=threads,
+                                        runtime=runtime), True
+    except ModelNotTrainedError:
+        if not allow_stand_in:
+            raise
+        thread_policy.apply(threads)
+        return stand_in_aligner(descriptor, detector, device=device), False

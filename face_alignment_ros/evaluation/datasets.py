@@ -168,9 +168,9 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
                       per_bin: int | None = None) -> Dataset:
     """Renders of stage ``synthesize`` (held-out identities by default); ``per_bin`` samples
     evenly spaced within each yaw bin (all identities kept)."""
+    from face_alignment_ros.common.render_format import load_outputs
     from face_alignment_ros.core import camera as cam
     from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.synthesize import load_outputs
 
     data = load_outputs(work_dir, split)
     model = MorphableModel.load()

@@ -115,12 +115,12 @@ def main(argv=None) -> int:
 
     import rclpy
 
-    from face_alignment_ros.common.stand_in_models import model_files
+    from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files
     from face_alignment_ros.ros.graph import Graph
     from face_alignment_ros.ros.waiting import wait_until
 
     tmp = tempfile.mkdtemp(prefix="bench_ros_")
-    descent, weights, trained = model_files(tmp)
+    descent, weights, trained = trained_or_stand_in_files(tmp)
     domain = args.domain_id if args.domain_id is not None else random.randint(40, 200)
     rclpy.init(domain_id=domain)
     graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights), "num_threads": args.threads},

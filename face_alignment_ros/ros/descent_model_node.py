@@ -46,7 +46,7 @@ PARAMS = [
 
 
 def shipped_model_file(descriptor: str) -> Path:
-    return resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES[descriptor]
+    return resources.shipped_models(descriptor).descent
 
 
 def model_path(params: dict) -> Path:
