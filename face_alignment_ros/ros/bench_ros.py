@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--domain-id", type=int, default=None, help="default: random in [40, 200]")
     args = p.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from face_alignment_ros.ros.transport_profile import use_shipped_profile
+
+    use_shipped_profile()  # the camera process inherits it, as a robot's camera driver should have it
 
     import tempfile
 
