@@ -15,6 +15,7 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
+from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
 
 BOX_KINDS = ("detector", "landmarks")
@@ -188,14 +189,17 @@ class FaceAligner:
         else:
             init = self.cascade.initial_state(n)
         state = self.cascade.run(descent, sampler, init)
-        return self._result(state, crop_box, n, box, score)
+        return self._result(state, refine_landmarks(descent, sampler, state), crop_box, n, box, score)
 
-    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float) -> FaceResult:
+    def _result(self, state: CascadeState, refined: CascadeState, crop_box: np.ndarray, n: int, box,
+                score: float) -> FaceResult:
+        """``state``: the cascade's fit (pose, shape, confidence); ``refined``: the same after the
+        descent model's final 2D stages (the regressed output landmarks)."""
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
         fixed_ids = self.model.landmarks
         visible = self.cascade.visibility.visible(state.camera, state.shape_params,
                                                   self.model.vertices(state.shape_params, fixed_ids))
-        crop_landmarks = state.landmarks if self.output == "regressed" else \
+        crop_landmarks = refined.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
         return FaceResult(
@@ -204,4 +208,4 @@ class FaceAligner:
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
             box=np.asarray(box, np.float32), score=float(score), confidence=self.cascade.confidence(state),
             crop_box=crop_box, model=self.model,
-            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in state.history])
+            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in refined.history])

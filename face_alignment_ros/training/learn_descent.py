@@ -207,6 +207,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
     parser.add_argument("--synthetic", type=int, default=4000,
                         help="large-pose renders of training identities added to the training samples")
+    stages = parser.add_argument_group("final 2D stages (DFF; core/landmark_stages.py)")
+    stages.add_argument("--landmark-stages", type=int, default=0,
+                        help="learn up to N final 2D stages after the DFF cascade (the count is chosen on validation)")
+    stages.add_argument("--start-from", default=None,
+                        help="learn only the 2D stages, on top of this DFF descent model (e.g. the shipped one)")
+    stages.add_argument("--augmented", type=int, default=2,
+                        help="augmented starts per photo view, for the 'augmented' variant of the 2D stages")
+    stages.add_argument("--eval-renders-per-bin", type=int, default=200,
+                        help="held-out renders per yaw bin evaluated with the 2D stages")
+    stages.add_argument("--workers", type=int, default=1, help="processes computing the 2D stages' features")
+    stages.add_argument("--resume", action="store_true", help="reuse the saved passes of an interrupted 2D-stage run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,6 +235,11 @@ def run(args: argparse.Namespace) -> int:
         train = train[: args.limit]
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
+    if args.start_from:
+        if args.descriptor != "dff" or args.landmark_stages < 1:
+            raise ValueError("--start-from learns final 2D stages: it needs --descriptor dff and --landmark-stages N")
+        _merge_summary(stage, {"dff": _landmark_stages(stage, args, records, priors, args.start_from)}, replace=False)
+        return 0
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
     if args.synthetic:
@@ -276,13 +292,27 @@ def run(args: argparse.Namespace) -> int:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-    # DFF and SIFT may be learned by separate (even concurrent) runs: merge into one summary
+        if kind == "dff" and args.landmark_stages:
+            summary[kind].update(_landmark_stages(stage, args, records, priors, stage.path("descent_dff.npz")))
+    _merge_summary(stage, summary)
+    return 0
+
+
+def _landmark_stages(stage: Stage, args, records, priors, start_from) -> dict:
+    from face_alignment_ros.training import learn_landmark_stages
+
+    return learn_landmark_stages.run(stage, args, records, priors, start_from)
+
+
+def _merge_summary(stage: Stage, summary: dict, replace: bool = True) -> None:
+    """DFF and SIFT may be learned by separate (even concurrent) runs: merge into one summary.
+    ``replace``: a kind's entry replaces the old one (else it updates it: 2D stages added later)."""
     previous = stage.path("summary.json")
     merged = json.loads(previous.read_text()) if previous.exists() else {}
-    merged.update(summary)
+    for kind, entry in summary.items():
+        merged[kind] = entry if replace else {**merged.get(kind, {}), **entry}
     stage.save_json("summary.json", merged)
     _plot(stage, merged)
-    return 0
 
 
 def _plot(stage: Stage, summary: dict) -> None:
@@ -293,7 +323,7 @@ def _plot(stage: Stage, summary: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for kind, res in summary.items():
-        for box_kind, r in res["heldout_inter_pupil_nme_percent"].items():
+        for box_kind, r in res.get("heldout_inter_pupil_nme_percent", {}).items():
             ax.plot(r["nme_per_iteration"], marker="o", label=f"{kind.upper()}, {box_kind} box")
     ax.set_xlabel("cascade iteration")
     ax.set_ylabel("inter-pupil NME (%)")
