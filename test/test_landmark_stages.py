@@ -59,3 +59,19 @@ def test_aligner_outputs_the_refined_landmarks_and_the_cascade_fit(astronaut):
     without = cls(plain, aligner.backend, model=aligner.model, detector=None, output="model")
     np.testing.assert_allclose(with_stages.align(astronaut, box).landmarks, without.align(astronaut, box).landmarks,
                                atol=1e-4)
+
+
+def test_flip_average_cancels_a_left_right_bias(astronaut):
+    """A stage that moves every point right moves the mirrored crop's points left once mapped
+    back: the flip average cancels it exactly, and the fit (pose) is the unmirrored one."""
+    aligner = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    cls = type(aligner)
+    plain = cls(aligner.descent, aligner.backend, model=aligner.model, detector=None, flip_average=True)
+    biased = cls(_shifting_stages(aligner.descent, [4.0]), aligner.backend, model=aligner.model, detector=None,
+                 flip_average=True)
+    a, b = plain.align(astronaut, box), biased.align(astronaut, box)
+    np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+    np.testing.assert_array_equal(a.camera, aligner.align(astronaut, box).camera)
+    unflipped = cls(_shifting_stages(aligner.descent, [4.0]), aligner.backend, model=aligner.model, detector=None)
+    assert np.abs(unflipped.align(astronaut, box).landmarks[:, 0] - b.landmarks[:, 0]).mean() > 1.0
