@@ -64,3 +64,24 @@ def test_augmentation_keeps_the_crop_format_and_is_seeded():
     assert a.shape == crop.shape and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, crop)
+
+
+def test_evaluation_counts_the_final_2d_stages():
+    """Stage descent's evaluation (and export's float16 check) must run the 2D stages too."""
+    from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+    from face_alignment_ros.training.descent_regression import TrainingSample
+    from face_alignment_ros.training.learn_descent import run_cascade_errors
+
+    aligner = stand_in_aligner("sift", detector=None)
+    descent = aligner.descent
+    r = np.zeros((1, 136, descent.landmark_feature_dim), np.float32)
+    b = np.zeros((1, 136), np.float32)
+    b[0, 0::2] = 5.0  # every point 5 px right
+    staged = descent.with_landmark_stages(r, b)
+    state = aligner.cascade.initial_state(descent.crop_size)
+    end = aligner.cascade.run(descent, lambda p, c: np.zeros((len(p), descent.descriptor_dim)), state)
+    sample = TrainingSample(make_sampler=lambda: (lambda p, c: np.zeros((len(p), descent.descriptor_dim))),
+                            state=state, target_landmarks=end.landmarks, target_camera=end.camera, normaliser=1.0)
+    errors = run_cascade_errors(aligner.cascade, staged, sample)
+    assert len(errors) == descent.iterations + 2
+    assert errors[-2] < 1e-3 and abs(errors[-1] - 5.0) < 1e-3

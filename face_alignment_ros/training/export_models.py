@@ -80,6 +80,27 @@ def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list
     return lines
 
 
+def unchanged(src: Path, shipped: Path, card: Path) -> bool:
+    """The file to ship is byte for byte the one shipped, which has a card: that card (its
+    training history and figures) stays, since this work folder may not hold that history."""
+    return shipped.exists() and card.exists() and resources.file_sha256(src) == resources.file_sha256(shipped)
+
+
+def _landmark_stage_lines(summary: dict) -> list[str]:
+    """Card lines for a DFF descent model's final 2D stages (``descent --landmark-stages``)."""
+    stages = summary.get("landmark_stages")
+    if not stages:
+        return []
+    chosen = stages["chosen"]
+    variants = stages["variants"]
+    lines = [f"- Final 2D stages (core/landmark_stages.py): {chosen['stages']} shipped, variant "
+             f"'{chosen['variant']}', chosen with their lambdas on the validation part of the training identities."]
+    for name, v in variants.items():
+        lines.append(f"  - variant '{name}': lambda per stage {v['lambda']}; NME (%) after the cascade, then after "
+                     f"each 2D stage, with per landmark group: `{json.dumps(v['nme_after_stage'])}`")
+    return lines
+
+
 def _card(title: str, lines: list[str]) -> str:
     return "\n".join([f"# Model card: {title}", ""] + lines) + "\n"
 
@@ -97,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
     synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     keep = _parse_iterations(args.iterations)
+    cards_dir = args.assets / CARDS_DIR
+    # cards of files that ship unchanged are kept (checked before anything is replaced)
+    kept_cards = {name for name, src in ((resources.DFF_WEIGHTS_FILE, weights_src),
+                                         *((resources.DESCENT_MODEL_FILES[k], descent_src[k]) for k in descent_src))
+                  if name not in {resources.DESCENT_MODEL_FILES[k] for k in keep}
+                  and unchanged(src, args.assets / name, cards_dir / (Path(name).stem + ".md"))}
 
     args.assets.mkdir(parents=True, exist_ok=True)
     cards = args.assets / CARDS_DIR
@@ -137,24 +164,29 @@ def run(args: argparse.Namespace) -> int:
               f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
               f"photo crops (fitted meshes as labels): {photo_counts or 'none'}.",
               f"- Exported {date} by `face-align-train export`."]
-    (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
-        f"- Architecture: {json.dumps(config.to_dict())}",
-        "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
-        "of the mean face, sampled pixels; see training/train_dff.py).",
-        f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
-        f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
-        f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
-        *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
-        *common]))
+    if resources.DFF_WEIGHTS_FILE not in kept_cards:
+        (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
+            f"- Architecture: {json.dumps(config.to_dict())}",
+            "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
+            "of the mean face, sampled pixels; see training/train_dff.py).",
+            f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
+            f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
+            f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
+            *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
+            *common]))
     for kind in ("dff", "sift"):
+        if resources.DESCENT_MODEL_FILES[kind] in kept_cards:
+            continue
         s = descent_summary.get(kind, {})
         lines = [f"- Descriptor: {kind.upper()}; trained by `face-align-train descent --descriptor {kind}` "
                  "(ridge regressions of eq. 9-11 on perturbed starts from the shipped detector's and landmark boxes"
                  " plus large-pose renders; lambda chosen per iteration on a validation part of the training identities).",
-                 f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration: "
+                 f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration"
+                 f"{' (here: after the whole cascade, then after each final 2D stage)' if 'landmark_stages' in s else ''}: "
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
+                 *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
                  f"- Shipped cascade iterations: {keep.get(kind, 'all')} (the NME lists above start before "
                  "iteration 1: entry k is after k iterations).",
@@ -164,6 +196,6 @@ def run(args: argparse.Namespace) -> int:
                  *common]
         (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
     stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date,
-                                    "iterations": keep})
+                                    "iterations": keep, "cards_kept": sorted(kept_cards)})
     stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)
     return 0

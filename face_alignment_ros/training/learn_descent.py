@@ -22,6 +22,7 @@ from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
+from face_alignment_ros.core.landmark_stages import landmark_features
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
@@ -151,12 +152,16 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
 
 
 def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
-    """Normalised landmark error before and after each iteration."""
+    """Normalised landmark error before and after each iteration (and each final 2D stage)."""
     state, sampler = sample.state, sample.make_sampler()
     errors = [np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser]
     for k in range(descent.iterations):
         dx, dw = descent.step(k, cascade.features(sampler, state))
         state = cascade.update(state, dx, dw, descent.regularisation)
+        errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
+    for k in range(descent.landmark_iterations):  # the final 2D stages, if the model has them
+        x = state.landmarks + descent.landmark_step(k, landmark_features(sampler, state.landmarks, state.camera))
+        state = replace(state, landmarks=x)
         errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
     return errors
 

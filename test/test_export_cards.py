@@ -1,0 +1,22 @@
+"""Export: cards of unchanged files are kept; DFF cards describe the final 2D stages."""
+from face_alignment_ros.training.export_models import _landmark_stage_lines, unchanged
+
+
+def test_a_file_shipped_unchanged_keeps_its_card(tmp_path):
+    src, shipped, card = tmp_path / "src.npz", tmp_path / "shipped.npz", tmp_path / "shipped.md"
+    src.write_bytes(b"model")
+    shipped.write_bytes(b"model")
+    assert not unchanged(src, shipped, card)  # no card to keep
+    card.write_text("# card")
+    assert unchanged(src, shipped, card)
+    shipped.write_bytes(b"older model")
+    assert not unchanged(src, shipped, card)
+
+
+def test_landmark_stage_lines():
+    assert _landmark_stage_lines({}) == []
+    summary = {"landmark_stages": {"chosen": {"variant": "clean", "stages": 1},
+                                   "variants": {"clean": {"lambda": [10.0], "nme_after_stage": [{"val": {"all": 6.0}},
+                                                                                                {"val": {"all": 5.5}}]}}}}
+    lines = _landmark_stage_lines(summary)
+    assert "1 shipped, variant 'clean'" in lines[0] and "lambda per stage [10.0]" in lines[1]
