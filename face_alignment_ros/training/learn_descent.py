@@ -241,9 +241,9 @@ def run(args: argparse.Namespace) -> int:
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
     if args.start_from:
-        if args.descriptor != "dff" or args.landmark_stages < 1:
-            raise ValueError("--start-from learns final 2D stages: it needs --descriptor dff and --landmark-stages N")
-        _merge_summary(stage, {"dff": _landmark_stages(stage, args, records, priors, args.start_from)}, replace=False)
+        if args.descriptor == "both" or args.landmark_stages < 1:
+            raise ValueError("--start-from learns final 2D stages: it needs --descriptor dff|sift and --landmark-stages N")
+        _merge_summary(stage, {args.descriptor: _landmark_stages(stage, args, records, priors, args.start_from)}, replace=False)
         return 0
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
@@ -297,8 +297,8 @@ def run(args: argparse.Namespace) -> int:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-        if kind == "dff" and args.landmark_stages:
-            summary[kind].update(_landmark_stages(stage, args, records, priors, stage.path("descent_dff.npz")))
+        if args.landmark_stages:
+            summary[kind].update(_landmark_stages(stage, args, records, priors, stage.path(f"descent_{kind}.npz")))
     _merge_summary(stage, summary)
     return 0
 

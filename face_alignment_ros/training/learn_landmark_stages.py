@@ -89,32 +89,34 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _features_job(args) -> tuple[int, np.ndarray | None, list[np.ndarray]]:
-    """Sample i: the cascade's landmarks when ``sets`` is None (first pass), and the descriptors
-    at each of the given landmark sets (one per variant)."""
-    i, sets = args
+def _features_job(args) -> tuple[int, tuple | None, list[np.ndarray]]:
+    """Sample i: the cascade's (landmarks, camera) when ``sets`` is None (first pass), and the
+    descriptors at each of the given landmark sets (one per variant) under its camera."""
+    i, sets, camera = args
     backend, cascade, descent = _CTX["backend"], _CTX["cascade"], _CTX["descent"]
     sampler = backend.prepare(_CTX["crops"][i])
     start = None
     if sets is None:
         state = cascade.run(descent, sampler, cascade.initial_state(backend.crop_size))
-        start, camera = state.landmarks, state.camera
-        sets = [start]
-    else:
-        camera = None  # the DFF sampler ignores the camera
+        start, camera = (state.landmarks, state.camera), state.camera
+        sets = [state.landmarks]
     return i, start, [landmark_features(sampler, x, camera) for x in sets]
 
 
-def compute_features(ctx: dict, landmark_sets: list[np.ndarray] | None, workers: int, desc: str):
-    """Per variant (n, 68 D) descriptors at its landmarks; with ``landmark_sets`` None, first the
-    cascade's landmarks (n, 68, 2) and the descriptors there (one set)."""
+def compute_features(ctx: dict, landmark_sets: list[np.ndarray] | None, workers: int, desc: str,
+                     cameras: np.ndarray | None = None):
+    """Per variant (n, 68 D) descriptors at its landmarks (under the cascade's ``cameras``: SIFT
+    sizes its patches by them); with ``landmark_sets`` None, first the cascade's landmarks
+    (n, 68, 2) and cameras (n, 6), and the descriptors there (one set)."""
     _CTX.clear()
     _CTX.update(ctx)
     n = len(ctx["crops"])
-    jobs = [(i, None if landmark_sets is None else [s[i] for s in landmark_sets]) for i in range(n)]
+    jobs = [(i, None, None) if landmark_sets is None else (i, [s[i] for s in landmark_sets], None if cameras is None else cameras[i])
+            for i in range(n)]
     n_sets = 1 if landmark_sets is None else len(landmark_sets)
     feats = [np.zeros((n, N_LANDMARKS * ctx["backend"].dim), np.float32) for _ in range(n_sets)]
     starts = np.zeros((n, N_LANDMARKS, 2), np.float32)
+    start_cameras = np.zeros((n, 6), np.float32)
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
         results = pool.imap_unordered(_features_job, jobs, chunksize=16)
@@ -123,14 +125,14 @@ def compute_features(ctx: dict, landmark_sets: list[np.ndarray] | None, workers:
     try:
         for i, start, psi in tqdm(results, total=n, desc=desc, mininterval=30):
             if start is not None:
-                starts[i] = start
+                starts[i], start_cameras[i] = start
             for f, p in zip(feats, psi):
                 f[i] = p
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    return (starts, feats) if landmark_sets is None else feats
+    return (starts, start_cameras, feats) if landmark_sets is None else feats
 
 
 def ridge_path(features: np.ndarray, targets: np.ndarray, lambdas) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -175,12 +177,12 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
     eval_rows = np.flatnonzero(~np.isin(groups, ("train", "train-aug")))
     saved = checkpoint(0) if checkpoint else None
     if saved is None:
-        starts, (psi,) = compute_features(ctx, None, workers, "cascade + stage 1 features")
+        starts, cameras, (psi,) = compute_features(ctx, None, workers, "cascade + stage 1 features")
         if checkpoint:
-            checkpoint(0, {"starts": starts, "psi_clean": psi, "psi_augmented": psi})
+            checkpoint(0, {"starts": starts, "cameras": cameras, "psi_clean": psi, "psi_augmented": psi})
         feats = {v: psi for v in VARIANTS}
     else:
-        starts = saved["starts"]
+        starts, cameras = saved["starts"], saved.get("cameras")
         feats = {v: saved[f"psi_{v}"] for v in VARIANTS}
     current = {v: starts.copy() for v in VARIANTS}
     out = {v: {"R": [], "b": [], "lambda": [], "nme": [_evaluate(current[v], data, eval_rows)]} for v in VARIANTS}
@@ -208,7 +210,8 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
             if saved is not None and all(np.allclose(saved[f"x_{v}"], current[v]) for v in VARIANTS):
                 feats = {v: saved[f"psi_{v}"] for v in VARIANTS}
             else:
-                psi = compute_features(ctx, [current[v] for v in VARIANTS], workers, f"stage {k + 2} features")
+                psi = compute_features(ctx, [current[v] for v in VARIANTS], workers, f"stage {k + 2} features",
+                                       cameras)
                 feats = dict(zip(VARIANTS, psi))
                 if checkpoint:
                     checkpoint(k + 1, {**{f"x_{v}": current[v] for v in VARIANTS},
@@ -289,23 +292,21 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
 
 
 def run(stage, args, records, priors, start_from) -> dict:
-    """Stage ``descent --landmark-stages N``: learn the 2D stages on top of the DFF descent model
-    ``start_from`` and write ``descent_dff.npz`` (with its float32 twin). Returns the summary."""
+    """Stage ``descent --landmark-stages N``: learn the 2D stages on top of the descent model
+    ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
     import json
 
-    from face_alignment_ros.core import resources
     from face_alignment_ros.core.cascade import Cascade
     from face_alignment_ros.core.descent_model import DescentModel
-    from face_alignment_ros.core.descriptors import DffBackend
+    from face_alignment_ros.core.descriptors import create_backend
     from face_alignment_ros.core.morphable_model import MorphableModel
     from face_alignment_ros.training.learn_descent import is_validation
 
     rng = stage.rng(1)
-    descent = DescentModel.load(start_from, expect_descriptor="dff")
-    weights = args.dff_weights or stage.input("train-dff", "dff_weights.pt")
-    backend = DffBackend.from_file(weights, device="cpu")
-    if descent.extra.get("dff_weights_sha256") not in (None, resources.file_sha256(weights)):
-        raise ValueError(f"{start_from} was not learned on {weights}")
+    descent = DescentModel.load(start_from)
+    kind = descent.descriptor
+    weights = (args.dff_weights or stage.input("train-dff", "dff_weights.pt")) if kind == "dff" else None
+    backend = create_backend(descent, dff_weights=weights, device="cpu")  # refuses unpaired DFF weights
     descent = descent.first(descent.iterations, 0)  # its own 2D stages, if any, are replaced
     train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
     val = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
@@ -336,7 +337,7 @@ def run(stage, args, records, priors, start_from) -> dict:
            "crops": samples.crops}
 
     def checkpoint(k, payload=None):
-        path = stage.path(f"landmark_stage_pass{k}.npz")
+        path = stage.path(f"landmark_stage_{kind}_pass{k}.npz")
         if payload is not None:
             np.savez(path, **payload)
             return None
@@ -344,7 +345,7 @@ def run(stage, args, records, priors, start_from) -> dict:
 
     def report(variant, k, lam, nme):
         stage.log.info("landmark stage %d (%s): lambda %s, NME %s", k, variant, lam, json.dumps(nme))
-        stage.record(descriptor="dff", landmark_stage=k, variant=variant, **{"lambda": lam},
+        stage.record(descriptor=kind, landmark_stage=k, variant=variant, **{"lambda": lam},
                      **{f"{g}_nme": v["all"] for g, v in nme.items()})
 
     learned = learn_stages(ctx, data, args.landmark_stages, args.workers, checkpoint=checkpoint, report=report)
@@ -359,8 +360,8 @@ def run(stage, args, records, priors, start_from) -> dict:
                                                  "variant": variant, "lambda": chosen["lambda"][:n_stages],
                                                  "perturbations": args.perturbations, "augmented": args.augmented,
                                                  "synthetic": int(len(render_rows)), "start_from": str(start_from)}})
-    sha = model.save(stage.path("descent_dff.npz"))
-    model.save(stage.path("descent_dff_float32.npz"), dtype=np.float32)
+    sha = model.save(stage.path(f"descent_{kind}.npz"))
+    model.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)
     after = chosen["nme"][: n_stages + 1]  # after the cascade, then after each shipped 2D stage
     summary = {"sha256": sha, "heldout_inter_pupil_nme_percent": {
         kind: {"count": after[0][f"heldout-{kind}"]["count"], "nme_per_iteration": [x[f"heldout-{kind}"]["all"] for x in after],
