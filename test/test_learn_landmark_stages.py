@@ -55,6 +55,7 @@ def test_one_stage_learns_the_toy_correction():
         assert out[variant]["lambda"][0] == 0.01
         assert set(after["val"]) >= {"jaw", "brows", "nose", "eyes", "mouth", "median", "count"}
         assert len(out[variant]["nme"]) == 3  # before, after stage 1, after stage 2
+    assert set(learn_stages(ctx, data, stages=1, workers=1, variants=("clean",))) == {"clean"}
 
 
 def test_augmentation_keeps_the_crop_format_and_is_seeded():

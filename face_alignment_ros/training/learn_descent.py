@@ -219,6 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learn only the 2D stages, on top of this DFF descent model (e.g. the shipped one)")
     stages.add_argument("--augmented", type=int, default=2,
                         help="augmented starts per photo view, for the 'augmented' variant of the 2D stages")
+    stages.add_argument("--variants", default="clean,augmented",
+                        help="comma-separated: 'clean' (plain crops), 'augmented' (plus augmented copies)")
     stages.add_argument("--eval-renders-per-bin", type=int, default=200,
                         help="held-out renders per yaw bin evaluated with the 2D stages")
     stages.add_argument("--workers", type=int, default=1, help="processes computing the 2D stages' features")

@@ -166,28 +166,28 @@ def group_nme(landmarks: np.ndarray, targets: np.ndarray, normalisers: np.ndarra
 
 
 def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAULT_LAMBDAS,
-                 checkpoint=None, report=None) -> dict:
+                 checkpoint=None, report=None, variants: tuple[str, ...] = VARIANTS) -> dict:
     """Learn up to ``stages`` final 2D stages per variant. Returns per variant the regressors,
     lambdas and, after each stage, the NME of every evaluation group (val chooses; the rest
     is reported). ``checkpoint(k, payload)``/``checkpoint(k)`` save/load a pass (resume)."""
     groups, targets, norms = data["groups"], data["targets"], data["normalisers"]
-    train_rows = {"clean": np.flatnonzero(groups == "train"),
-                  "augmented": np.flatnonzero((groups == "train") | (groups == "train-aug"))}
+    train_rows = {v: np.flatnonzero(groups == "train") if v == "clean" else
+                  np.flatnonzero((groups == "train") | (groups == "train-aug")) for v in variants}
     # a variant only follows the samples it trains or is evaluated on
     eval_rows = np.flatnonzero(~np.isin(groups, ("train", "train-aug")))
     saved = checkpoint(0) if checkpoint else None
     if saved is None:
         starts, cameras, (psi,) = compute_features(ctx, None, workers, "cascade + stage 1 features")
         if checkpoint:
-            checkpoint(0, {"starts": starts, "cameras": cameras, "psi_clean": psi, "psi_augmented": psi})
-        feats = {v: psi for v in VARIANTS}
+            checkpoint(0, {"starts": starts, "cameras": cameras, "psi": psi})
+        feats = {v: psi for v in variants}
     else:
         starts, cameras = saved["starts"], saved.get("cameras")
-        feats = {v: saved[f"psi_{v}"] for v in VARIANTS}
-    current = {v: starts.copy() for v in VARIANTS}
-    out = {v: {"R": [], "b": [], "lambda": [], "nme": [_evaluate(current[v], data, eval_rows)]} for v in VARIANTS}
+        feats = {v: saved.get("psi", saved.get(f"psi_{v}")) for v in variants}
+    current = {v: starts.copy() for v in variants}
+    out = {v: {"R": [], "b": [], "lambda": [], "nme": [_evaluate(current[v], data, eval_rows)]} for v in variants}
     for k in range(stages):
-        for v in VARIANTS:
+        for v in variants:
             rows = train_rows[v]
             dx = (targets[rows] - current[v][rows]).reshape(len(rows), -1)
             val = np.flatnonzero(groups == "val")
@@ -207,15 +207,15 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
                 report(v, k + 1, lam, out[v]["nme"][-1])
         if k + 1 < stages:
             saved = checkpoint(k + 1) if checkpoint else None
-            if saved is not None and all(np.allclose(saved[f"x_{v}"], current[v]) for v in VARIANTS):
-                feats = {v: saved[f"psi_{v}"] for v in VARIANTS}
+            if saved is not None and all(np.allclose(saved[f"x_{v}"], current[v]) for v in variants):
+                feats = {v: saved[f"psi_{v}"] for v in variants}
             else:
-                psi = compute_features(ctx, [current[v] for v in VARIANTS], workers, f"stage {k + 2} features",
+                psi = compute_features(ctx, [current[v] for v in variants], workers, f"stage {k + 2} features",
                                        cameras)
-                feats = dict(zip(VARIANTS, psi))
+                feats = dict(zip(variants, psi))
                 if checkpoint:
-                    checkpoint(k + 1, {**{f"x_{v}": current[v] for v in VARIANTS},
-                                       **{f"psi_{v}": feats[v] for v in VARIANTS}})
+                    checkpoint(k + 1, {**{f"x_{v}": current[v] for v in variants},
+                                       **{f"psi_{v}": feats[v] for v in variants}})
     return out
 
 
@@ -348,9 +348,11 @@ def run(stage, args, records, priors, start_from) -> dict:
         stage.record(descriptor=kind, landmark_stage=k, variant=variant, **{"lambda": lam},
                      **{f"{g}_nme": v["all"] for g, v in nme.items()})
 
-    learned = learn_stages(ctx, data, args.landmark_stages, args.workers, checkpoint=checkpoint, report=report)
+    variants = tuple(args.variants.split(","))
+    learned = learn_stages(ctx, data, args.landmark_stages, args.workers, checkpoint=checkpoint, report=report,
+                           variants=variants)
     # choose the variant and the number of stages on validation only
-    choice = min(((learned[v]["nme"][k]["val"]["all"], v, k) for v in VARIANTS for k in range(len(learned[v]["nme"]))))
+    choice = min(((learned[v]["nme"][k]["val"]["all"], v, k) for v in variants for k in range(len(learned[v]["nme"]))))
     _, variant, n_stages = choice
     chosen = learned[variant]
     model = descent
@@ -368,7 +370,7 @@ def run(stage, args, records, priors, start_from) -> dict:
                "nme_median": after[-1][f"heldout-{kind}"]["median"], "groups": after[-1][f"heldout-{kind}"]}
         for kind in ("landmarks", "detector") if f"heldout-{kind}" in after[0]}, "landmark_stages": {
         "chosen": {"variant": variant, "stages": n_stages},
-        "variants": {v: {"lambda": learned[v]["lambda"], "nme_after_stage": learned[v]["nme"]} for v in VARIANTS}}}
+        "variants": {v: {"lambda": learned[v]["lambda"], "nme_after_stage": learned[v]["nme"]} for v in variants}}}
     if "renders" in after[0]:
         names = ("[0,30]", "[30,60]", "[60,90]")
         summary["heldout_renders_box_nme_percent"] = {
