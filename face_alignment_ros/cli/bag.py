@@ -91,6 +91,7 @@ def convert(args) -> int:
     from face_alignment_ros.ros.descent_model_node import PARAMS as MODEL_PARAMS, shipped_model_file
     from face_alignment_ros.ros.face_alignment_node import PARAMS as NODE_PARAMS
     from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
+    from face_alignment_ros.ros.face_ids import hri_id
 
     node = _checked(NODE_PARAMS, _params_from_yaml(args.params, "face_alignment_node"))
     model = _checked(MODEL_PARAMS, _params_from_yaml(args.params, "descent_model_node"))
@@ -111,7 +112,7 @@ def convert(args) -> int:
     t0 = time.perf_counter()
 
     def show(t, out):
-        faces = ", ".join(f"face_{lm.face_id} conf {lm.confidence:.2f}" for lm in out.landmarks.faces) or "no face"
+        faces = ", ".join(f"face_{hri_id(lm.face_id)} conf {lm.confidence:.2f}" for lm in out.landmarks.faces) or "no face"
         print(f"{t / 1e9:.3f}: {faces}", flush=True)
 
     stop = _StopRequest()

@@ -72,6 +72,7 @@ def demo(args) -> int:
     from sensor_msgs.msg import Image
 
     from face_alignment_ros.msg import LandmarksArray
+    from face_alignment_ros.ros.face_ids import hri_id
     from face_alignment_ros.ros.graph import Graph
     from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr
     from face_alignment_ros.ros.qos import OUTPUT_QOS, image_qos
@@ -125,7 +126,7 @@ def demo(args) -> int:
                 done, lm = results[key]
                 overlay = overlays.pop(key)
             faces = " | ".join(
-                f"face_{f.face_id}: score {f.score:.2f} conf {f.confidence:.2f} "
+                f"face_{hri_id(f.face_id)}: score {f.score:.2f} conf {f.confidence:.2f} "
                 f"nose tip ({f.points_2d[60]:.0f}, {f.points_2d[61]:.0f}) px, sellion at "
                 f"({f.points_3d[81]:+.3f}, {f.points_3d[82]:+.3f}, {f.points_3d[83]:.3f}) m"
                 for f in lm.faces) or "no face"

@@ -30,6 +30,7 @@ from face_alignment_ros.msg import DescentModel as DescentModelMsg
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import diagnostics as diag
 from face_alignment_ros.ros.callbacks import CallbackGuard
+from face_alignment_ros.ros.hri import HriFacePublisher
 from face_alignment_ros.ros.image_conversion import ImageConversionError
 from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
 from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
@@ -78,6 +79,8 @@ PARAMS = [
     Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),
     Param("face_frame_prefix", "face_", "Head frame name = prefix + face id.", check=frame_prefix_check),
     Param("gaze_frame_prefix", "gaze_", "Gaze frame name = prefix + face id.", check=frame_prefix_check),
+    Param("hri", True, "Publish the ROS4HRI (REP-155) face topics /humans/faces/... (docs/ros.md, ROS4HRI).",
+          read_only=True),
     Param("publish_debug_image", False, "Publish debug/image: the input with mesh, landmarks and axes drawn."),
     Param("publish_markers", False, "Publish debug/markers: the mesh as a TRIANGLE_LIST and the landmarks."),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0),
@@ -119,6 +122,7 @@ class FaceAlignmentNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, "debug/markers", OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.tf = TfPublisher(self)
+        self.hri = HriFacePublisher(self) if p["hri"] else None
 
         inputs = ReentrantCallbackGroup()
         events = SubscriptionEventCallbacks(incompatible_qos=guard(self._on_incompatible_qos),
@@ -265,6 +269,8 @@ class FaceAlignmentNode(Node):
         self.pub_mesh.publish(out.meshes)
         if self.params["publish_tf"]:
             self.tf.send(out.transforms)
+        if self.hri is not None:
+            self.hri.publish(out)
         if out.debug_image is not None:
             self.pub_debug.publish(out.debug_image)
         if out.markers is not None:

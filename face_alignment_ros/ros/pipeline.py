@@ -24,6 +24,7 @@ from face_alignment_ros.core.overlay import draw_faces
 from face_alignment_ros.core.tracker import FaceTracker
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import messages
+from face_alignment_ros.ros.face_ids import FaceIds, hri_id
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, message_to_bgr
 
 
@@ -56,6 +57,7 @@ class FrameOutput:
     markers: object | None = None
     faces: list = field(default_factory=list)  # core TrackedFace
     intrinsics: Intrinsics | None = None
+    image: np.ndarray | None = None  # the input as BGR (or gray), for the ROS4HRI face images
     stages_ms: dict = field(default_factory=dict)
     image_size: tuple[int, int] = (0, 0)      # (width, height) of the decoded frame
 
@@ -89,6 +91,7 @@ class FramePipeline:
         self.topology: MeshTopology | None = None
         self._topology_sent = False
         self.descent_sha256 = ""
+        self.face_ids = FaceIds()
 
     @property
     def ready(self) -> bool:
@@ -172,25 +175,26 @@ class FramePipeline:
         cfg = self.config
         intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)
         out = FrameOutput(header=header, landmarks=LandmarksArray(header=header), meshes=FaceMeshArray(header=header),
-                          transforms=[], faces=tracked, intrinsics=intr,
+                          transforms=[], faces=tracked, intrinsics=intr, image=image,
                           image_size=(image.shape[1], image.shape[0]))
         marker_faces = []
         topo_id = self.topology.topology_id
-        for t in tracked:
+        face_ids = self.face_ids.assign(self.tracker, [t.face_id for t in tracked])
+        for t, face_id in zip(tracked, face_ids):
             face = t.face
             metric = metric_pose(face, intr)
             lms_m = metric.points_m(metric_landmarks_mm(face))
             verts_m = metric.points_m(face.vertices_mm())
-            out.landmarks.faces.append(messages.landmarks(header, t.face_id, face, lms_m))
-            mesh = messages.face_mesh(header, t.face_id, face, verts_m, topo_id, metric)
+            out.landmarks.faces.append(messages.landmarks(header, face_id, face, lms_m))
+            mesh = messages.face_mesh(header, face_id, face, verts_m, topo_id, metric)
             out.meshes.faces.append(mesh)
-            head_frame = f"{cfg.face_frame_prefix}{t.face_id}"
+            head_frame = f"{cfg.face_frame_prefix}{hri_id(face_id)}"
             out.transforms.append(messages.transform(header, head_frame, mesh.head_pose))
             if cfg.publish_gaze:
                 out.transforms.append(messages.gaze_transform(header.stamp, head_frame,
-                                                              f"{cfg.gaze_frame_prefix}{t.face_id}"))
+                                                              f"{cfg.gaze_frame_prefix}{hri_id(face_id)}"))
             if cfg.markers:
-                marker_faces.append((t.face_id, verts_m, face.triangles, lms_m))
+                marker_faces.append((face_id, verts_m, face.triangles, lms_m))
         t3 = time.perf_counter()
         out.topology = self.take_topology()
         if cfg.debug_image:

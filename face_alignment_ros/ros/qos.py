@@ -34,3 +34,7 @@ TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=Reli
 
 DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)
+
+# ROS4HRI face topics (/humans/faces/...): what hri_face_detect uses (reliable, volatile, depth 1).
+HRI_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.VOLATILE)
