@@ -19,4 +19,17 @@ def test_landmark_stage_lines():
                                    "variants": {"clean": {"lambda": [10.0], "nme_after_stage": [{"val": {"all": 6.0}},
                                                                                                 {"val": {"all": 5.5}}]}}}}
     lines = _landmark_stage_lines(summary)
-    assert "1 shipped, variant 'clean'" in lines[0] and "lambda per stage [10.0]" in lines[1]
+    assert "1 learned, variant 'clean'" in lines[0] and "lambda per stage [10.0]" in lines[1]
+
+
+def test_kind_counts_are_checked():
+    import pytest
+
+    from face_alignment_ros.training.export_models import _parse_iterations
+
+    assert _parse_iterations(["sift=1"], "--landmark-stages", low=0) == {"sift": 1}
+    assert _parse_iterations(["dff=0"], "--landmark-stages", low=0) == {"dff": 0}
+    with pytest.raises(ValueError, match="--iterations wants KIND=N"):
+        _parse_iterations(["dff=0"])
+    with pytest.raises(ValueError, match="--landmark-stages"):
+        _parse_iterations(["hog=1"], "--landmark-stages", low=0)

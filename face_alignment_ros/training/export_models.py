@@ -30,23 +30,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", action="append", default=[], metavar="KIND=N",
                         help="ship only the first N cascade iterations of a descent model (e.g. sift=3), "
                              "to stay within the size limit; repeatable")
+    parser.add_argument("--landmark-stages", action="append", default=[], metavar="KIND=N",
+                        help="ship only the first N final 2D stages of a descent model (e.g. sift=1), "
+                             "to stay within the size limit; repeatable")
     parser.add_argument("--check-photos", type=int, default=40,
                         help="held-out photos on which float16 and float32 descent models are compared")
 
 
-def _parse_iterations(items: list[str]) -> dict[str, int]:
+def _parse_iterations(items: list[str], option: str = "--iterations", low: int = 1) -> dict[str, int]:
     out = {}
     for item in items:
         kind, _, n = item.partition("=")
-        if kind not in resources.DESCENT_MODEL_FILES or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--iterations wants KIND=N with KIND in {sorted(resources.DESCENT_MODEL_FILES)}, "
-                             f"got {item!r}")
+        if kind not in resources.DESCENT_MODEL_FILES or not n.isdigit() or int(n) < low:
+            raise ValueError(f"{option} wants KIND=N with KIND in {sorted(resources.DESCENT_MODEL_FILES)} "
+                             f"and N >= {low}, got {item!r}")
         out[kind] = int(n)
     return out
 
 
 def _float16_check(stage: Stage, model: DescentModel, dff_weights: Path, photos: int,
-                   iterations: int | None) -> dict | None:
+                   iterations: int | None, landmark_stages: int | None = None) -> dict | None:
     """Held-out inter-pupil NME with the float16 model (as loaded for export) against its float32
     twin, both cut to the shipped iterations; one descriptor back-end serves both."""
     f32 = stage.root / "descent" / f"descent_{model.descriptor}_float32.npz"
@@ -63,7 +66,7 @@ def _float16_check(stage: Stage, model: DescentModel, dff_weights: Path, photos:
     backend = create_backend(model, dff_weights=dff_weights)
     out = {}
     for name, descent in (("float16", model), ("float32", DescentModel.load(f32))):
-        descent = descent.first(iterations or descent.iterations)
+        descent = descent.first(iterations or descent.iterations, landmark_stages)
         out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
     out["photos"] = len(records)
     return out
@@ -93,7 +96,7 @@ def _landmark_stage_lines(summary: dict) -> list[str]:
         return []
     chosen = stages["chosen"]
     variants = stages["variants"]
-    lines = [f"- Final 2D stages (core/landmark_stages.py): {chosen['stages']} shipped, variant "
+    lines = [f"- Final 2D stages (core/landmark_stages.py): {chosen['stages']} learned, variant "
              f"'{chosen['variant']}', chosen with their lambdas on the validation part of the training identities."]
     for name, v in variants.items():
         lines.append(f"  - variant '{name}': lambda per stage {v['lambda']}; NME (%) after the cascade, then after "
@@ -118,11 +121,12 @@ def run(args: argparse.Namespace) -> int:
     synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     keep = _parse_iterations(args.iterations)
+    keep_stages = _parse_iterations(args.landmark_stages, "--landmark-stages", low=0)
     cards_dir = args.assets / CARDS_DIR
     # cards of files that ship unchanged are kept (checked before anything is replaced)
     kept_cards = {name for name, src in ((resources.DFF_WEIGHTS_FILE, weights_src),
                                          *((resources.DESCENT_MODEL_FILES[k], descent_src[k]) for k in descent_src))
-                  if name not in {resources.DESCENT_MODEL_FILES[k] for k in keep}
+                  if name not in {resources.DESCENT_MODEL_FILES[k] for k in (*keep, *keep_stages)}
                   and unchanged(src, args.assets / name, cards_dir / (Path(name).stem + ".md"))}
 
     args.assets.mkdir(parents=True, exist_ok=True)
@@ -140,11 +144,12 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
                 check_dff_pairing(model, weights_src)
             out = staged[resources.DESCENT_MODEL_FILES[kind]] = Path(tmp) / resources.DESCENT_MODEL_FILES[kind]
-            if kind in keep:
-                model.first(keep[kind]).save(out)
+            if kind in keep or kind in keep_stages:
+                model.first(keep.get(kind, model.iterations), keep_stages.get(kind)).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, model, weights_src, args.check_photos, keep.get(kind))
+            checks[kind] = _float16_check(stage, model, weights_src, args.check_photos, keep.get(kind),
+                                          keep_stages.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
         if total > SIZE_LIMIT_MB:
@@ -188,14 +193,15 @@ def run(args: argparse.Namespace) -> int:
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
                  *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
-                 f"- Shipped cascade iterations: {keep.get(kind, 'all')} (the NME lists above start before "
-                 "iteration 1: entry k is after k iterations).",
+                 f"- Shipped cascade iterations: {keep.get(kind, 'all')}; final 2D stages: "
+                 f"{keep_stages.get(kind, 'all')} (the NME lists above start before iteration 1: entry k is after "
+                 "k iterations).",
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
                  *common]
         (cards / f"descent_{kind}.md").write_text(_card(f"{kind.upper()} descent directions (`descent_{kind}.npz`)", lines))
     stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date,
-                                    "iterations": keep, "cards_kept": sorted(kept_cards)})
+                                    "iterations": keep, "landmark_stages": keep_stages, "cards_kept": sorted(kept_cards)})
     stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)
     return 0
