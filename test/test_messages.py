@@ -79,8 +79,11 @@ def test_round_trip(msg):
     assert back == msg
 
 
-def test_landmark_count_constant():
-    assert N == 68
+def test_landmark_count_matches_the_core():
+    # the message's array sizes follow the core's landmark set; a change on one side breaks this
+    from face_alignment_ros.core.morphable_model import N_LANDMARKS
+
+    assert N == N_LANDMARKS
 
 
 def test_messages_and_sources_are_one_package():

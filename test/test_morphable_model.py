@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import mesh_topology
 from face_alignment_ros.core.model_conversion import face_region
 from face_alignment_ros.core.morphable_model import ModelFileError, MorphableModel
@@ -94,3 +95,32 @@ def test_malformed_files_give_model_file_error(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(ModelFileError, match="unreadable"):
         MorphableModel.load(plain_npy)
+
+
+def test_decimated_mesh_rows_are_cached_and_exact(morphable_model):
+    """The decimated mesh (asked for every frame) comes from rows gathered once; same values."""
+    p = np.random.default_rng(3).normal(size=morphable_model.n_id + morphable_model.n_exp).astype(np.float32)
+    cached = morphable_model.vertices(p, morphable_model.decimated)
+    assert np.allclose(cached, morphable_model.vertices(p, morphable_model.decimated.copy()), atol=1e-5)
+    assert morphable_model.vertices(p, morphable_model.decimated) is not cached  # a new array each call
+
+
+def test_precomputed_rows_match_the_full_bases(morphable_model):
+    m = morphable_model
+    rng = np.random.default_rng(5)
+    p = (rng.standard_normal(50) * m.shape_sigma).astype(np.float32)
+    np.testing.assert_allclose(m.subset(m.decimated).vertices(p), m.vertices(p, m.decimated), atol=1e-3)
+    np.testing.assert_array_equal(m.subset(m.decimated).vertices(None), m.mean[m.decimated])
+    for yaw in (-1.2, 0.0, 0.7):
+        rot = cam.rotation_matrix(0.1, yaw, -0.1)
+        ids = m.contour_landmarks(rot, p)
+        # The jaw point on each row is the candidate outermost in the image, from the full bases.
+        cand = m.contour_candidates
+        x = np.where(cand >= 0, (m.vertices(p)[np.maximum(cand, 0)] @ rot.T)[..., 0], np.nan)
+        side = np.sign(m.mean[m.landmarks[:17], 0])[:, None]
+        np.testing.assert_array_equal(ids[:17], cand[np.arange(17), np.nanargmax(x * side, axis=1)])
+        np.testing.assert_array_equal(ids[17:], m.landmarks[17:])
+        for got, want in zip(m.landmark_rows(ids), m.basis_rows(ids)):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="landmark"):
+        m.landmark_rows(np.setdiff1d(m.decimated, np.concatenate([m.landmarks, m.contour_candidates.ravel()]))[:5])

@@ -13,9 +13,13 @@ ROSDEP_KEYS = {
     "transforms3d": "python3-transforms3d", "numba": "python3-numba", "skimage": "python3-skimage",
     "tqdm": "python3-tqdm", "yaml": "python3-yaml", "matplotlib": "python3-matplotlib",
     "mediapipe": "python3-mediapipe-pip", "rosbags": "python3-rosbags-pip", "tf2_ros": "tf2_ros_py",
+    "onnxruntime": "python3-onnxruntime-pip",
 }
 # imported only where installed, each behind a clear message
-OPTIONAL = {"dlib": "evaluation peer and optional detector (requirements-eval.txt)"}
+OPTIONAL = {"dlib": "evaluation peer and optional detector (requirements-eval.txt)",
+            "onnx": "ONNX export only (requirements-export.txt)",
+            "openvino": "runtime comparison in bench_dff only (requirements-eval.txt)",
+            "ai_edge_litert": "fast detector runtime; without it the detector runs MediaPipe's graphs"}
 
 
 def _imported_top_level_modules() -> dict[str, str]:

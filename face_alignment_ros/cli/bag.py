@@ -90,16 +90,15 @@ def convert(args) -> int:
     from face_alignment_ros.ros import bag_io
     from face_alignment_ros.ros.descent_model_node import PARAMS as MODEL_PARAMS, shipped_model_file
     from face_alignment_ros.ros.face_alignment_node import PARAMS as NODE_PARAMS
-    from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
+    from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
     from face_alignment_ros.ros.face_ids import hri_id
 
     node = _checked(NODE_PARAMS, _params_from_yaml(args.params, "face_alignment_node"))
     model = _checked(MODEL_PARAMS, _params_from_yaml(args.params, "descent_model_node"))
     _prepare_output(Path(args.output), args.overwrite)
-    apply_num_threads(node["num_threads"])  # as the node does: same threads, same speed
     values = dict(node, debug_image=args.debug_image or node["publish_debug_image"], markers=False)
     pipeline = FramePipeline(PipelineConfig.from_values(values), dff_weights=args.dff_weights or node["dff_weights"],
-                             detector=node["detector"], device=node["device"])
+                             detector=node["detector"], device=node["device"], threads=node["num_threads"])
     descent_path = Path(args.descent_model or model["model_file"] or shipped_model_file(model["descriptor"]))
     import hashlib
 

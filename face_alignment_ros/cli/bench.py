@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--descriptor", choices=("dff", "sift", "both"), default="both")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runtimes", nargs="+", default=["auto"], choices=("auto", "onnxruntime", "torch"),
+                   help="DFF network runtimes to time side by side (default: the library's choice)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure the variants (thread counts, runtimes; with --peers the methods) in turn this "
+                        "many times and keep each one's least disturbed run (a shared machine)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.add_argument("--markdown", type=Path, help="write the figures as a markdown table")
     p.add_argument("--peers", default=None,
@@ -41,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"face-align-bench: cannot read {args.image}", file=sys.stderr)
         return 2
     descriptors = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
-    results = benchmark(image, descriptors, tuple(args.threads), args.runs)
+    results = benchmark(image, descriptors, tuple(args.threads), args.runs, args.repeats, tuple(args.runtimes))
     header = (f"face-align-bench {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-              f"image {image.shape[1]}x{image.shape[0]}, {args.runs} runs\n")
+              f"image {image.shape[1]}x{image.shape[0]}, {args.runs} runs, best of {args.repeats} blocks\n")
     text = header + "\n" + format_markdown(results)
     print(text)
     if args.json:
@@ -58,7 +63,8 @@ def _peers(args) -> int:
     from face_alignment_ros.evaluation.peers import available_methods
 
     methods = available_methods() if args.peers == "all" else args.peers.split(",")
-    bench = benchmark_methods(methods, tuple(args.threads), runs=max(1, min(args.runs, 5)), limit=args.limit)
+    bench = benchmark_methods(methods, tuple(args.threads), runs=max(1, min(args.runs, 5)), limit=args.limit,
+                              repeats=args.repeats)
     header = (f"face-align-bench --peers {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
     text = header + "\n" + format_markdown(bench)

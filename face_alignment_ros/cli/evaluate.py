@@ -7,6 +7,8 @@
 SPEC: ``300w-heldout`` (the held-out split of the shared 300-W photos), ``synthetic-heldout``
 (large-pose renders of held-out identities; --limit counts per yaw bin) or a folder in 300-W
 (.jpg/.png + .pts) or AFLW2000-3D (.jpg + .mat) layout. Default: the first two.
+Where the data gives the pose and the fixed model landmarks (AFLW2000-3D folders, renders), the
+tables add the 3D-convention box NME (``landmarks_3d``) and head-pose errors by yaw bin.
 Writes results.json, per_image.csv and CED / NME-vs-yaw PNGs to --out; prints the tables.
 """
 from __future__ import annotations
@@ -26,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="given_box,detector")
     p.add_argument("--limit", type=int, default=0, help="images per data set (per yaw bin for synthetic); 0: all")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenCV threads for our aligners (0: their default)")
+    p.add_argument("--threads", type=int, default=0, help="network threads of our aligners under the thread policy (0: its default)")
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
+    p.add_argument("--no-pose-refinement", action="store_true",
+                   help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="with --benchmarks-md: small counts (a smoke run)")
     args = p.parse_args(argv)
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [x for x in protocols if x not in PROTOCOLS]
     if bad:
         p.error(f"unknown protocol(s) {bad}; choose from {PROTOCOLS}")
-    methods = [OursMethod(n.split("-", 1)[1], allow_stand_in=not args.no_stand_in) if n.startswith("ours-")
+    methods = [OursMethod(n.split("-", 1)[1], allow_stand_in=not args.no_stand_in,
+                          refine_pose=not args.no_pose_refinement) if n.startswith("ours-")
                else create_method(n) for n in names]
     for m in methods:
         if args.threads:

@@ -10,13 +10,15 @@ import numpy as np
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
+from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.cascade import Cascade, CascadeState
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.dff_extractor import crop_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
 from face_alignment_ros.core.landmark_stages import refine_landmarks
-from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, ModelFileError, MorphableModel
+from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
+from face_alignment_ros.core.pose_refinement import PoseRefiner
 
 BOX_KINDS = ("detector", "landmarks")
 
@@ -52,7 +54,16 @@ class FaceResult:
     @cached_property
     def vertices(self) -> np.ndarray:
         """(n, 3) decimated mesh: image x, y in pixels and depth s (R X)_z in pixels."""
-        return cam.transform(self.camera, self.model.vertices(self.params, self.model.decimated))
+        return cam.transform(self.camera, self.model.decimated_mesh.vertices(self.params))
+
+    @cached_property
+    def landmarks_3d(self) -> np.ndarray:
+        """(68, 3) float32, iBUG order: the fitted model's 68 fixed landmark vertices (the jaw
+        stays on its vertices, it does not slide to the silhouette), image x, y in pixels and
+        depth in pixels as in ``vertices``. This is the AFLW2000-3D / 3DDFA point convention
+        (their ``pt3d_68``; their z points towards the viewer, ours away from it). ``landmarks``
+        is the 300-W convention instead: the jaw on the visible outline."""
+        return cam.transform(self.camera, self.model.vertices(self.params, self.model.landmarks)).astype(np.float32)
 
     @property
     def triangles(self) -> np.ndarray:
@@ -65,19 +76,31 @@ class FaceResult:
 
     def vertices_mm(self, vertex_ids: np.ndarray | None = None) -> np.ndarray:
         """Model-frame shape in millimetres (decimated mesh by default)."""
-        return self.model.vertices(self.params, self.model.decimated if vertex_ids is None else vertex_ids)
+        if vertex_ids is None:
+            return self.model.decimated_mesh.vertices(self.params)
+        return self.model.vertices(self.params, vertex_ids)
 
     def to_dict(self) -> dict:
         pitch, yaw, roll = (float(np.degrees(a)) for a in self.camera[cam.PITCH:cam.ROLL + 1])
         return {
             "box": [float(v) for v in self.box], "score": float(self.score), "confidence": float(self.confidence),
-            "landmarks": self.landmarks.round(2).tolist(), "visible": self.visible.astype(bool).tolist(),
+            "landmarks": self.landmarks.round(2).tolist(), "landmarks_3d": self.landmarks_3d.round(2).tolist(),
+            "visible": self.visible.astype(bool).tolist(),
             "camera": {"scale": float(self.camera[cam.S]), "pitch_deg": pitch, "yaw_deg": yaw, "roll_deg": roll,
                        "tx": float(self.camera[cam.TX]), "ty": float(self.camera[cam.TY])},
             "rotation": self.rotation.round(6).tolist(),
             "shape_params": self.shape_params.round(5).tolist(),
             "expression_params": self.expression_params.round(5).tolist(),
         }
+
+
+@dataclass
+class AlignRequest:
+    """One face for ``FaceAligner.align_many``: the arguments of ``align``."""
+    box: object
+    box_kind: str = "detector"
+    score: float = 1.0
+    previous: FaceResult | None = None
 
 
 class FaceAligner:
@@ -89,18 +112,26 @@ class FaceAligner:
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
                  detector: FaceDetector | str | None = "default", output: str = "regressed",
-                 flip_average: bool = False):
+                 detector_threads: int | None = None, refine_pose: bool | None = None, flip_average: bool = False):
         """``flip_average``: also align the mirrored crop and average the two sets of output
         landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
         self.cascade = Cascade(self.model)
+        # After the cascade, camera and shape are refitted jointly to its 68 targets
+        # (core.pose_refinement); None keeps the cascade's regressed camera. By default on for the
+        # DFF, where it lowers the head-pose error on held-out renders, off for the SIFT ablation,
+        # where it does not (BENCHMARKS.md).
+        if refine_pose is None:
+            refine_pose = descent.descriptor == "dff"
+        self.pose_refiner: PoseRefiner | None = PoseRefiner(self.model) if refine_pose else None
         self.backend = backend
         self.output = output
         self.flip_average = bool(flip_average)
         self._detector_spec = detector
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
+        self._detector_threads = detector_threads
         self._lock = threading.Lock()
         self._descent = None
         self.set_descent_model(descent)
@@ -108,8 +139,10 @@ class FaceAligner:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_default(cls, descriptor: str = "dff", device=None, detector: FaceDetector | str | None = "default",
-                     **kwargs) -> "FaceAligner":
-        """The shipped trained models (CPU, or CUDA when available)."""
+                     threads: int | None = None, **kwargs) -> "FaceAligner":
+        """The shipped trained models (CPU, or CUDA when available). ``threads``: CPU threads
+        of the DFF network under the package's thread policy (``core.threads``; None: the
+        default, all cores up to 2), applied to the whole process."""
         descent_path = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES.get(descriptor, "")
         weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
         if descriptor not in resources.DESCENT_MODEL_FILES:
@@ -120,14 +153,19 @@ class FaceAligner:
                 f"no trained {descriptor.upper()} model in the package (missing: {', '.join(str(p) for p in missing)}). "
                 + resources.TRAIN_HINT)
         return cls.from_files(descent_path, weights if descriptor == "dff" else None, device=device,
-                              detector=detector, **kwargs)
+                              detector=detector, threads=threads, **kwargs)
 
     @classmethod
     def from_files(cls, descent_path: str | Path, dff_weights: str | Path | None = None, device=None,
-                   detector: FaceDetector | str | None = "default", **kwargs) -> "FaceAligner":
+                   detector: FaceDetector | str | None = "default", threads: int | None = None,
+                   runtime: str = "auto", **kwargs) -> "FaceAligner":
+        """``threads`` as in ``from_default``; ``runtime``: the DFF network's ("auto": ONNX
+        Runtime on the graph beside the weights, else torch; ``core.dff_runtime``)."""
+        policy = thread_policy.apply(threads)
         descent = DescentModel.load(descent_path)
-        backend = create_backend(descent, dff_weights=dff_weights, device=device)
-        return cls(descent, backend, detector=detector, **kwargs)
+        backend = create_backend(descent, dff_weights=dff_weights, device=device, threads=policy.network,
+                                 runtime=runtime)
+        return cls(descent, backend, detector=detector, detector_threads=policy.detector, **kwargs)
 
     @property
     def descent(self) -> DescentModel:
@@ -152,7 +190,7 @@ class FaceAligner:
         if self._detector is None:
             if self._detector_spec is None:
                 raise RuntimeError("this aligner was built without a detector; pass boxes to align()")
-            self._detector = create_detector(self._detector_spec)
+            self._detector = create_detector(self._detector_spec, threads=self._detector_threads)
         return self._detector
 
     # --- alignment ------------------------------------------------------------------------
@@ -162,7 +200,7 @@ class FaceAligner:
 
     def detect_and_align(self, image_bgr: np.ndarray) -> list[FaceResult]:
         """Every detected face, aligned, in detector-score order."""
-        return [self.align(image_bgr, d.box, box_kind="detector", score=d.score) for d in self.detect(image_bgr)]
+        return self.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d in self.detect(image_bgr)])
 
     def crop_box(self, box, box_kind: str = "detector") -> np.ndarray:
         """The canonical crop predicted from a box of the given kind."""
@@ -179,26 +217,33 @@ class FaceAligner:
               previous: FaceResult | None = None) -> FaceResult:
         """Fit one face inside ``box``. With ``previous`` (video), start from that result's
         pose and shape instead of the mean face: the crop follows the previous camera."""
+        return self.align_many(image_bgr, [AlignRequest(box, box_kind, score, previous)])[0]
+
+    def align_many(self, image_bgr: np.ndarray, requests: list[AlignRequest]) -> list[FaceResult]:
+        """Fit several faces of one image: their crops go through the descriptor network as one
+        batch, then each face runs its own cascade. Same results as ``align`` one by one."""
         image_bgr = validate_image(image_bgr)
         descent = self._descent  # one model for the whole frame, even if swapped meanwhile
         n = descent.crop_size
-        if previous is not None:
-            crop_box = face_crop.canonical_crop_box(previous.camera)
-        else:
-            crop_box = self.crop_box(face_crop.check_box(box, image_bgr.shape), box_kind)
-        crop = crop_image(image_bgr, crop_box, n)[0]
-        sampler = self.backend.prepare(crop)
-        if previous is not None:
-            init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(previous.camera, crop_box, n),
-                                              previous.params)
-        else:
-            init = self.cascade.initial_state(n)
-        state = self.cascade.run(descent, sampler, init)
-        refined = refine_landmarks(descent, sampler, state)
-        if self.flip_average:
-            mirrored = self._mirrored_landmarks(descent, crop)
-            refined = replace(refined, landmarks=0.5 * (refined.landmarks + mirrored))
-        return self._result(state, refined, crop_box, n, box, score)
+        crop_boxes = [face_crop.canonical_crop_box(r.previous.camera) if r.previous is not None
+                      else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind)
+                      for r in requests]
+        crops = [crop_image(image_bgr, b, n)[0] for b in crop_boxes]
+        samplers = self.backend.prepare_many(crops)
+        results = []
+        for r, crop_box, crop, sampler in zip(requests, crop_boxes, crops, samplers):
+            if r.previous is not None:
+                init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(r.previous.camera, crop_box, n),
+                                                  r.previous.params)
+            else:
+                init = self.cascade.initial_state(n)
+            state = self.cascade.run(descent, sampler, init)
+            refined = refine_landmarks(descent, sampler, state)
+            if self.flip_average:
+                mirrored = self._mirrored_landmarks(descent, crop)
+                refined = replace(refined, landmarks=0.5 * (refined.landmarks + mirrored))
+            results.append(self._result(state, refined, crop_box, n, r.box, r.score, descent))
+        return results
 
     def _mirrored_landmarks(self, descent: DescentModel, crop: np.ndarray) -> np.ndarray:
         """The output landmarks of the mirrored crop, mapped back (x -> n - 1 - x, left <-> right)."""
@@ -209,14 +254,21 @@ class FaceAligner:
         x[:, 0] = n - 1.0 - x[:, 0]
         return x
 
-    def _result(self, state: CascadeState, refined: CascadeState, crop_box: np.ndarray, n: int, box,
-                score: float) -> FaceResult:
-        """``state``: the cascade's fit (pose, shape, confidence); ``refined``: the same after the
-        descent model's final 2D stages (the regressed output landmarks)."""
+    def _result(self, state: CascadeState, refined: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
+                descent: DescentModel | None = None) -> FaceResult:
+        """``state``: the cascade's fit (pose, shape, confidence); ``refined``: its landmarks after
+        the descent model's final 2D stages (core/landmark_stages.py), the regressed output."""
+        confidence = self.cascade.confidence(state)  # the cascade's own self-consistency
+        refiner = self.pose_refiner
+        if refiner is not None:
+            camera, params = refiner.refine(state.landmarks, state.camera, state.shape_params,
+                                            state.dense_visible[:N_LANDMARKS],  # the 68 come first
+                                            (descent or self._descent).regularisation)
+            state = replace(state, camera=camera, shape_params=params)
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
-        fixed_ids = self.model.landmarks
-        visible = self.cascade.visibility.visible(state.camera, state.shape_params,
-                                                  self.model.vertices(state.shape_params, fixed_ids))
+        # The dense vertices start with the 68 fixed landmarks, and the last step tested them
+        # under this very camera and shape.
+        visible = state.dense_visible[:len(self.model.landmarks)].copy()
         crop_landmarks = refined.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
@@ -224,6 +276,6 @@ class FaceAligner:
             landmarks=face_crop.crop_to_image(crop_landmarks, crop_box, n).astype(np.float32),
             visible=visible, camera=camera.astype(np.float32),
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
-            box=np.asarray(box, np.float32), score=float(score), confidence=self.cascade.confidence(state),
+            box=np.asarray(box, np.float32), score=float(score), confidence=confidence,
             crop_box=crop_box, model=self.model,
             landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in refined.history])

@@ -3,7 +3,8 @@
 Axis convention (docs/CONVENTIONS.md): the model frame is the camera optical frame of a
 frontal face (x right, y down, z away from the camera). R = euler2mat(pitch, yaw, roll, 'sxyz')
 rotates about the camera's fixed x axis by pitch, then y by yaw, then z by roll:
-pitch > 0 lifts the chin, the face looks up (right-handed about +x, which points right),
+pitch > 0 turns the face down: the nose drops and the chin moves away from the camera
+(right-handed about +x, which points right),
 yaw > 0 turns the face towards the image's left (about +y, which points down),
 roll > 0 turns the face clockwise in the image (about +z, away from the camera).
 """

@@ -43,12 +43,13 @@ class Cascade:
     def __init__(self, model: MorphableModel, visibility: VisibilityTester | None = None):
         self.model = model
         self.visibility = visibility or VisibilityTester(model)
-        self._dense_mean, self._dense_basis = model.basis_rows(model.dense_landmarks)
+        self._dense = model.subset(model.dense_landmarks)
+        self._initial: dict[int, CascadeState] = {}  # the mean-face start per crop size
 
     # --- geometry -------------------------------------------------------------------------
     def dense_points(self, state: CascadeState) -> np.ndarray:
         """The 160 dense vertices of the current shape, model frame (160, 3)."""
-        return self._dense_mean + self._dense_basis @ state.shape_params
+        return self._dense.vertices(state.shape_params)
 
     def landmark_ids(self, camera: np.ndarray, shape_params: np.ndarray) -> np.ndarray:
         """The 68 vertex ids under this pose, jaw on the silhouette."""
@@ -56,14 +57,13 @@ class Cascade:
 
     def model_landmarks(self, camera: np.ndarray, shape_params: np.ndarray) -> np.ndarray:
         """Projection of the fitted 3DMM's 68 landmarks (crop px)."""
-        ids = self.landmark_ids(camera, shape_params)
-        return cam.project(camera, self.model.vertices(shape_params, ids))
+        mean, basis = self.model.landmark_rows(self.landmark_ids(camera, shape_params))
+        return cam.project(camera, mean + basis @ np.asarray(shape_params, np.float32))
 
     def refit_shape(self, targets: np.ndarray, camera: np.ndarray, shape_params: np.ndarray,
                     regularisation: float) -> np.ndarray:
         """Eq. 6-8 against the 68 targets; the jaw correspondence follows the current pose."""
-        ids = self.landmark_ids(camera, shape_params)
-        mean, basis = self.model.basis_rows(ids)
+        mean, basis = self.model.landmark_rows(self.landmark_ids(camera, shape_params))
         return fit_shape(targets, camera, mean, basis, self.model.shape_sigma, regularisation)
 
     def dense_visibility(self, camera: np.ndarray, shape_params: np.ndarray, dense: np.ndarray) -> np.ndarray:
@@ -73,12 +73,20 @@ class Cascade:
     def initial_state(self, crop_size: int, camera: np.ndarray | None = None,
                       shape_params: np.ndarray | None = None) -> CascadeState:
         """Mean shape (or given shape) under the canonical crop camera (or a given camera)."""
+        if camera is None and shape_params is None and crop_size in self._initial:
+            start = self._initial[crop_size]  # the same every frame: computed once
+            return replace(start, landmarks=start.landmarks.copy(), camera=start.camera.copy(),
+                           shape_params=start.shape_params.copy(), dense_visible=start.dense_visible.copy(),
+                           history=[])
         w = initial_camera(crop_size) if camera is None else np.asarray(camera, np.float32).copy()
         p = np.zeros(self.model.n_id + self.model.n_exp, np.float32) if shape_params is None \
             else np.asarray(shape_params, np.float32).copy()
         state = CascadeState(landmarks=self.model_landmarks(w, p), camera=w, shape_params=p,
                              dense_visible=np.ones(len(self.model.dense_landmarks), bool))
         state.dense_visible = self.dense_visibility(w, p, self.dense_points(state))
+        if camera is None and shape_params is None:
+            self._initial[crop_size] = state
+            return self.initial_state(crop_size)
         return state
 
     def features(self, sampler: Sampler, state: CascadeState) -> np.ndarray:

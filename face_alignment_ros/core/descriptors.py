@@ -15,6 +15,7 @@ from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.cascade import Sampler
 from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.dff_extractor import bilinear_sample
 from face_alignment_ros.core.morphable_model import ModelFileError
 
 # SIFT keypoint size on the face, in millimetres (about 5 px on a 128 px crop; OpenCV's
@@ -29,26 +30,40 @@ class DescriptorBackend(Protocol):
 
     def prepare(self, crop_bgr: np.ndarray) -> Sampler: ...
 
+    def prepare_many(self, crops_bgr: list[np.ndarray]) -> list[Sampler]: ...
+
 
 class DffBackend:
-    """Runs the DFF network once per crop; samples bilinearly at sub-pixel points."""
+    """Runs the DFF network once per crop (the faces of one frame in one batch); samples
+    bilinearly at sub-pixel points. ``extractor``: a ``DescriptorRunner`` (ONNX Runtime or
+    torch, ``core.dff_runtime``)."""
     kind = "dff"
 
     def __init__(self, extractor):
         self.extractor = extractor
-        self.dim = extractor.config.descriptor_dim
+        self.dim = extractor.descriptor_dim
         self.crop_size = extractor.input_size
-        self._identity_box = (0.0, 0.0, float(self.crop_size), float(self.crop_size))
 
     @classmethod
-    def from_file(cls, weights: str | Path, device=None) -> "DffBackend":
-        from face_alignment_ros.core.dff_extractor import DFFExtractor
+    def from_file(cls, weights: str | Path, device=None, threads: int | None = None,
+                  runtime: str = "auto") -> "DffBackend":
+        from face_alignment_ros.core.dff_runtime import load_dff_runtime
 
-        return cls(DFFExtractor.from_file(weights, device=device))
+        return cls(load_dff_runtime(weights, device=device, threads=threads, runtime=runtime))
 
     def prepare(self, crop_bgr: np.ndarray) -> Sampler:
-        dmap = self.extractor.descriptor_map(crop_bgr, self._identity_box)
-        return lambda points, camera: dmap.sample(points)
+        return self.prepare_many([crop_bgr])[0]
+
+    def prepare_many(self, crops_bgr: list[np.ndarray]) -> list[Sampler]:
+        """The crops (N x N x 3 uint8 BGR, already warped) go straight into the network."""
+        if not len(crops_bgr):
+            return []
+        maps = self.extractor.run_crops(np.stack(crops_bgr))
+        return [_map_sampler(m) for m in maps]
+
+
+def _map_sampler(hwd: np.ndarray) -> Sampler:
+    return lambda points, camera: bilinear_sample(hwd, points)
 
 
 class SiftBackend:
@@ -67,15 +82,20 @@ class SiftBackend:
         gray = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2GRAY) if crop_bgr.ndim == 3 else crop_bgr
         return lambda points, camera: self.sift.compute(gray, points, self.patch_mm * float(camera[cam.S]))
 
+    def prepare_many(self, crops_bgr: list[np.ndarray]) -> list[Sampler]:
+        return [self.prepare(c) for c in crops_bgr]
 
-def create_backend(descent: DescentModel, dff_weights: str | Path | None = None, device=None) -> DescriptorBackend:
-    """The back-end a descent model was trained with."""
+
+def create_backend(descent: DescentModel, dff_weights: str | Path | None = None, device=None,
+                   threads: int | None = None, runtime: str = "auto") -> DescriptorBackend:
+    """The back-end a descent model was trained with. ``threads``, ``runtime``: the DFF
+    network's (``core.threads``, ``core.dff_runtime.load_dff_runtime``)."""
     if descent.descriptor == "sift":
         return SiftBackend(descent.crop_size, float(descent.extra.get("sift_patch_mm", SIFT_PATCH_MM)))
     if dff_weights is None:
         raise ValueError("a DFF descent model needs the DFF weights file (dff_weights=...)")
     check_dff_pairing(descent, dff_weights)
-    return DffBackend.from_file(dff_weights, device=device)
+    return DffBackend.from_file(dff_weights, device=device, threads=threads, runtime=runtime)
 
 
 def check_dff_pairing(descent: DescentModel, dff_weights: str | Path) -> None:

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
-from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, select_device
+if TYPE_CHECKING:  # torch is imported only by the torch runtime (the ONNX path never needs it)
+    import torch
+
+    from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
 
 def crop_affine(crop_box, size: int) -> np.ndarray:
@@ -124,11 +128,44 @@ def bilinear_sample(hwd: np.ndarray, points) -> np.ndarray:
     return out
 
 
-class DFFExtractor:
-    """Runs a ``DFFNet`` on face crops. The model is switched to eval mode with BN folded
-    (and channels-last on CPU, measurably faster there; see docs/dff_network.md)."""
+class DescriptorRunner:
+    """A DFF runtime: uint8 BGR crops in, unit descriptor maps out. Subclasses implement
+    ``run_crops``; the rest is shared (torch: ``DFFExtractor``; ONNX Runtime:
+    ``core.dff_runtime.OnnxDffRuntime``)."""
 
-    def __init__(self, model: DFFNet, config: DFFConfig | None = None, device=None):
+    runtime = "abstract"
+    input_size: int
+    descriptor_dim: int
+
+    def run_crops(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(B, N, N, 3) uint8 BGR crops -> (B, N, N, D) float32 unit descriptors, C-contiguous
+        (the sampler's layout)."""
+        raise NotImplementedError
+
+    def descriptor_maps(self, image_bgr: np.ndarray, crop_boxes) -> list[DescriptorMap]:
+        """Several faces of one image in one forward pass."""
+        crops = [crop_image(image_bgr, b, self.input_size) for b in crop_boxes]
+        if not crops:
+            return []
+        y = self.run_crops(np.stack([c[0] for c in crops]))
+        return [DescriptorMap(y[i].transpose(2, 0, 1), crops[i][1]) for i in range(len(crops))]
+
+    def descriptor_map(self, image_bgr: np.ndarray, crop_box) -> DescriptorMap:
+        """Run the network once on the crop of ``crop_box``: (D, N, N) map plus affine."""
+        return self.descriptor_maps(image_bgr, [crop_box])[0]
+
+
+class DFFExtractor(DescriptorRunner):
+    """Runs a ``DFFNet`` on face crops with torch. The model is switched to eval mode with BN
+    folded (and channels-last on CPU, measurably faster there; see docs/dff_network.md)."""
+
+    runtime = "torch"
+
+    def __init__(self, model: "DFFNet", config: "DFFConfig | None" = None, device=None):
+        import torch
+
+        from face_alignment_ros.core.dff_network import select_device
+
         self.config = config or model.config
         self.device = select_device(device)
         self.channels_last = self.device.type == "cpu"
@@ -150,35 +187,28 @@ class DFFExtractor:
     def input_size(self) -> int:
         return self.config.input_size
 
-    def _normalise(self, crop_bgr: np.ndarray) -> np.ndarray:
-        """(N, N, 3) uint8 -> (3, N, N) float32 network input (config mean/std, BGR)."""
-        x = (crop_bgr.astype(np.float32) - self._mean) * self._inv_std
-        return x.transpose(2, 0, 1)
+    @property
+    def descriptor_dim(self) -> int:
+        return self.config.descriptor_dim
 
-    def crop(self, image_bgr: np.ndarray, crop_box) -> tuple[torch.Tensor, np.ndarray]:
-        """(1, 3, N, N) normalised input tensor and the 2x3 affine image -> crop."""
-        crop, affine = crop_image(image_bgr, crop_box, self.input_size)
-        return torch.from_numpy(np.ascontiguousarray(self._normalise(crop)))[None], affine
+    def _normalise(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(B, N, N, 3) uint8 -> (B, 3, N, N) float32 network input (config mean/std, BGR)."""
+        x = (crops_bgr.astype(np.float32) - self._mean) * self._inv_std
+        return x.transpose(0, 3, 1, 2)
 
-    def _run(self, x: torch.Tensor) -> np.ndarray:
-        """(B, D, N, N) float32 array whose memory is (B, N, N, D): the sampler's layout, so
-        ``DescriptorMap`` needs no copy (a channels-last net already produces it)."""
+    def run_crops(self, crops_bgr: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr))))
+        return self._run(x)
+
+    def _run(self, x: "torch.Tensor") -> np.ndarray:
+        """(B, N, N, D) float32 C-contiguous (a channels-last net already produces it)."""
+        import torch
+
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             y = self.model(x)
-        return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy().transpose(0, 3, 1, 2)
-
-    def descriptor_map(self, image_bgr: np.ndarray, crop_box) -> DescriptorMap:
-        """Run the network once on the crop of ``crop_box``: (D, N, N) map plus affine."""
-        x, affine = self.crop(image_bgr, crop_box)
-        return DescriptorMap(self._run(x)[0], affine)
-
-    def descriptor_maps(self, image_bgr: np.ndarray, crop_boxes) -> list[DescriptorMap]:
-        """Several faces of one image in one forward pass."""
-        crops = [self.crop(image_bgr, b) for b in crop_boxes]
-        if not crops:
-            return []
-        y = self._run(torch.cat([c[0] for c in crops]))
-        return [DescriptorMap(y[i], crops[i][1]) for i in range(len(crops))]
+        return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()

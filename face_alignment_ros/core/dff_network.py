@@ -317,3 +317,21 @@ def _checked_payload(payload, path: str) -> tuple[DFFConfig, dict]:
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelFileError(f"DFF weights file {path!r}: tensor {k!r} is not finite")
     return config, state
+
+
+class DFFInferenceGraph(nn.Module):
+    """The graph that inference runtimes run (``core.dff_runtime``): (B, N, N, 3) uint8 BGR
+    crops -> (B, N, N, D) unit descriptors. The normalisation and the layout changes live in
+    the graph, so a crop goes straight from the warp into the network and the sampler reads
+    the output as it comes; BatchNorm is folded."""
+
+    def __init__(self, model: DFFNet):
+        super().__init__()
+        self.net = model.fuse_for_inference()
+        c = model.config
+        self.register_buffer("shift", torch.tensor(c.mean).view(1, 1, 1, 3) * 255.0, persistent=False)
+        self.register_buffer("scale", 1.0 / (torch.tensor(c.std).view(1, 1, 1, 3) * 255.0), persistent=False)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = ((crops.float() - self.shift) * self.scale).permute(0, 3, 1, 2)
+        return self.net(x).permute(0, 2, 3, 1)

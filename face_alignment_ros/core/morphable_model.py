@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,22 @@ IBUG68_MIRROR = np.array(
      45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,  # eyes
      54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lips
      64, 63, 62, 61, 60, 67, 66, 65])                 # inner lips
+
+
+class VertexSubset:
+    """The mean and basis rows of a fixed vertex subset, gathered once: its shape (eq. 1) then
+    costs one small matrix-vector product instead of a gather from the 53k-vertex bases."""
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray):
+        self.mean = mean                                   # (k, 3)
+        self.basis = basis                                 # (k, 3, d)
+        self._flat = basis.reshape(-1, basis.shape[2])     # (3k, d), one BLAS mat-vec
+
+    def vertices(self, shape_params: np.ndarray | None) -> np.ndarray:
+        """(k, 3) shape at these vertices for stacked params (alpha, beta), or the mean."""
+        if shape_params is None:
+            return self.mean.copy()
+        return self.mean + (self._flat @ np.asarray(shape_params, np.float32)).reshape(-1, 3)
 
 
 class ModelFileError(ValueError):
@@ -76,6 +93,35 @@ class MorphableModel:
         basis = np.concatenate([self.id_basis[rows], self.exp_basis[rows]], axis=1)
         return self.mean[vertex_ids], basis.reshape(len(vertex_ids), 3, -1)
 
+    def subset(self, vertex_ids: np.ndarray) -> VertexSubset:
+        """A vertex subset with its basis rows gathered once (for shapes evaluated repeatedly)."""
+        return VertexSubset(*self.basis_rows(vertex_ids))
+
+    @cached_property
+    def decimated_mesh(self) -> VertexSubset:
+        """The decimated mesh's rows (visibility buffer and published mesh), gathered once."""
+        return self.subset(self.decimated)
+
+    @cached_property
+    def _landmark_pool(self) -> tuple[np.ndarray, VertexSubset]:
+        """Every vertex a landmark can sit on (the 68 and the jaw candidates): sorted ids, rows."""
+        ids = np.union1d(self.landmarks, self.contour_candidates[self.contour_candidates >= 0])
+        return ids, self.subset(ids)
+
+    @cached_property
+    def _contour_pool_index(self) -> np.ndarray:
+        """(17, c) row of each jaw candidate in the landmark pool (padding points at row 0)."""
+        ids, _ = self._landmark_pool
+        return np.searchsorted(ids, np.where(self.contour_candidates >= 0, self.contour_candidates, ids[0]))
+
+    def landmark_rows(self, vertex_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``basis_rows`` for landmark vertices (ids from ``contour_landmarks``), precomputed."""
+        ids, pool = self._landmark_pool
+        rows = np.searchsorted(ids, vertex_ids)
+        if not np.array_equal(ids[np.minimum(rows, len(ids) - 1)], vertex_ids):
+            raise ValueError("landmark_rows takes landmark and jaw-candidate vertex ids only")
+        return pool.mean[rows], pool.basis[rows]
+
     def vertices(self, shape_params: np.ndarray | None = None, vertex_ids: np.ndarray | None = None) -> np.ndarray:
         """Shape S (eq. 1) for stacked params (alpha, beta), optionally at a vertex subset."""
         if vertex_ids is None:
@@ -85,10 +131,15 @@ class MorphableModel:
             p = np.asarray(shape_params, np.float32)
             offset = self.id_basis @ p[: self.n_id] + self.exp_basis @ p[self.n_id:]
             return mean + offset.reshape(n, 3)
-        mean, basis = self.basis_rows(vertex_ids)
+        # the decimated mesh is asked for every frame (mesh messages): its rows are gathered once
+        mean, basis = self._decimated_rows if vertex_ids is self.decimated else self.basis_rows(vertex_ids)
         if shape_params is None:
             return mean.copy()
         return mean + basis @ np.asarray(shape_params, np.float32)
+
+    @cached_property
+    def _decimated_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.basis_rows(self.decimated)
 
     def contour_landmarks(self, rotation: np.ndarray, shape_params: np.ndarray | None = None) -> np.ndarray:
         """The 68 landmark vertex ids with each jaw point moved to the silhouette for this pose.
@@ -99,8 +150,8 @@ class MorphableModel:
         ids = self.landmarks.copy()
         cand = self.contour_candidates
         valid = cand >= 0
-        pts = self.vertices(shape_params, np.where(valid, cand, 0).reshape(-1))
-        x = (pts @ rotation.T)[:, 0].reshape(cand.shape)
+        pts = self._landmark_pool[1].vertices(shape_params)
+        x = (pts @ np.asarray(rotation, np.float32)[0])[self._contour_pool_index]
         side = np.sign(self.mean[self.landmarks[JAW], 0])  # -1: image-left half, +1: right
         outward = np.where(valid, x * side[:, None], -np.inf)
         ids[JAW] = cand[np.arange(len(JAW)), np.argmax(outward, axis=1)]

@@ -15,7 +15,7 @@ def shape_design(camera: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> tup
     """
     camera = np.asarray(camera, np.float32)
     proj = camera[cam.S] * (cam.P_ORTHO @ cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1]))
-    a = np.einsum("ij,kjd->kid", proj, basis).reshape(-1, basis.shape[2])
+    a = np.matmul(proj, basis).reshape(-1, basis.shape[2])
     c = (mean @ proj.T + camera[cam.TX:cam.TY + 1]).reshape(-1)
     return a, c
 
@@ -34,10 +34,13 @@ def fit_shape(targets: np.ndarray, camera: np.ndarray, mean: np.ndarray, basis: 
     targets (k, 2) pixels; mean (k, 3) and basis (k, 3, d) of the matching vertices.
     """
     a, c = shape_design(camera, mean, basis)
-    r = np.asarray(targets, np.float64).reshape(-1) - c
-    w = np.ones(len(targets)) if weights is None else np.asarray(weights, np.float64)
-    w = np.repeat(w, 2)
     a64 = a.astype(np.float64)
-    scale2 = float(camera[cam.S]) ** 2
-    lhs = a64.T @ (w[:, None] * a64) + regularisation * scale2 * np.diag(1.0 / np.asarray(sigma, np.float64) ** 2)
-    return np.linalg.solve(lhs, a64.T @ (w * r)).astype(np.float32)
+    r = np.asarray(targets, np.float64).reshape(-1) - c
+    if weights is None:
+        lhs, rhs = a64.T @ a64, a64.T @ r
+    else:
+        w = np.repeat(np.asarray(weights, np.float64), 2)
+        lhs, rhs = a64.T @ (w[:, None] * a64), a64.T @ (w * r)
+    # + lambda s^2 D^-2 on the diagonal
+    lhs.flat[::lhs.shape[0] + 1] += regularisation * float(camera[cam.S]) ** 2 / np.asarray(sigma, np.float64) ** 2
+    return np.linalg.solve(lhs, rhs).astype(np.float32)

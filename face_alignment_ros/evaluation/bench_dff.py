@@ -1,5 +1,8 @@
 """Speed table of the DFF network on this machine: ``python -m face_alignment_ros.evaluation.bench_dff``.
 
+``--runtimes``: the shipped network under each inference runtime (torch eager, ONNX Runtime
+float32 / int8, OpenVINO) at batch 1 and 3 (``benchmark_runtimes``).
+
 Inference: batch 1, eval mode, BN folded, channels-last, ``torch.inference_mode``; median and
 p95 over ``runs`` timed forward passes after a warm-up, per thread count. Training: batch 16,
 forward + backward + SGD step with a trivial loss (the network alone, no angular-softmax heads).
@@ -133,6 +136,141 @@ def benchmark_dff(config: DFFConfig | None = None, threads=(1, 2), runs: int = 5
     return out
 
 
+# --- runtimes of the shipped network (issue 12: chosen by measurement) ----------------------
+RUNTIME_NAMES = ("torch", "onnxruntime", "onnxruntime-int8-dynamic", "onnxruntime-int8-static", "openvino")
+
+
+def _face_crops(n: int, size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8 face crops for timing and for int8 calibration: the sample
+    stream's faces, cropped as the aligner crops them."""
+    from face_alignment_ros.core.dff_extractor import crop_image
+    from face_alignment_ros.core.face_detector import create_detector
+    from face_alignment_ros.ros.sample_stream import sample_frames
+
+    detector = create_detector()
+    crops = []
+    for frame in sample_frames(max(n, 1), 640, 480):
+        for det in detector.detect(frame)[:1]:
+            x0, y0, x1, y1 = det.box
+            side = 1.6 * max(x1 - x0, y1 - y0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            crops.append(crop_image(frame, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), size)[0])
+    while len(crops) < n:
+        crops.append(crops[len(crops) % max(len(crops), 1)] if crops else np.zeros((size, size, 3), np.uint8))
+    return np.stack(crops[:n])
+
+
+def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tmp):
+    """A callable (B, N, N, 3) uint8 -> (B, N, N, D) for one runtime."""
+    from face_alignment_ros.core import threads as thread_policy
+
+    if name == "torch":
+        from face_alignment_ros.core.dff_extractor import DFFExtractor
+
+        thread_policy.set_torch_threads(threads)
+        return DFFExtractor.from_file(weights, device="cpu").run_crops
+    if name == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                "INFERENCE_PRECISION_HINT": "f32"})
+        return lambda x: compiled(x)[0]
+    import onnxruntime as ort
+
+    path = graph
+    if name.startswith("onnxruntime-int8"):
+        from onnxruntime import quantization as q
+
+        path = f"{tmp}/{name}.onnx"
+        if name.endswith("dynamic"):
+            q.quantize_dynamic(str(graph), path, weight_type=q.QuantType.QInt8)
+        else:
+            class Calibration(q.CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter([{"crops_bgr": c[None]} for c in calibration])
+
+                def get_next(self):
+                    return next(self.items, None)
+
+            q.quantize_static(str(graph), path, Calibration(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              per_channel=True)
+    session = ort.InferenceSession(str(path), thread_policy.onnxruntime_session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"crops_bgr": x})[0]
+
+
+def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int = 30,
+                       runtimes=RUNTIME_NAMES, wait_idle_s: float = 10.0) -> dict:
+    """Median ms of the shipped DFF network per (runtime, threads, batch) on face crops, and each
+    runtime's output difference to torch float32 (max abs, and the mean cosine of the unit
+    descriptors): the figures that chose ``core.dff_runtime``'s runtime. Runtimes whose
+    package is missing are reported as errors. Needs the exported graph beside the weights."""
+    import tempfile
+
+    from face_alignment_ros.core import resources
+    from face_alignment_ros.core.dff_runtime import onnx_path_for
+
+    weights = weights or resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+    graph = onnx_path_for(weights)
+    if not graph.is_file():
+        raise FileNotFoundError(f"no inference graph {graph}: run `face-align-train export --onnx-only`")
+    import onnxruntime  # noqa: F401  (the reference graph runs on it)
+
+    crops = _face_crops(max(batches) + 16, 128)
+    calibration, timed = crops[:16], crops[16:]
+    reference = None
+    out = {"results": {}, "accuracy": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_dff_") as tmp:
+        for name in runtimes:
+            for th in threads:
+                try:
+                    run = _runner(name, graph, weights, th, calibration, tmp)
+                except Exception as exc:  # a missing package: report, keep going
+                    out["results"][f"{name}/threads={th}"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    break
+                y = run(timed[:1])
+                if name == "torch":
+                    reference = y
+                elif reference is not None and name not in out["accuracy"]:
+                    out["accuracy"][name] = {
+                        "max_abs_diff": float(np.abs(y - reference).max()),
+                        "mean_cosine": float((y * reference).sum(-1).mean())}
+                for b in batches:
+                    x = np.ascontiguousarray(timed[:b])
+                    busy = round(wait_for_idle(timeout_s=wait_idle_s), 2)
+                    for _ in range(3):
+                        run(x)
+                    ts = []
+                    for _ in range(runs):
+                        t = time.perf_counter()
+                        run(x)
+                        ts.append((time.perf_counter() - t) * 1e3)
+                    out["results"][f"{name}/threads={th}/batch={b}"] = {
+                        "runtime": name, "threads": th, "batch": b, "median_ms": float(np.median(ts)),
+                        "p95_ms": float(np.percentile(ts, 95)), "others_cpu": busy}
+    return out
+
+
+def format_runtimes(bench: dict) -> str:
+    rows = [r for r in bench["results"].values() if "error" not in r]
+    threads = sorted({r["threads"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    cols = [(t, b) for b in batches for t in threads]
+    lines = ["| runtime | " + " | ".join(f"batch {b}, {t} thr" for t, b in cols) + " | max abs diff to torch | mean cosine |",
+             "|---|" + "---:|" * (len(cols) + 2)]
+    by = {(r["runtime"], r["threads"], r["batch"]): r for r in rows}
+    for name in dict.fromkeys(r["runtime"] for r in rows):
+        acc = bench["accuracy"].get(name, {})
+        cells = [f"{by[(name, t, b)]['median_ms']:.1f}" if (name, t, b) in by else "-" for t, b in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {acc.get('max_abs_diff', 0.0):.1e} | "
+                     f"{acc.get('mean_cosine', 1.0):.5f} |")
+    for key, r in bench["results"].items():
+        if "error" in r:
+            lines.append(f"| {key} | error: {r['error']} |")
+    return "\n".join(lines)
+
+
 def format_row(res: dict) -> str:
     c = res["config"]
     inf = " | ".join(f"{v['median_ms']:.1f} / {v['p95_ms']:.1f}" for v in res["inference"].values())
@@ -154,7 +292,18 @@ def main(argv=None) -> None:
     ap.add_argument("--config", type=json.loads, default=[{}], nargs="*",
                     help='JSON DFFConfig overrides, one per candidate, e.g. \'{"base_width": 24}\'')
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--runtimes", action="store_true",
+                    help="instead: the shipped network under torch, ONNX Runtime (float32, int8 dynamic and "
+                         "static) and OpenVINO, at batch 1 and 3, median ms per call")
     args = ap.parse_args(argv)
+    if args.runtimes:
+        bench = benchmark_runtimes(threads=tuple(args.threads), runs=args.runs, wait_idle_s=args.wait_idle)
+        print("Shipped DFF network on 128x128 face crops, median ms per call:\n")
+        print(format_runtimes(bench))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(bench, f, indent=1)
+        return
     heads = " | ".join(f"infer {t} thr median / p95 ms" for t in args.threads)
     print(f"| block | width | depth | input | dec. stride | params | GFLOPs | {heads} | train img/s |")
     print("|" + "---|" * (8 + len(args.threads)))

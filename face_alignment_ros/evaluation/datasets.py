@@ -3,9 +3,13 @@
 - 300-W-style folders: ``NAME.jpg`` / ``NAME.png`` with ``NAME.pts`` (68 points, pixels).
 - AFLW2000-3D-style folders: ``NAME.jpg`` with ``NAME.mat`` holding ``pt3d_68`` (3 x 68: x, y
   in pixels, z) and ``Pose_Para`` (1 x 7: pitch, yaw, roll in radians, tx, ty, tz, scale);
-  yaw is ``Pose_Para[0, 1]``. As 3DDFA does, the x, y rows of ``pt3d_68`` are used as they are.
+  yaw is ``Pose_Para[0, 1]``. As 3DDFA does, the x, y rows of ``pt3d_68`` are used as they are:
+  they are fixed model vertices (the 3D convention), so they are also the sample's
+  ``landmarks_3d``; the angles give its ``rotation`` (``head_pose.rotation_from_aflw``).
+  ``write_aflw2000_sample`` writes the same format (tests, and renders exported for peers).
 - The project's synthetic large-pose renders (stage ``synthesize``, held-out identities by
-  default): 128 x 128 crops, yaw from the render camera, visibility from the depth buffer.
+  default): 128 x 128 crops, yaw from the render camera, visibility from the depth buffer; the
+  rotation and the 68 fixed landmark vertices projected come from the render's camera and shape.
 - The fixed held-out split of the shared 300-W photos (``training.photo_split``).
 
 ``open_dataset(spec)`` takes ``300w-heldout``, ``synthetic-heldout`` or a folder (format
@@ -33,6 +37,12 @@ class Sample:
     name: str
     visible: np.ndarray | None = None  # (68,) bool when the data gives it
     meta: dict = field(default_factory=dict)
+    # The 68 fixed model landmark vertices projected, (68, 2) pixels (AFLW2000-3D convention:
+    # the jaw does not slide to the silhouette), when the data gives them.
+    landmarks_3d: np.ndarray | None = None
+    # Head rotation, model frame -> camera optical frame, in this project's convention (as
+    # ``FaceResult.rotation``), when the data gives it.
+    rotation: np.ndarray | None = None
 
 
 @dataclass
@@ -101,9 +111,12 @@ def heldout_300w(data_dir: str | Path | None = None, limit: int | None = None) -
 
 
 # --- AFLW2000-3D ----------------------------------------------------------------------------
-def read_aflw2000_mat(path: str | Path) -> tuple[np.ndarray, float]:
-    """(68, 2) landmarks and yaw in degrees from an AFLW2000-3D ``.mat``."""
+def read_aflw2000_mat(path: str | Path) -> dict:
+    """``landmarks`` (68, 2) pixels, ``yaw_deg`` (that data's convention), ``pose_para`` (7,) and
+    ``rotation`` (3, 3, this project's convention) from an AFLW2000-3D ``.mat``."""
     from scipy.io import loadmat
+
+    from face_alignment_ros.evaluation.head_pose import rotation_from_aflw
 
     mat = loadmat(str(path))
     if "pt3d_68" not in mat or "Pose_Para" not in mat:
@@ -112,7 +125,26 @@ def read_aflw2000_mat(path: str | Path) -> tuple[np.ndarray, float]:
     if pt.shape[0] not in (2, 3) or pt.shape[1] != 68:
         raise ValueError(f"{path}: pt3d_68 must be 3 x 68, got {pt.shape}")
     pose = np.asarray(mat["Pose_Para"], np.float64).reshape(-1)
-    return pt[:2].T.astype(np.float32), float(np.degrees(pose[1]))
+    if pose.shape[0] < 3 or not np.all(np.isfinite(pose[:3])):
+        raise ValueError(f"{path}: Pose_Para must hold finite pitch, yaw, roll, got {pose.tolist()}")
+    return {"landmarks": pt[:2].T.astype(np.float32), "yaw_deg": float(np.degrees(pose[1])), "pose_para": pose,
+            "rotation": rotation_from_aflw(*pose[:3])}
+
+
+def write_aflw2000_sample(folder: str | Path, name: str, image: np.ndarray, points_3d: np.ndarray,
+                          pose_para: np.ndarray) -> Path:
+    """``NAME.jpg`` and ``NAME.mat`` (``pt3d_68`` 3 x 68, ``Pose_Para`` 1 x 7) in AFLW2000-3D
+    layout. ``points_3d``: (68, 3) x, y pixels and z towards the viewer, as that data has it."""
+    from scipy.io import savemat
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(folder / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        raise OSError(f"cannot write {folder / name}.jpg")
+    pts = np.asarray(points_3d, np.float64)
+    pose = np.asarray(pose_para, np.float64).reshape(1, 7)
+    savemat(str(folder / f"{name}.mat"), {"pt3d_68": pts.T, "Pose_Para": pose})
+    return folder / f"{name}.mat"
 
 
 def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str | None = None) -> Dataset:
@@ -124,8 +156,10 @@ def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str
 
     def it():
         for img, mat in pairs:
-            lm, yaw = read_aflw2000_mat(mat)
-            yield Sample(_imread(img), lm, yaw, str(mat.relative_to(folder).with_suffix("")))
+            label = read_aflw2000_mat(mat)
+            name = str(mat.relative_to(folder).with_suffix(""))
+            yield Sample(_imread(img), label["landmarks"], label["yaw_deg"], name,
+                         landmarks_3d=label["landmarks"], rotation=label["rotation"])
     return Dataset(name or folder.name, "aflw2000", len(pairs), it)
 
 
@@ -134,9 +168,11 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
     """Renders of stage ``synthesize`` (held-out identities by default); ``per_bin`` samples
     evenly spaced within each yaw bin (all identities kept)."""
     from face_alignment_ros.core import camera as cam
+    from face_alignment_ros.core.morphable_model import MorphableModel
     from face_alignment_ros.training.synthesize import load_outputs
 
     data = load_outputs(work_dir, split)
+    model = MorphableModel.load()
     bins = np.asarray(data["yaw_bin"])
     rows = []
     for b in range(3):
@@ -146,10 +182,14 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
 
     def it():
         for i in rows:
+            camera = np.asarray(data["camera"][i], np.float32)
+            fixed = cam.project(camera, model.vertices(np.asarray(data["shape"][i], np.float32), model.landmarks))
             yield Sample(np.ascontiguousarray(data["images"][i]), np.asarray(data["landmarks"][i], np.float32),
-                         float(np.degrees(data["camera"][i][cam.YAW])), f"{split}/{i:06d}",
+                         float(np.degrees(camera[cam.YAW])), f"{split}/{i:06d}",
                          visible=np.asarray(data["landmark_visible"][i], bool),
-                         meta={"identity": int(data["identity"][i]), "yaw_bin": int(bins[i])})
+                         meta={"identity": int(data["identity"][i]), "yaw_bin": int(bins[i]), "camera": camera},
+                         landmarks_3d=fixed.astype(np.float32),
+                         rotation=cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1]))
     return Dataset(f"synthetic-{split}", "synthetic", len(rows), it)
 
 

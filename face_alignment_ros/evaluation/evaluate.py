@@ -6,6 +6,11 @@ Protocols:
   (or, for methods without a box, the predicted landmarks' box) has IoU >= 0.3 with the
   ground-truth landmark box. Misses are reported apart and left out of the NME figures.
 
+Where the data gives them (AFLW2000-3D folders, the project's renders), each row also scores the
+3D-convention points (``nme3d_box``, x and y of ``landmarks_3d``, box of the true points) and
+the head pose (``head_pose.pose_errors``: signed yaw, pitch, roll errors in the AFLW2000-3D Euler
+convention and the geodesic error), summarised per |yaw| bin.
+
 Outputs (``write_outputs``): ``results.json`` (summaries), ``per_image.csv`` (one row per image,
 method and protocol), ``ced_<data>_<protocol>.png`` and ``nme_vs_yaw_<data>.png``.
 """
@@ -20,7 +25,7 @@ from tqdm import tqdm
 
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
-from face_alignment_ros.evaluation import metrics
+from face_alignment_ros.evaluation import head_pose, metrics
 from face_alignment_ros.evaluation.datasets import Dataset
 from face_alignment_ros.evaluation.peers import Method
 
@@ -39,9 +44,18 @@ def _match(preds, gt_box):
 
 
 def _errors(pred, sample) -> dict:
-    row = {f"nme_{k}": metrics.nme(pred, sample.landmarks, k) for k in metrics.NORMALISATIONS}
+    """NME of ``landmarks`` (300-W convention); where the data gives them, box NME of the 3D
+    convention points (``nme3d_box``: x, y of the fixed model landmarks, AFLW2000-3D protocol)
+    and head-pose errors (``head_pose.pose_errors``)."""
+    lm = None if pred is None else pred.landmarks
+    row = {f"nme_{k}": metrics.nme(lm, sample.landmarks, k) for k in metrics.NORMALISATIONS}
     if sample.visible is not None:
-        row["nme_visible_inner_box"] = metrics.nme_visible_inner(pred, sample.landmarks, sample.visible, "box")
+        row["nme_visible_inner_box"] = metrics.nme_visible_inner(lm, sample.landmarks, sample.visible, "box")
+    if sample.landmarks_3d is not None:
+        lm3 = None if pred is None or pred.landmarks_3d is None else np.asarray(pred.landmarks_3d)[:, :2]
+        row["nme3d_box"] = metrics.nme(lm3, sample.landmarks_3d, "box")
+    if sample.rotation is not None:
+        row.update(head_pose.pose_errors(None if pred is None else pred.rotation, sample.rotation))
     return row
 
 
@@ -69,7 +83,7 @@ def run_methods(dataset: Dataset, methods: list[Method], protocols=PROTOCOLS, pr
                 ms = (time.perf_counter() - t) * 1000
                 row = {**base, "method": m.name, "protocol": protocol, "found": int(found),
                        "output": int(pred is not None), "iou": round(float(iou), 4), "ms": round(ms, 2),
-                       **_errors(None if pred is None else pred.landmarks, sample)}
+                       **_errors(pred, sample)}
                 if error:
                     row["error"] = error
                 rows.append(row)
@@ -94,6 +108,16 @@ def summarise_rows(rows: list[dict]) -> dict:
                     [r["nme_visible_inner_box"] for r in found], yaws)
         if found and "nme_visible_inner_box" in found[0]:
             s["visible_inner_box"] = metrics.summarise([r["nme_visible_inner_box"] for r in found])
+        if found and "nme3d_box" in found[0] and any(np.isfinite(r["nme3d_box"]) for r in found):
+            s["nme3d_box"] = metrics.summarise([r["nme3d_box"] for r in found])
+            if all(y != "" for y in yaws):
+                s["yaw_bins_nme3d_box"] = metrics.yaw_bin_summary([r["nme3d_box"] for r in found], yaws)
+        if found and "geodesic_deg" in found[0] and any(np.isfinite(r["geodesic_deg"]) for r in found):
+            s["pose"] = head_pose.summarise_pose(found)
+            if all(y != "" for y in yaws):
+                s["yaw_bins_pose"] = {name: head_pose.summarise_pose(
+                    [r for r in found if metrics.yaw_bin(r["yaw_deg"]) == b])
+                    for b, name in enumerate(metrics.YAW_BIN_NAMES)}
         out.setdefault(method, {})[protocol] = s
     return out
 
@@ -220,4 +244,41 @@ def format_tables(result: dict) -> str:
                                           for b in metrics.YAW_BIN_NAMES)
                              + f" | {_pct(y['mean'])} | {_pct(y['std'])} | {_pct(vis)} |")
             lines.append("")
+        lines += format_3d_tables(result, protocol)
     return "\n".join(lines)
+
+
+def _deg(v) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+
+def format_3d_tables(result: dict, protocol: str) -> list[str]:
+    """Box NME of the 3D-convention points and head-pose errors by |yaw| bin (markdown lines),
+    for the methods that give them."""
+    summ = result["summary"]
+    lines = []
+    rows3 = [(m, per[protocol]) for m, per in summ.items() if "yaw_bins_nme3d_box" in per.get(protocol, {})]
+    if rows3:
+        lines += ["3D-convention landmarks (the 68 fixed model vertices, AFLW2000-3D protocol), "
+                  "box-normalised NME (%) by |yaw| bin:", "",
+                  "| method | [0,30] | [30,60] | [60,90] | mean of bins | all images |", "|---|---:|---:|---:|---:|---:|"]
+        for method, s in rows3:
+            y = s["yaw_bins_nme3d_box"]
+            lines.append(f"| {result['methods'][method]['label']} | "
+                         + " | ".join(_pct(y["bins"][b]["mean"]) for b in metrics.YAW_BIN_NAMES)
+                         + f" | {_pct(y['mean'])} | {_pct(s['nme3d_box']['mean'])} |")
+        lines.append("")
+    rows_pose = [(m, per[protocol]) for m, per in summ.items() if "yaw_bins_pose" in per.get(protocol, {})]
+    if rows_pose:
+        lines += ["Head pose, degrees, by |yaw| bin: mean geodesic error (angle of R_pred^T R_true); yaw, "
+                  "pitch, roll MAE in the AFLW2000-3D Euler convention; yaw shrink = mean of sign(true yaw) x yaw "
+                  "error (negative: yaw underestimated towards frontal):", "",
+                  "| method | bin | n | geodesic mean | geodesic median | yaw MAE | pitch MAE | roll MAE | yaw shrink |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for method, s in rows_pose:
+            for name, p in [*s["yaw_bins_pose"].items(), ("all", s["pose"])]:
+                lines.append(f"| {result['methods'][method]['label']} | {name} | {p['count'] - p['missing']} | "
+                             f"{_deg(p['geodesic_mean'])} | {_deg(p['geodesic_median'])} | {_deg(p['yaw_mae'])} | "
+                             f"{_deg(p['pitch_mae'])} | {_deg(p['roll_mae'])} | {_deg(p['yaw_shrink'])} |")
+        lines.append("")
+    return lines

@@ -6,6 +6,12 @@ Every method answers two questions on one image:
   fixed rule (below), never with the ground truth's shape.
 - ``detect_and_align(image)``: its own detector, then its landmarks, for every face found.
 
+Head pose: ours gives ``FaceResult.rotation`` and the 3D-convention points ``landmarks_3d``.
+Peers without a pose get one from their landmarks by ``mean_face_rotation``: a rigid fit of
+this project's mean 3DMM face to their inner points 17-67 (MediaPipe: its 3D mesh points, a
+least-squares rotation; dlib: 2D points, a weak-perspective camera fit). That is a fair, simple
+reading of their landmarks, not a pose those methods publish.
+
 Peers are optional extras (``pip install .[eval]`` or ``requirements-eval.txt``), not runtime
 dependencies; ``available_methods()`` lists those that import here.
 
@@ -29,6 +35,7 @@ method failure (NaN error, a failure in CED figures).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +72,36 @@ class Prediction:
     landmarks: np.ndarray          # (68, 2) float32 pixels
     box: np.ndarray | None = None  # detector box when the method detected the face
     visible: np.ndarray | None = None
+    # (68, 2 or 3) the 68 points in the 3D convention (fixed model vertices, AFLW2000-3D), where
+    # the method gives them apart from ``landmarks``.
+    landmarks_3d: np.ndarray | None = None
+    rotation: np.ndarray | None = None  # (3, 3) head rotation, model -> camera (FaceResult.rotation)
+
+
+def mean_face_rotation(points: np.ndarray, inner_only: bool = True) -> np.ndarray:
+    """Head rotation of a method that gives landmarks but no pose: the rigid fit of the 3DMM's
+    mean face to its iBUG points (inner points 17-67: the jaw is a silhouette, not fixed
+    vertices). (68, 2) image points: weak-perspective camera fit (``core.camera.fit_camera``);
+    (68, 3) points with depth away from the camera: least-squares rotation (Kabsch)."""
+    from face_alignment_ros.core import camera as cam
+
+    model = _mean_model()
+    sel = slice(17, 68) if inner_only else slice(None)
+    mean = model.vertices(None, model.landmarks)[sel].astype(np.float64)
+    pts = np.asarray(points, np.float64)[sel]
+    if pts.shape[1] == 2:
+        camera = cam.fit_camera(pts, mean)
+        return cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1])
+    a, b = mean - mean.mean(0), pts - pts.mean(0)
+    u, _, vt = np.linalg.svd(b.T @ a)
+    return (u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _mean_model():
+    from face_alignment_ros.core.morphable_model import MorphableModel
+
+    return MorphableModel.load()
 
 
 class Method:
@@ -78,6 +115,14 @@ class Method:
     def detect_and_align(self, image: np.ndarray) -> list[Prediction]:
         raise NotImplementedError
 
+    def track(self, image: np.ndarray) -> list[Prediction]:
+        """Video mode: the faces of the next frame, following the previous frame's (the
+        method's own tracking). Methods without a tracking mode raise NotImplementedError."""
+        raise NotImplementedError
+
+    def reset_tracking(self) -> None:
+        pass
+
     def set_threads(self, n: int) -> None:
         """Limit the threads the method uses where it can."""
 
@@ -88,11 +133,13 @@ class Method:
 class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
-    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True):
+    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True):
         from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
 
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
+        self._default = aligner is None
+        self._tracker = None
         if aligner is None:
             try:
                 aligner = FaceAligner.from_default(descriptor=descriptor)
@@ -103,22 +150,40 @@ class OursMethod(Method):
 
                 aligner, self.trained = stand_in_aligner(descriptor), False
                 self.label += " [untrained stand-in]"
+        if not refine_pose:  # the cascade's regressed camera, without core.pose_refinement
+            aligner.pose_refiner = None
+            self.label += ", no pose refinement"
         self.aligner = aligner
 
     def align_box(self, image, box):
         face = self.aligner.align(image, box, box_kind="landmarks")
-        return Prediction(face.landmarks, None, face.visible)
+        return Prediction(face.landmarks, None, face.visible, face.landmarks_3d, face.rotation)
 
     def detect_and_align(self, image):
-        return [Prediction(f.landmarks, np.asarray(f.box, np.float32), f.visible)
+        return [Prediction(f.landmarks, np.asarray(f.box, np.float32), f.visible, f.landmarks_3d, f.rotation)
                 for f in self.aligner.detect_and_align(image)]
 
-    def set_threads(self, n):
-        import cv2
-        import torch
+    def track(self, image):
+        from face_alignment_ros.core.tracker import FaceTracker
 
-        torch.set_num_threads(n)
-        cv2.setNumThreads(n)
+        if self._tracker is None:
+            self._tracker = FaceTracker(self.aligner)
+        return [Prediction(t.face.landmarks, np.asarray(t.face.box, np.float32), t.face.visible)
+                for t in self._tracker.process(image)]
+
+    def reset_tracking(self):
+        self._tracker = None
+
+    def set_threads(self, n):
+        """The package's thread policy; a shipped-model aligner is rebuilt, because the network
+        runtime sizes its thread pool when it is created."""
+        from face_alignment_ros.core import threads
+        from face_alignment_ros.core.aligner import FaceAligner
+
+        threads.apply(n)
+        if self.trained and self._default:
+            self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n)
+            self._tracker = None
 
 
 def dlib_model_path():
@@ -163,14 +228,16 @@ class DlibMethod(Method):
 
     def align_box(self, image, box):
         rgb = np.ascontiguousarray(image[:, :, ::-1])
-        return Prediction(self._predict(rgb, _map_box(box, self.box_rule)))
+        points = self._predict(rgb, _map_box(box, self.box_rule))
+        return Prediction(points, rotation=mean_face_rotation(points))
 
     def detect_and_align(self, image):
         rgb = np.ascontiguousarray(image[:, :, ::-1])
         out = []
         for r in self.detector(rgb, 0):
             box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float32)
-            out.append(Prediction(self._predict(rgb, box), box))
+            points = self._predict(rgb, box)
+            out.append(Prediction(points, box, rotation=mean_face_rotation(points)))
         return out
 
 
@@ -183,15 +250,25 @@ class MediaPipeMethod(Method):
 
         self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=False,
                                         min_detection_confidence=0.5)
+        self._face_mesh = face_mesh
+        self._video = None
 
-    def _run(self, image) -> list[np.ndarray]:
+    def _run(self, image, mesh=None) -> list[np.ndarray]:
+        """(68, 3) points per face: x, y pixels, z depth in x's scale (nearer is smaller)."""
         h, w = image.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image[:, :, ::-1]))
+        result = (mesh or self._mesh).process(np.ascontiguousarray(image[:, :, ::-1]))
         faces = []
         for lm in result.multi_face_landmarks or ():
-            pts = np.array([(p.x * w, p.y * h) for p in lm.landmark], np.float32)
+            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in lm.landmark], np.float32)
             faces.append(pts[MEDIAPIPE_TO_IBUG68])
         return faces
+
+    @staticmethod
+    def _prediction(points3: np.ndarray, offset=(0.0, 0.0), box=None) -> Prediction:
+        # The mesh's depth axis is the camera's (x right, y down, z away): a rigid fit of the
+        # mean face to its 3D points gives the head rotation in this project's convention.
+        return Prediction(points3[:, :2] + np.asarray(offset, np.float32), box,
+                          rotation=mean_face_rotation(points3))
 
     def align_box(self, image, box):
         import cv2
@@ -207,14 +284,27 @@ class MediaPipeMethod(Method):
         if not faces:
             return None
         centre = np.array([side / 2, side / 2])
-        best = min(faces, key=lambda f: np.linalg.norm(f.mean(0) - centre))
-        return Prediction(best + np.array([ox, oy], np.float32))
+        best = min(faces, key=lambda f: np.linalg.norm(f[:, :2].mean(0) - centre))
+        return self._prediction(best, (ox, oy))
 
     def detect_and_align(self, image):
-        return [Prediction(f, landmark_box(f)) for f in self._run(image)]
+        return [self._prediction(f, box=landmark_box(f[:, :2])) for f in self._run(image)]
+
+    def track(self, image):
+        """FaceMesh's video mode (static_image_mode=False): detection only when tracking is lost."""
+        if self._video is None:
+            self._video = self._face_mesh.FaceMesh(static_image_mode=False, max_num_faces=4,
+                                                   refine_landmarks=False, min_detection_confidence=0.5)
+        return [Prediction(f, landmark_box(f)) for f in self._run(image, self._video)]
+
+    def reset_tracking(self):
+        if self._video is not None:
+            self._video.close()
+            self._video = None
 
     def close(self):
         self._mesh.close()
+        self.reset_tracking()
 
 
 METHODS = {

@@ -106,7 +106,7 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
              methods: list[str] | None = None) -> Path:
     from face_alignment_ros.evaluation.bench_peers import benchmark_methods, format_markdown, plot_speed
     from face_alignment_ros.evaluation.datasets import heldout_300w, synthetic_renders
-    from face_alignment_ros.evaluation.evaluate import PROTOCOLS, evaluate, write_outputs
+    from face_alignment_ros.evaluation.evaluate import PROTOCOLS, evaluate, format_3d_tables, write_outputs
     from face_alignment_ros.evaluation.matching import VIEW_BIN_NAMES, run_matching
     from face_alignment_ros.evaluation.peers import OursMethod, available_methods, create_method
 
@@ -180,7 +180,12 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
               f"Data: `{syn['data']}` as above, given box. NME over the inner landmarks 17–67 that are visible "
               "(depth-buffer visibility of the render), box normalised.", ""]
         L += _yaw_table(syn, "given_box", "yaw_bins_visible_inner_box", None)
-        L += [""]
+        L += ["", "## Head pose and 3D-convention landmarks", "",
+              f"Data: `{syn['data']}` as above, given box. The renders' true rotation and the 68 fixed model "
+              "vertices projected (AFLW2000-3D convention; ours: `FaceResult.landmarks_3d`, peers: their 68 "
+              "points). Peers without a pose get one from a rigid fit of the mean face to their inner points "
+              "(`peers.mean_face_rotation`).", ""]
+        L += format_3d_tables(syn, "given_box")
     real = by_kind.get("300w")
     if real:
         L += ["## 300-W photos", "",

@@ -33,7 +33,7 @@ from face_alignment_ros.ros.callbacks import CallbackGuard
 from face_alignment_ros.ros.hri import HriFacePublisher
 from face_alignment_ros.ros.image_conversion import ImageConversionError
 from face_alignment_ros.ros.parameters import Param, ParameterSet, frame_prefix_check
-from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig, apply_num_threads
+from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
 from face_alignment_ros.ros.qos import (DIAGNOSTICS_QOS, IMAGE_RELIABILITY, LATCHED_QOS, OUTPUT_QOS,
                                         image_qos)
 from face_alignment_ros.ros.tf import TfPublisher
@@ -67,14 +67,21 @@ PARAMS = [
     Param("dff_weights", "",
           "DFF network weights file; empty means the shipped assets/dff_weights.pt. Unused by SIFT models.",
           read_only=True),
-    Param("device", "auto", "Torch device of the DFF network.", choices=["auto", "cpu", "cuda"], read_only=True),
-    Param("num_threads", 1, "Torch and OpenCV CPU threads; 0 leaves the libraries' defaults. 1 measured fastest "
-          "on 2 cores (BENCHMARKS.md).",
+    Param("device", "auto", "Device of the DFF network (auto: CUDA when available).", choices=["auto", "cpu", "cuda"],
+          read_only=True),
+    Param("num_threads", 0, "CPU threads of the DFF network under the core's thread policy (core/threads.py: "
+          "detector, OpenCV, BLAS and numba stay on one thread); 0 is its default, all cores up to 2.",
           range=(0, 256), read_only=True),
     Param("redetect_every", 10, "Run the detector every N frames while tracking.", range=(1, 10000)),
     Param("min_confidence", 0.3, "Re-detect when a tracked face's alignment confidence falls below this.",
           range=(0.0, 1.0)),
     Param("max_faces", 8, "Most faces aligned per frame (highest detector scores first).", range=(1, 64)),
+    Param("smoothing", False, "Filter each face's landmarks and pose over time (One Euro filter): steadier, a little "
+          "lag. Off for evaluation."),
+    Param("smoothing_min_cutoff", 1.0, "Smoothing cutoff (Hz) of a face at rest: lower is steadier, lags more.",
+          range=(0.01, 100.0)),
+    Param("smoothing_beta", 10.0, "Smoothing cutoff added (Hz) per face span or radian per second of motion: higher "
+          "lags less on fast motion.", range=(0.0, 1000.0)),
     Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
     Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),
     Param("face_frame_prefix", "face_", "Head frame name = prefix + face id.", check=frame_prefix_check),
@@ -104,9 +111,8 @@ class FaceAlignmentNode(Node):
         self._stamp_gaps = diag.StampGapCounter()
         self.params = ParameterSet(self, PARAMS, on_change=self._on_params)
         p = self.params
-        apply_num_threads(p["num_threads"])
         self.pipeline = FramePipeline(PipelineConfig.from_values(self._config_values()), dff_weights=p["dff_weights"],
-                                      detector=p["detector"], device=p["device"])
+                                      detector=p["detector"], device=p["device"], threads=p["num_threads"])
 
         self._cond = threading.Condition()
         self._frame = None          # newest unprocessed Image

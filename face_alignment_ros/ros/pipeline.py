@@ -14,6 +14,7 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from face_alignment_ros.core import resources
+from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import create_backend
@@ -21,6 +22,7 @@ from face_alignment_ros.core.face_detector import create_detector
 from face_alignment_ros.core.head_frame import Intrinsics, metric_landmarks_mm, metric_pose
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.overlay import draw_faces
+from face_alignment_ros.core.smoothing import OneEuroSettings
 from face_alignment_ros.core.tracker import FaceTracker
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology
 from face_alignment_ros.ros import messages
@@ -40,6 +42,12 @@ class PipelineConfig:
     publish_gaze: bool = False
     debug_image: bool = False
     markers: bool = False
+    smoothing: bool = False               # One Euro filter of landmarks and pose (core.smoothing)
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 10.0
+
+    def smoothing_settings(self) -> OneEuroSettings | None:
+        return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
 
     @classmethod
     def from_values(cls, values: dict) -> "PipelineConfig":
@@ -62,24 +70,17 @@ class FrameOutput:
     image_size: tuple[int, int] = (0, 0)      # (width, height) of the decoded frame
 
 
-def apply_num_threads(num_threads: int) -> None:
-    """The ``num_threads`` parameter: torch and OpenCV CPU threads of this process (0 leaves the
-    libraries' defaults). The node and ``face-align-bag`` both call this."""
-    if num_threads > 0:
-        import cv2
-        import torch
-
-        torch.set_num_threads(num_threads)
-        cv2.setNumThreads(num_threads)
-
-
 def default_dff_weights() -> Path:
     return resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
 
 
 class FramePipeline:
     def __init__(self, config: PipelineConfig | None = None, dff_weights: str | Path | None = None,
-                 detector: str = "default", device: str | None = None, model: MorphableModel | None = None):
+                 detector: str = "default", device: str | None = None, model: MorphableModel | None = None,
+                 threads: int | None = None):
+        """``threads``: the core's thread policy (``core.threads``; None or 0: its default),
+        applied to this process here."""
+        self.threads = thread_policy.apply(threads or None)
         self.config = config or PipelineConfig()
         self.dff_weights = Path(dff_weights) if dff_weights else default_dff_weights()
         self.device = None if device in (None, "", "auto") else device
@@ -103,18 +104,19 @@ class FramePipeline:
         if self._model is None:
             self._model = MorphableModel.load()
         if self._detector is None:
-            self._detector = create_detector(self._detector_name)
+            self._detector = create_detector(self._detector_name, threads=self.threads.detector)
         a = self.aligner
         if a is not None and (a.backend.kind, a.backend.dim, a.backend.crop_size) == \
                 (descent.descriptor, descent.descriptor_dim, descent.crop_size):
             a.set_descent_model(descent)
         else:
-            backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device)
+            backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device,
+                                     threads=self.threads.network)
             self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector)
             self.tracker = None
         if self.tracker is None:
             self.tracker = FaceTracker(self.aligner, self.config.redetect_every, self.config.min_confidence,
-                                       max_faces=self.config.max_faces)
+                                       max_faces=self.config.max_faces, smoothing=self.config.smoothing_settings())
         self.descent_sha256 = sha256
         tris = self.aligner.model.decimated_triangles
         topo = messages.mesh_topology(tris, len(self.aligner.model.decimated))
@@ -125,7 +127,7 @@ class FramePipeline:
         """Use a ready-made aligner (benchmarks, tests of the core); tracking restarts."""
         self.aligner = aligner
         self.tracker = FaceTracker(aligner, self.config.redetect_every, self.config.min_confidence,
-                                   max_faces=self.config.max_faces)
+                                   max_faces=self.config.max_faces, smoothing=self.config.smoothing_settings())
         self.topology = messages.mesh_topology(aligner.model.decimated_triangles, len(aligner.model.decimated))
         self._topology_sent = False
 
@@ -137,6 +139,7 @@ class FramePipeline:
             self.tracker.redetect_every = self.config.redetect_every
             self.tracker.min_confidence = self.config.min_confidence
             self.tracker.max_faces = self.config.max_faces
+            self.tracker.smoothing = self.config.smoothing_settings()
 
     def take_topology(self) -> MeshTopology | None:
         """The mesh topology once after it (re)appears, else None (it is published latched)."""
@@ -170,7 +173,8 @@ class FramePipeline:
         t0 = time.perf_counter()
         image = message_to_bgr(image_msg)
         t1 = time.perf_counter()
-        tracked = self.tracker.process(image)
+        stamp = image_msg.header.stamp.sec + image_msg.header.stamp.nanosec * 1e-9
+        tracked = self.tracker.process(image, stamp_s=stamp or None)  # unstamped: nominal frame rate
         t2 = time.perf_counter()
         cfg = self.config
         intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)

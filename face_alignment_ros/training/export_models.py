@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "to stay within the size limit; repeatable")
     parser.add_argument("--check-photos", type=int, default=40,
                         help="held-out photos on which float16 and float32 descent models are compared")
+    parser.add_argument("--onnx-only", action="store_true",
+                        help="only (re-)export the DFF inference graph (ONNX) of the weights already in --assets "
+                             "and record it in their model card; needs no training work folder")
 
 
 def _parse_iterations(items: list[str], option: str = "--iterations", low: int = 1) -> dict[str, int]:
@@ -108,7 +111,44 @@ def _card(title: str, lines: list[str]) -> str:
     return "\n".join([f"# Model card: {title}", ""] + lines) + "\n"
 
 
+ONNX_CARD_PREFIX = "- Inference graph"
+
+
+def _onnx_card_line(info: dict) -> str:
+    return (f"{ONNX_CARD_PREFIX} `{Path(info['path']).name}` (ONNX, float32, what the runtime runs; "
+            f"`core/dff_runtime.py`): sha256 {info['sha256']}, exported from the weights with sha256 "
+            f"{info['dff_weights_sha256']}; max abs difference to torch {info['max_abs_diff']:.1e} on random crops; "
+            f"{info['size_mb']:.2f} MB.")
+
+
+def _set_onnx_card_line(card: Path, info: dict) -> None:
+    """Put the inference-graph line into an existing card (replacing an older one)."""
+    lines = [ln for ln in card.read_text().splitlines() if not ln.startswith(ONNX_CARD_PREFIX)] if card.exists() \
+        else ["# Model card: DFF network weights (`dff_weights.pt`)", ""]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("- File size")), len(lines) - 1) + 1
+    lines.insert(at, _onnx_card_line(info))
+    card.write_text("\n".join(lines) + "\n")
+
+
+def run_onnx_only(args: argparse.Namespace) -> int:
+    """Export the inference graph of the shipped weights (the training work folder need not exist)."""
+    from face_alignment_ros.core.dff_runtime import export_onnx, onnx_path_for
+
+    weights = args.assets / resources.DFF_WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no DFF weights at {weights}: " + resources.TRAIN_HINT)
+    info = export_onnx(weights, onnx_path_for(weights))
+    _set_onnx_card_line(args.assets / CARDS_DIR / "dff_weights.md", info)
+    print(f"wrote {info['path']} ({info['size_mb']:.2f} MB, sha256 {info['sha256'][:12]}..., "
+          f"max abs diff to torch {info['max_abs_diff']:.1e})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.onnx_only:
+        return run_onnx_only(args)
+    from face_alignment_ros.core.dff_runtime import export_onnx, onnx_path_for
+
     stage = Stage("export", args.work, args.seed)
     weights_src = stage.input("train-dff", "dff_weights.pt")
     descent_src = {k: stage.input("descent", f"descent_{k}.npz") for k in ("dff", "sift")}
@@ -136,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=args.assets, prefix=".export-") as tmp:
         staged = {resources.DFF_WEIGHTS_FILE: Path(tmp) / resources.DFF_WEIGHTS_FILE}
         shutil.copyfile(weights_src, staged[resources.DFF_WEIGHTS_FILE])
+        onnx_file = onnx_path_for(resources.DFF_WEIGHTS_FILE).name
+        staged[onnx_file] = Path(tmp) / onnx_file
+        onnx_info = export_onnx(staged[resources.DFF_WEIGHTS_FILE], staged[onnx_file])
         checks = {}
         for kind, src in descent_src.items():
             model = DescentModel.load(src, expect_descriptor=kind)
@@ -169,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
               f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
               f"photo crops (fitted meshes as labels): {photo_counts or 'none'}.",
               f"- Exported {date} by `face-align-train export`."]
-    if resources.DFF_WEIGHTS_FILE not in kept_cards:
+    if resources.DFF_WEIGHTS_FILE in kept_cards:  # same weights: the card stays, its ONNX line is renewed
+        _set_onnx_card_line(cards / "dff_weights.md", dict(onnx_info, path=onnx_file))
+    else:
         (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
             f"- Architecture: {json.dumps(config.to_dict())}",
             "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
@@ -177,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
             f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
             f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
+            _onnx_card_line(dict(onnx_info, path=onnx_file)),
             *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
             *common]))
     for kind in ("dff", "sift"):

@@ -64,6 +64,7 @@ from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.mesh_topology import triangle_normals
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.rasterizer import rasterize_depth, rasterize_ids
+from face_alignment_ros.core.threads import limit_blas_threads
 from face_alignment_ros.core.visibility import VisibilityTester
 from face_alignment_ros.training.stage_io import Stage
 
@@ -202,36 +203,6 @@ def _front_facing(tv, triangles):
                 - (tv[i2, 0] - tv[i0, 0]) * (tv[i1, 1] - tv[i0, 1]))
         out[t] = area < 0
     return out
-
-
-def limit_blas_threads(n: int) -> int | None:
-    """Set OpenBLAS's thread count in this process; returns the old count (None if unknown).
-
-    Two workers on two cores already fill the machine: BLAS threads spinning beside them make the
-    many small matrix products here several times slower.
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = [line.split()[-1] for line in f if line.strip()]
-        libs = {p for p in paths if "openblas" in p.lower() and ".so" in p}
-    except OSError:
-        return None
-    for lib in sorted(libs):
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                setter = getattr(handle, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(handle, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    old = int(getter())
-                    setter(int(n))
-                    return old
-    return None
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""Joint refinement of the weak-perspective camera and the 3DMM shape after the cascade.
+
+The cascade regresses the camera w directly (paper eq. 5) and fits only the shape to the 68
+regressed targets X (eq. 6-8). ``PoseRefiner`` then solves, for the camera (s, R, t) and the
+shape p together,
+
+    min  sum_i v_i || X_i - (s P R (m_c(i) + B_c(i) p) + t) ||^2  +  lambda s^2 || D^-1 p ||^2
+
+where c(i) is landmark i's vertex, the jaw points marched to the silhouette of the current pose
+and shape (contour-aware, as on a photo), v_i = 1 for visible inner points and the jaw (on the
+silhouette, seen by construction) and ``hidden_weight`` for self-occluded inner points (their
+targets are guesses), and the prior is that of eq. 8. It alternates
+contour marching, the closed-form weak-perspective camera (``camera.fit_camera``) and the closed-
+form shape (``shape_fit.fit_shape``), starting from the cascade's state: a few Gauss-Seidel
+sweeps of the same least squares that the fit stage solves on annotated landmarks. The regressed
+landmarks X are left as they are.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core.morphable_model import JAW, MorphableModel
+from face_alignment_ros.core.shape_fit import fit_shape
+
+DEFAULT_ITERATIONS = 2
+DEFAULT_HIDDEN_WEIGHT = 0.3
+
+
+class PoseRefiner:
+    """Precomputes the basis rows of the 68 landmarks and of the jaw's silhouette candidates so
+    that a refinement costs a fraction of a millisecond."""
+
+    def __init__(self, model: MorphableModel, iterations: int = DEFAULT_ITERATIONS,
+                 hidden_weight: float = DEFAULT_HIDDEN_WEIGHT):
+        if iterations < 1 or not 0.0 <= hidden_weight <= 1.0:
+            raise ValueError("iterations must be >= 1 and hidden_weight in [0, 1]")
+        self.model = model
+        self.iterations = iterations
+        self.hidden_weight = hidden_weight
+        self._lm_mean, self._lm_basis = model.basis_rows(model.landmarks)
+        cand = model.contour_candidates
+        self._cand_valid = cand >= 0
+        self._cand_ids = np.where(self._cand_valid, cand, 0)
+        mean, basis = model.basis_rows(self._cand_ids.reshape(-1))
+        self._cand_mean = mean.reshape(*cand.shape, 3)
+        self._cand_basis = basis.reshape(*cand.shape, 3, -1)
+        # -1: image-left half of the face, +1: right (as MorphableModel.contour_landmarks)
+        self._side = np.sign(model.mean[model.landmarks[JAW], 0])
+
+    def landmark_rows(self, rotation: np.ndarray, shape_params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (68, 3) and basis (68, 3, d) of the 68 landmark vertices under this pose and
+        shape, the jaw on the silhouette: the rows of ``model.contour_landmarks``' vertices."""
+        x_axis = np.asarray(rotation, np.float32)[0]
+        x = self._cand_mean @ x_axis + (self._cand_basis @ np.asarray(shape_params, np.float32)) @ x_axis
+        outward = np.where(self._cand_valid, x * self._side[:, None], -np.inf)
+        pick = np.argmax(outward, axis=1)
+        rows = np.arange(len(JAW))
+        mean, basis = self._lm_mean.copy(), self._lm_basis.copy()
+        mean[JAW] = self._cand_mean[rows, pick]
+        basis[JAW] = self._cand_basis[rows, pick]
+        return mean, basis
+
+    def refine(self, targets: np.ndarray, camera: np.ndarray, shape_params: np.ndarray,
+               visible: np.ndarray | None, regularisation: float) -> tuple[np.ndarray, np.ndarray]:
+        """(camera (6,), shape_params (d,)) refined against ``targets`` (68, 2) in the camera's
+        pixels; ``visible`` (68,) bool of the fixed landmark vertices, or None (all weighted 1)."""
+        weights = None
+        if visible is not None:
+            weights = np.where(np.asarray(visible, bool), 1.0, self.hidden_weight)
+            weights[JAW] = 1.0
+        camera = np.asarray(camera, np.float32).copy()
+        params = np.asarray(shape_params, np.float32).copy()
+        targets = np.asarray(targets, np.float32)
+        if not np.all(np.isfinite(targets)) or np.ptp(targets, axis=0).min() < 1e-3:
+            return camera, params  # degenerate targets: keep the cascade's answer
+        for _ in range(self.iterations):
+            mean, basis = self.landmark_rows(cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1]), params)
+            try:
+                fitted = cam.fit_camera(targets, mean + basis @ params, weights)
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.isfinite(fitted)) or fitted[cam.S] <= 0:
+                break
+            camera = fitted
+            params = fit_shape(targets, camera, mean, basis, self.model.shape_sigma, regularisation, weights)
+        return camera, params

@@ -1,0 +1,51 @@
+"""What the node publishes from the tracker (FramePipeline, no ROS graph): no ghost face or TF,
+and the smoothing parameters reach the tracker."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy missing: run make setup")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from face_alignment_ros.core.aligner import FaceAligner  # noqa: E402
+from face_alignment_ros.core.smoothing import OneEuroSettings  # noqa: E402
+from face_alignment_ros.ros.image_conversion import bgr_to_image_fields  # noqa: E402
+from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def aligner():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield FaceAligner.from_default()
+    torch.set_num_threads(threads)
+
+
+def frame(image, sec=0):
+    return Image(header=Header(stamp=Time(sec=sec), frame_id="camera"), **bgr_to_image_fields(image))
+
+
+def test_no_ghost_face_or_tf_after_the_face_leaves(aligner):
+    from face_alignment_ros.cli.align import demo_image
+
+    pipeline = FramePipeline()
+    pipeline.set_aligner(aligner)
+    out = pipeline.process(frame(demo_image()))
+    assert len(out.landmarks.faces) == 1 and len(out.transforms) == 1
+    for after in (np.full((512, 512, 3), 128, np.uint8), np.full((480, 640, 3), 128, np.uint8)):
+        pipeline.process(frame(demo_image()))
+        out = pipeline.process(frame(after))
+        assert out.landmarks.faces == [] and out.meshes.faces == [] and out.transforms == []
+
+
+def test_smoothing_parameters_reach_the_tracker(aligner):
+    pipeline = FramePipeline(PipelineConfig(smoothing=True, smoothing_min_cutoff=0.5, smoothing_beta=2.0))
+    pipeline.set_aligner(aligner)
+    assert pipeline.tracker.smoothing == OneEuroSettings(min_cutoff=0.5, beta=2.0)
+    pipeline.update_config({"smoothing": False})
+    assert pipeline.tracker.smoothing is None
+    assert FramePipeline().config.smoothing is False, "smoothing is off unless asked for"
