@@ -38,6 +38,7 @@ class SampleSet:
     normalisers: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     yaw_bins: list = field(default_factory=list)
+    elapsed: float = 0.0  # seconds spent making the crops
 
     def add(self, crop: np.ndarray, target: np.ndarray, normaliser: float, group: str, yaw_bin: int = -1) -> None:
         self.crops.append(np.ascontiguousarray(crop, np.uint8))
