@@ -27,7 +27,7 @@ def _surface_code_map(model, camera, params, freqs, phases):
     code = np.cos(pos @ freqs + phases)
     code /= np.linalg.norm(code, axis=2, keepdims=True)
     code[tri < 0] = 0.0
-    return DescriptorMap(code.transpose(2, 0, 1).astype(np.float32), np.eye(2, 3))
+    return DescriptorMap(code.transpose(2, 0, 1).astype(np.float32))
 
 
 def _samples(model, cascade, count, rng, freqs, phases):

@@ -197,7 +197,7 @@ def test_shipped_model_with_null_metadata_gives_model_file_error():
     """The issue's reproducer: the shipped file, metadata_json set to null, sent as bytes."""
     from face_alignment_ros.core import resources
 
-    shipped = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"]
+    shipped = resources.shipped_models("dff").descent
     with np.load(shipped) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["metadata_json"] = np.array("null")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from face_alignment_ros.core.dff_extractor import (DescriptorMap, DFFExtractor, apply_affine,
-                                                   bilinear_sample, crop_image)
+from face_alignment_ros.core.dff_extractor import DescriptorMap, DFFExtractor, bilinear_sample
+from face_alignment_ros.core.face_crop import apply_affine, crop_image, image_to_crop
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
 CFG = DFFConfig(input_size=32, base_width=4, depth=3)
@@ -12,7 +12,7 @@ CFG = DFFConfig(input_size=32, base_width=4, depth=3)
 
 def _map(d=3, n=5, seed=0):
     data = np.random.default_rng(seed).normal(size=(d, n, n)).astype(np.float32)
-    return DescriptorMap(data, np.eye(2, 3))
+    return DescriptorMap(data)
 
 
 def test_bilinear_exact_at_known_points():
@@ -70,18 +70,29 @@ def extractor():
 def test_extractor_map_and_batch(extractor):
     img = np.random.default_rng(2).integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
     boxes = [(10, 10, 74, 74), (60, 20, 140, 100)]
-    m = extractor.descriptor_map(img, boxes[0])
+    crops = [crop_image(img, b, 32)[0] for b in boxes]
+    m = extractor.descriptor_map(crops[0])
     assert m.data.shape == (32, 32, 32) and m.data.dtype == np.float32
     assert np.allclose(np.linalg.norm(m.data, axis=0), 1, atol=1e-4)
-    maps = extractor.descriptor_maps(img, boxes)
-    assert len(maps) == 2
+    maps = extractor.descriptor_maps(crops)
+    assert len(maps) == 2 and extractor.descriptor_maps([]) == []
     assert np.allclose(maps[0].data, m.data, atol=1e-4)
-    assert np.allclose(maps[1].affine, extractor.descriptor_map(img, boxes[1]).affine)
-    # sample_image and sample agree through the affine
-    p_img = np.array([[30.0, 40.0]])
-    assert np.allclose(m.sample_image(p_img), m.sample(apply_affine(m.affine, p_img)))
-    gray = extractor.descriptor_map(img[:, :, 0], boxes[0])
-    assert gray.data.shape == (32, 32, 32)
+    assert np.allclose(maps[1].data, extractor.descriptor_map(crops[1]).data, atol=1e-4)
+
+
+def test_identity_box_crop_is_the_crop_itself():
+    # The extractor once re-warped its input through an identity box (0, 0, N, N): that warp
+    # returned the crop unchanged, so running on the crop directly gives the same descriptors.
+    crop = np.random.default_rng(5).integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    again, affine = crop_image(crop, (0.0, 0.0, 32.0, 32.0), 32)
+    assert np.array_equal(again, crop) and np.allclose(affine, np.eye(2, 3))
+
+
+def test_crop_affine_matches_point_and_camera_maps():
+    box = np.array([40.0, 30.0, 120.0, 110.0], np.float32)
+    _, affine = crop_image(np.zeros((200, 200, 3), np.uint8), box, 32)
+    pts = np.array([[40.0, 30.0], [77.5, 91.25], [-3.0, 250.0]])
+    assert np.allclose(apply_affine(affine, pts), image_to_crop(pts, box, 32), atol=1e-4)
 
 
 def test_bilinear_sample_generic():

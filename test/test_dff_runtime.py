@@ -16,7 +16,7 @@ from face_alignment_ros.core.dff_runtime import OnnxDffRuntime, export_onnx, loa
 from face_alignment_ros.core.morphable_model import ModelFileError
 
 CFG = DFFConfig(input_size=32, base_width=4, depth=3)
-SHIPPED = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+SHIPPED = resources.shipped_models("dff").dff_weights
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_aflw2000_mat(tmp_path):
 
 
 def test_synthetic_renders(tmp_path):
-    from face_alignment_ros.training.synthesize import STAGE, open_outputs
+    from face_alignment_ros.common.render_format import SYNTHESIZE_STAGE as STAGE, open_outputs
 
     folder = tmp_path / STAGE
     folder.mkdir()

@@ -106,11 +106,11 @@ def test_speed_ratios_and_markdown():
 class _ColourExtractor:
     """Descriptor = a unit 2-vector coding the pixel's colour, so equal colours match exactly."""
 
-    def descriptor_map(self, crop, box):
+    def descriptor_map(self, crop):
         from face_alignment_ros.core.dff_extractor import DescriptorMap
 
         t = (crop[:, :, 0].astype(np.float32) + 256 * crop[:, :, 1].astype(np.float32)) * (2 * np.pi / 300)  # vertex ids < 256
-        return DescriptorMap(np.stack([np.cos(t), np.sin(t)]), np.array([[1.0, 0, 0], [0, 1, 0]]))
+        return DescriptorMap(np.stack([np.cos(t), np.sin(t)]))
 
 
 def test_synthetic_view_matching():
@@ -119,7 +119,7 @@ def test_synthetic_view_matching():
     n = 16
     vid_a = np.arange(n * n, dtype=np.uint16).reshape(n, n)
     vid_b = np.roll(vid_a, 2, axis=1)
-    vid_b[:, :2] = matching.BACKGROUND
+    vid_b[:, :2] = matching.BACKGROUND_ID
     vids = np.stack([vid_a, vid_b])
     images = np.zeros((2, n, n, 3), np.uint8)
     images[..., 0] = vids % 256

@@ -11,7 +11,8 @@ import pytest
 
 from face_alignment_ros.core.face_detector import (
     Detection, FaceDetector, available_detectors, box_iou, create_detector,
-    non_max_suppression, validate_image)
+    non_max_suppression)
+from face_alignment_ros.core.face_crop import validate_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("FACE_DATA_DIR", os.path.join(REPO, "..", "shared", "data"))

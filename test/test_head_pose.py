@@ -77,7 +77,7 @@ def test_geodesic():
 
 def _render(model, camera, params):
     """A shaded render of the 3DMM under the camera (crop pixels), with the project's rasteriser."""
-    from face_alignment_ros.training.synthesize import visible_surface
+    from face_alignment_ros.training.render_views import visible_surface
 
     tv = cam.transform(camera, model.vertices(params))
     _, mask, corners, w = visible_surface(tv, model.triangles, SIZE)

@@ -100,7 +100,7 @@ def aligner(ros, name, tmp_path=None, yaml_text=None, remaps=None, **overrides):
 
 def null_metadata_model(path):
     """The shipped DFF descent model with metadata_json set to JSON null (a file found by an attack)."""
-    source = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"]
+    source = resources.shipped_models("dff").descent
     if source.is_file():
         with np.load(source, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

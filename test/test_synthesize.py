@@ -10,15 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
+from face_alignment_ros.common import render_format as fmt
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.morphable_model import MorphableModel
+from face_alignment_ros.training import mesh_texture as texture
+from face_alignment_ros.training import render_views as views
 from face_alignment_ros.training import synthesize as syn
 
 
 @pytest.fixture(scope="module")
 def tools():
-    return syn.default_tools()
+    return texture.default_tools()
 
 
 def test_mirror_map_flips_x(tools):
@@ -36,7 +39,7 @@ def test_fill_texture_mirrors_then_diffuses(tools):
     colours[:, 2] = 200.0  # red everywhere seen
     seen = mean[:, 0] > 0  # only the image-right half
     seen &= mean[:, 1] > -40  # and not the top of the forehead
-    filled, stats = syn.fill_texture(colours, seen, tools)
+    filled, stats = texture.fill_texture(colours, seen, tools)
     assert np.all(np.isfinite(filled))
     used = np.unique(tools.model.triangles)
     assert np.allclose(filled[used], [0, 0, 200], atol=1.0)
@@ -50,7 +53,7 @@ def test_close_holes_fills_enclosed_background():
     tri_id[8:12, 8:12] = -1  # a hole through the mesh
     bary = np.zeros((20, 20, 3), np.float32)
     bary[tri_id >= 0] = [1, 0, 0]
-    syn._close_holes(tri_id, bary)
+    views._close_holes(tri_id, bary)
     assert np.all(tri_id[3:17, 3:17] == 7)
     assert np.all(tri_id[:3] == -1)
     assert np.allclose(bary[10, 10], [1, 0, 0])
@@ -89,14 +92,14 @@ def test_stage_runs_deterministically_and_resumes(tmp_path, tools):
     fits = _synthetic_fits(tmp_path, tools.model)
     work = tmp_path / "work"
     assert syn.run(_args(work, fits)) == 0
-    train = {k: np.array(v) for k, v in syn.load_outputs(work, "train").items()}
-    held = {k: np.array(v) for k, v in syn.load_outputs(work, "heldout").items()}
+    train = {k: np.array(v) for k, v in fmt.load_outputs(work, "train").items()}
+    held = {k: np.array(v) for k, v in fmt.load_outputs(work, "heldout").items()}
 
     assert train["images"].shape == (4, 32, 32, 3) and train["images"].dtype == np.uint8
     assert held["images"].shape == (3, 32, 32, 3)
     vid = train["vertex_ids"]
     assert vid.dtype == np.uint16
-    face = vid != syn.BACKGROUND_ID
+    face = vid != fmt.BACKGROUND_ID
     assert 0.2 < face.mean() < 0.95
     assert vid[face].max() < tools.model.n_vertices
     assert train["landmarks"].shape == (4, 68, 2) and train["dense"].shape == (4, 160, 2)
@@ -133,13 +136,13 @@ def test_data_real_identity_renders(tools):
     fits_path = resources.work_dir() / "fit" / "fits.npz"
     if not fits_path.exists() or resources.data_dir() is None:
         pytest.skip("needs stage fit's output (face-align-train fit) and ../shared/data")
-    fits = syn.Fits.load(fits_path)
+    fits = views.Fits.load(fits_path)
     row = int(np.flatnonzero(fits.split.astype(str) == "train")[0])
-    ident = syn.prepare_identity(fits, row, tools)
+    ident = views.prepare_identity(fits, row, tools)
     assert ident.stats["seen"] > 0.2
     bank = np.full((1, 64, 64, 3), 100, np.uint8)
-    s = syn.render_sample(ident, tools, 64, "train", 0, 0, 12, bank)
-    assert (s["vertex_ids"] != syn.BACKGROUND_ID).mean() > 0.3
+    s = views.render_sample(ident, tools, 64, "train", 0, 0, 12, bank)
+    assert (s["vertex_ids"] != fmt.BACKGROUND_ID).mean() > 0.3
     assert np.all(np.isfinite(s["landmarks"]))
 
 
@@ -147,12 +150,12 @@ def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
     from face_alignment_ros.training.photo_views import photo_view
 
     fits_path = _synthetic_fits(tmp_path, tools.model)
-    fits = syn.Fits.load(fits_path)
-    image = syn.read_image(fits, 0)
+    fits = views.Fits.load(fits_path)
+    image = views.read_image(fits, 0)
     a = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
     b = photo_view(image, fits, 0, tools, 32, np.random.default_rng(3))
     assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
-    face = a["vertex_ids"] != syn.BACKGROUND_ID
+    face = a["vertex_ids"] != fmt.BACKGROUND_ID
     assert 0.2 < face.mean() < 0.95
     # the stored camera maps the photo's annotated points into this crop
     pts = cam.project(a["camera"], tools.model.vertices(a["shape"], a["landmark_ids"]))
@@ -161,10 +164,10 @@ def test_photo_views_label_only_the_annotated_face(tmp_path, tools):
     from face_alignment_ros.core import face_crop
 
     camera_image = fits.camera[0]
-    box = syn.face_crop.canonical_crop_box(camera_image)
+    box = face_crop.canonical_crop_box(camera_image)
     plain = photo_view(image, fits, 0, tools, 32, np.random.default_rng(0), jitter=False)
-    region = syn.face_region_mask(face_crop.image_to_crop(fits.landmarks[0], box, 32), (32, 32))
-    assert not np.any((plain["vertex_ids"] != syn.BACKGROUND_ID) & ~region)
-    from face_alignment_ros.core.dff_extractor import crop_image
+    region = texture.face_region_mask(face_crop.image_to_crop(fits.landmarks[0], box, 32), (32, 32))
+    assert not np.any((plain["vertex_ids"] != fmt.BACKGROUND_ID) & ~region)
+    from face_alignment_ros.core.face_crop import crop_image
 
     assert np.array_equal(plain["images"], crop_image(image, box, 32)[0])  # no jitter: the photo itself

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from face_alignment_ros.training import train_dff
-from face_alignment_ros.training.synthesize import open_outputs
+from face_alignment_ros.common.render_format import open_outputs
 
 SIZE = 32
 
@@ -25,7 +25,7 @@ def _fake_work(tmp_path, morphable_model, n=8):
         out = open_outputs(tmp_path / "synthesize", split, n, SIZE, "w+")
         out["images"][:] = rng.integers(0, 255, out["images"].shape)
         vid = rng.integers(0, 300, out["vertex_ids"].shape)  # views share vertices: matching is exercised
-        vid[:, :4] = train_dff.BACKGROUND
+        vid[:, :4] = train_dff.BACKGROUND_ID
         out["vertex_ids"][:] = vid
         out["identity"][:] = np.arange(n) // 2
         for arr in out.values():
@@ -53,7 +53,7 @@ def test_loss_prefers_the_right_class_and_ignores_unlabelled():
 
 
 def test_pixels_are_sampled_on_the_labelled_face():
-    vid = np.full((1, 8, 8), train_dff.BACKGROUND, np.uint16)
+    vid = np.full((1, 8, 8), train_dff.BACKGROUND_ID, np.uint16)
     vid[0, 2:4, 2:4] = 7
     labelled = np.zeros(10, bool)
     labelled[7] = True

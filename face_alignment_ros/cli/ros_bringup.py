@@ -84,8 +84,8 @@ def demo(args) -> int:
     if not resources.trained_models_present("dff"):
         print(f"face-align-ros: no trained DFF model in the package. {resources.TRAIN_HINT}", file=sys.stderr)
         return 2
-    descent = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"]
-    weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+    shipped = resources.shipped_models("dff")
+    descent, weights = shipped.descent, shipped.dff_weights
     rclpy.init()
     graph = Graph("/camera/image_raw", args.params, aligner_overrides={
         "publish_debug_image": True, "dff_weights": str(weights)}, model_overrides={"model_file": str(descent)})

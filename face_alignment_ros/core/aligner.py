@@ -14,8 +14,8 @@ from face_alignment_ros.core import threads as thread_policy
 from face_alignment_ros.core.cascade import Cascade, CascadeState
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
-from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector, validate_image
+from face_alignment_ros.core.face_crop import crop_image, validate_image
+from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
 from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
@@ -143,16 +143,13 @@ class FaceAligner:
         """The shipped trained models (CPU, or CUDA when available). ``threads``: CPU threads
         of the DFF network under the package's thread policy (``core.threads``; None: the
         default, all cores up to 2), applied to the whole process."""
-        descent_path = resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES.get(descriptor, "")
-        weights = resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
-        if descriptor not in resources.DESCENT_MODEL_FILES:
-            raise ValueError(f"descriptor must be one of {sorted(resources.DESCENT_MODEL_FILES)}, not {descriptor!r}")
-        missing = [p for p in (descent_path, weights if descriptor == "dff" else None) if p is not None and not p.exists()]
+        shipped = resources.shipped_models(descriptor)
+        missing = shipped.missing()
         if missing:
             raise ModelNotTrainedError(
                 f"no trained {descriptor.upper()} model in the package (missing: {', '.join(str(p) for p in missing)}). "
                 + resources.TRAIN_HINT)
-        return cls.from_files(descent_path, weights if descriptor == "dff" else None, device=device,
+        return cls.from_files(shipped.descent, shipped.dff_weights, device=device,
                               detector=detector, threads=threads, **kwargs)
 
     @classmethod

@@ -7,12 +7,15 @@ Each iteration k:
   3. re-fits the shape parameters to X (eq. 6-8), jaw points sliding on the silhouette;
   4. recomputes visibility with the depth buffer.
 
-The descent learner calls the same ``features`` and ``update`` so that training and inference
-share one code path.
+``Cascade.run`` is the one loop over the iterations: the aligner, the descent learner's
+evaluation (errors from the state's ``history``) and the stage benchmark (timing through the
+per-iteration hook) all run it. The descent learner fits each iteration's regressor with the same
+``features`` and ``update``, so training and inference share one code path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import numpy as np
@@ -26,6 +29,11 @@ from face_alignment_ros.core.visibility import VisibilityTester
 
 # sampler(points (n, 2) crop px, camera (6,) crop px) -> (n, D) descriptors
 Sampler = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# hook(k, part) -> a context manager entered around ``part`` of iteration k (0-based), ``part``
+# one of ITERATION_PARTS: the whole iteration, then in it the sampling, the regression and the
+# shape re-fit with visibility. Used to time or watch the loop without writing it again.
+IterationHook = Callable[[int, str], AbstractContextManager]
+ITERATION_PARTS = ("iteration", "features", "regression", "update")
 # Fit residual (fraction of the face span) at which the confidence falls to 1/e.
 CONFIDENCE_RESIDUAL_SCALE = 0.02
 
@@ -108,10 +116,23 @@ class Cascade:
         return new
 
     def run(self, descent: DescentModel, sampler: Sampler, state: CascadeState,
-            iterations: int | None = None) -> CascadeState:
-        for k in range(descent.iterations if iterations is None else min(iterations, descent.iterations)):
-            delta_x, delta_w = descent.step(k, self.features(sampler, state))
-            state = self.update(state, delta_x, delta_w, descent.regularisation)
+            iterations: int | None = None, hook: IterationHook | None = None) -> CascadeState:
+        """Run the descent's iterations (or the first ``iterations``) from ``state``; the
+        result's ``history`` holds X after each one. ``hook``: see ``IterationHook``."""
+        count = descent.iterations if iterations is None else min(iterations, descent.iterations)
+        if hook is None:
+            for k in range(count):
+                delta_x, delta_w = descent.step(k, self.features(sampler, state))
+                state = self.update(state, delta_x, delta_w, descent.regularisation)
+            return state
+        for k in range(count):
+            with hook(k, "iteration"):
+                with hook(k, "features"):
+                    phi = self.features(sampler, state)
+                with hook(k, "regression"):
+                    delta_x, delta_w = descent.step(k, phi)
+                with hook(k, "update"):
+                    state = self.update(state, delta_x, delta_w, descent.regularisation)
         return state
 
     def confidence(self, state: CascadeState) -> float:

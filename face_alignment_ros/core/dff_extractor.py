@@ -1,14 +1,7 @@
-"""Crop a face, run the DFF network once, sample descriptors at sub-pixel points.
+"""Run the DFF network on face crops and sample its descriptors at sub-pixel crop points.
 
-Crop convention: the square box (x0, y0, x1, y1) in image pixels (pixel centres at integer
-coordinates) maps affinely onto the N x N crop so that image point (x0, y0) lands on crop pixel
-centre (0, 0) and (x1, y1) on (N, N), i.e. scale N / (x1 - x0): the crop covers [x0, x1) with
-N samples. Pixels outside the image are filled with ``BORDER_REPLICATE`` (edge pixels
-repeated): a constant fill would put a hard artificial edge into faces near the image border,
-which a convolutional descriptor would react to; replicated borders look like smooth
-background. Resampling is bilinear (``INTER_AREA`` is not available for warps); for strong
-down-scaling (box more than twice the crop) the image is first pyramided down with
-``cv2.pyrDown`` to avoid aliasing.
+The crops come from ``core.face_crop.crop_image`` (one crop convention for the whole package);
+the runtime only runs the network on the crop it is given.
 """
 from __future__ import annotations
 
@@ -16,7 +9,6 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported only by the torch runtime (the ONNX path never needs it)
@@ -25,65 +17,15 @@ if TYPE_CHECKING:  # torch is imported only by the torch runtime (the ONNX path 
     from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
 
-def crop_affine(crop_box, size: int) -> np.ndarray:
-    """2x3 affine image -> crop for a square ``crop_box`` resampled to ``size`` x ``size``."""
-    x0, y0, x1, y1 = (float(v) for v in crop_box)
-    w, h = x1 - x0, y1 - y0
-    if w <= 0 or h <= 0:
-        raise ValueError(f"crop box {crop_box} is empty")
-    sx, sy = size / w, size / h  # equal for a square box; kept apart so a near-square box works
-    return np.array([[sx, 0.0, -sx * x0], [0.0, sy, -sy * y0]], dtype=np.float64)
-
-
-def apply_affine(affine: np.ndarray, points) -> np.ndarray:
-    """(n, 2) points through a 2x3 affine."""
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return p @ affine[:, :2].T + affine[:, 2]
-
-
-def invert_affine(affine: np.ndarray) -> np.ndarray:
-    return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
-
-
-def _to_bgr(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    raise ValueError(f"expected a gray, BGR or BGRA image, got shape {image.shape}")
-
-
-def crop_image(image: np.ndarray, crop_box, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(size, size, 3) uint8 BGR crop and the 2x3 affine image -> crop (see module doc)."""
-    image = _to_bgr(np.asarray(image))
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    affine = crop_affine(crop_box, size)
-    src, a = image, affine.copy()
-    # Anti-aliasing: halve the source while the crop is still > 2x smaller than the box.
-    while a[0, 0] < 0.5 and min(src.shape[:2]) >= 4:
-        src = cv2.pyrDown(src)
-        # pyrDown maps source pixel centre 2i to i (centres at integers).
-        a[:, :2] *= 2.0
-    crop = cv2.warpAffine(src, a, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
-    return crop, affine
-
-
 @dataclass
 class DescriptorMap:
     """Full-resolution descriptors of one crop.
 
     ``data``: (D, N, N) float32, unit vectors along axis 0 (from the extractor a view whose
-    memory is (N, N, D)). ``affine``: 2x3 image -> crop.
+    memory is (N, N, D)).
     """
 
     data: np.ndarray
-    affine: np.ndarray
 
     def __post_init__(self):
         # (N, N, D) layout for the sampler: the 4 neighbours of a point are then 4 contiguous
@@ -99,10 +41,6 @@ class DescriptorMap:
         outside [0, N-1] x [0, N-1] (or non-finite). Rows are not renormalised: blends of
         unit vectors are slightly shorter, as in the paper's interpolation."""
         return bilinear_sample(self._hwd, points_crop)
-
-    def sample_image(self, points_image) -> np.ndarray:
-        """Like ``sample`` for points given in image pixels."""
-        return self.sample(apply_affine(self.affine, points_image))
 
 
 def bilinear_sample(hwd: np.ndarray, points) -> np.ndarray:
@@ -142,17 +80,16 @@ class DescriptorRunner:
         (the sampler's layout)."""
         raise NotImplementedError
 
-    def descriptor_maps(self, image_bgr: np.ndarray, crop_boxes) -> list[DescriptorMap]:
-        """Several faces of one image in one forward pass."""
-        crops = [crop_image(image_bgr, b, self.input_size) for b in crop_boxes]
-        if not crops:
+    def descriptor_maps(self, crops_bgr) -> list[DescriptorMap]:
+        """Several (N, N, 3) uint8 BGR crops in one forward pass."""
+        if not len(crops_bgr):
             return []
-        y = self.run_crops(np.stack([c[0] for c in crops]))
-        return [DescriptorMap(y[i].transpose(2, 0, 1), crops[i][1]) for i in range(len(crops))]
+        y = self.run_crops(np.stack(crops_bgr))
+        return [DescriptorMap(y[i].transpose(2, 0, 1)) for i in range(len(y))]
 
-    def descriptor_map(self, image_bgr: np.ndarray, crop_box) -> DescriptorMap:
-        """Run the network once on the crop of ``crop_box``: (D, N, N) map plus affine."""
-        return self.descriptor_maps(image_bgr, [crop_box])[0]
+    def descriptor_map(self, crop_bgr: np.ndarray) -> DescriptorMap:
+        """Run the network once on one (N, N, 3) uint8 BGR crop: its (D, N, N) map."""
+        return self.descriptor_maps([crop_bgr])[0]
 
 
 class DFFExtractor(DescriptorRunner):

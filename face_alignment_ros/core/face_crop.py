@@ -9,11 +9,24 @@ A detector (or landmark) box predicts the canonical crop through ``BoxPrior``: t
 is the box centre plus (dx, dy) box sides, and the crop side is the box side times
 exp(log_scale). The priors are means over training photos and are stored with each descent
 model, because they depend on the detector that made the boxes.
+
+Crop convention (the one place it is written): the square box (x0, y0, x1, y1) in image pixels
+(pixel centres at integer coordinates) maps affinely onto the N x N crop so that image point
+(x0, y0) lands on crop pixel centre (0, 0) and (x1, y1) on (N, N), i.e. scale N / (x1 - x0): the
+crop covers [x0, x1) with N samples. ``crop_affine`` is that map as a 2x3 matrix,
+``image_to_crop`` / ``crop_to_image`` the same map on points and ``camera_image_to_crop`` /
+``camera_crop_to_image`` on cameras. ``crop_image`` resamples: pixels outside the image are
+filled with ``BORDER_REPLICATE`` (edge pixels repeated): a constant fill would put a hard
+artificial edge into faces near the image border, which a convolutional descriptor would react
+to; replicated borders look like smooth background. Resampling is bilinear (``INTER_AREA`` is
+not available for warps); for strong down-scaling (box more than twice the crop) the image is
+first pyramided down with ``cv2.pyrDown`` to avoid aliasing.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 
 from face_alignment_ros.core import camera as cam
@@ -131,3 +144,73 @@ def initial_camera(crop_size: int) -> np.ndarray:
     """The cascade's starting camera in crop pixels: frontal, canonical scale, centred."""
     return np.array([crop_size / FACE_SPAN_MM, 0.0, 0.0, 0.0, crop_size / 2.0, crop_size / 2.0], np.float32)
 
+
+def validate_image(image: np.ndarray) -> np.ndarray:
+    """Check a detector input and return it as a contiguous uint8 BGR (H, W, 3) array.
+
+    Accepts BGR ``(H, W, 3)`` and gray ``(H, W)`` or ``(H, W, 1)`` uint8 images; raises
+    ``ValueError`` otherwise.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image must be BGR (H, W, 3) or gray (H, W), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty, shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def crop_affine(crop_box, size: int) -> np.ndarray:
+    """2x3 affine image -> crop for a square ``crop_box`` resampled to ``size`` x ``size``."""
+    x0, y0, x1, y1 = (float(v) for v in crop_box)
+    w, h = x1 - x0, y1 - y0
+    if w <= 0 or h <= 0:
+        raise ValueError(f"crop box {crop_box} is empty")
+    sx, sy = size / w, size / h  # equal for a square box; kept apart so a near-square box works
+    return np.array([[sx, 0.0, -sx * x0], [0.0, sy, -sy * y0]], dtype=np.float64)
+
+
+def apply_affine(affine: np.ndarray, points) -> np.ndarray:
+    """(n, 2) points through a 2x3 affine."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return p @ affine[:, :2].T + affine[:, 2]
+
+
+def invert_affine(affine: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
+
+
+def _to_bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"expected a gray, BGR or BGRA image, got shape {image.shape}")
+
+
+def crop_image(image: np.ndarray, crop_box, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size, size, 3) uint8 BGR crop and the 2x3 affine image -> crop (see module doc)."""
+    image = _to_bgr(np.asarray(image))
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    affine = crop_affine(crop_box, size)
+    src, a = image, affine.copy()
+    # Anti-aliasing: halve the source while the crop is still > 2x smaller than the box.
+    while a[0, 0] < 0.5 and min(src.shape[:2]) >= 4:
+        src = cv2.pyrDown(src)
+        # pyrDown maps source pixel centre 2i to i (centres at integers).
+        a[:, :2] *= 2.0
+    crop = cv2.warpAffine(src, a, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return crop, affine

@@ -29,6 +29,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from face_alignment_ros.core.face_crop import validate_image
+
 Box = Tuple[float, float, float, float]
 
 
@@ -41,28 +43,6 @@ class Detection:
 
     box: Box
     score: float
-
-
-def validate_image(image: np.ndarray) -> np.ndarray:
-    """Check a detector input and return it as a contiguous uint8 BGR (H, W, 3) array.
-
-    Accepts BGR ``(H, W, 3)`` and gray ``(H, W)`` or ``(H, W, 1)`` uint8 images; raises
-    ``ValueError`` otherwise.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"image must be BGR (H, W, 3) or gray (H, W), got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty, shape {image.shape}")
-    return np.ascontiguousarray(image)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

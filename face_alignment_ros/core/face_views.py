@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.core.face_crop import canonical_crop_box, landmark_box
+from face_alignment_ros.core.face_crop import canonical_crop_box, crop_image, landmark_box
 
 # iBUG 68 order: the person's right eye (image left in a frontal view), then the left eye.
 RIGHT_EYE = np.arange(36, 42)

@@ -1,12 +1,15 @@
-"""Triangle topology for a face point cloud: the 3DMM wheel ships vertices but no triangles.
+"""Mesh topology: the triangles of a face point cloud, the mesh's edges and vertex graph, and
+which triangles face the camera.
 
-The face is a height field over a vertical cylinder behind it, so unwrapping it onto that
-cylinder and running a 2-D Delaunay triangulation gives a clean surface mesh. Triangles that
-span holes or the open border have long edges and are dropped.
+The 3DMM wheel ships vertices but no triangles. The face is a height field over a vertical
+cylinder behind it, so unwrapping it onto that cylinder and running a 2-D Delaunay triangulation
+gives a clean surface mesh. Triangles that span holes or the open border have long edges and are
+dropped.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 from scipy.spatial import Delaunay
 
 
@@ -75,3 +78,38 @@ def decimate_by_grid(vertices: np.ndarray, axis_depth: float, spacing: float) ->
     first = np.ones(len(order), bool)
     first[1:] = key[order][1:] != key[order][:-1]
     return np.sort(order[first])
+
+
+def triangle_edges(triangles: np.ndarray) -> np.ndarray:
+    """(3m, 2) the three edges of each triangle, each as (lower, higher) vertex id; an edge shared
+    by two triangles appears twice."""
+    t = np.asarray(triangles)
+    return np.sort(np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]), axis=1)
+
+
+def mesh_edges(triangles: np.ndarray) -> np.ndarray:
+    """(e, 2) the mesh's unique edges as (lower, higher) vertex id, sorted."""
+    return np.unique(triangle_edges(triangles), axis=0)
+
+
+def vertex_adjacency(n_vertices: int, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices int32) of the mesh's vertex graph: each vertex's neighbours, ascending."""
+    e = mesh_edges(triangles).astype(np.int64)
+    key = np.unique(np.concatenate([e[:, 0] * n_vertices + e[:, 1], e[:, 1] * n_vertices + e[:, 0]]))
+    a, b = key // n_vertices, key % n_vertices
+    indptr = np.zeros(n_vertices + 1, np.int64)
+    np.cumsum(np.bincount(a, minlength=n_vertices), out=indptr[1:])
+    return indptr, b.astype(np.int32)
+
+
+@njit(cache=True, nogil=True)
+def front_facing(tv, triangles):
+    """(m,) bool: triangles whose outward normal faces the camera, for vertices ``tv`` already in
+    image coordinates (y down): a negative signed image area."""
+    out = np.empty(triangles.shape[0], np.bool_)
+    for t in range(triangles.shape[0]):
+        i0, i1, i2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        area = ((tv[i1, 0] - tv[i0, 0]) * (tv[i2, 1] - tv[i0, 1])
+                - (tv[i2, 0] - tv[i0, 0]) * (tv[i1, 1] - tv[i0, 1]))
+        out[t] = area < 0
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -40,12 +41,37 @@ def work_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "face_alignment_ros" / "work"
 
 
+@dataclass(frozen=True)
+class ShippedModels:
+    """The model files the package ships for one descriptor (absent in a checkout that has not
+    trained). ``dff_weights`` is None for a descriptor that needs no network (SIFT)."""
+
+    descriptor: str
+    descent: Path
+    dff_weights: Path | None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.descent, self.dff_weights) if p is not None]
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.files() if not p.exists()]
+
+    def present(self) -> bool:
+        return not self.missing()
+
+
+def shipped_models(descriptor: str = "dff") -> ShippedModels:
+    """Which model files ship for ``descriptor`` ("dff" or "sift"): the one place their paths
+    are built."""
+    if descriptor not in DESCENT_MODEL_FILES:
+        raise ValueError(f"descriptor must be one of {sorted(DESCENT_MODEL_FILES)}, not {descriptor!r}")
+    weights = ASSETS_DIR / DFF_WEIGHTS_FILE if descriptor == "dff" else None
+    return ShippedModels(descriptor, ASSETS_DIR / DESCENT_MODEL_FILES[descriptor], weights)
+
+
 def trained_models_present(descriptor: str = "dff") -> bool:
     """Whether the package ships the trained files this descriptor needs."""
-    need = [ASSETS_DIR / DESCENT_MODEL_FILES[descriptor]]
-    if descriptor == "dff":
-        need.append(ASSETS_DIR / DFF_WEIGHTS_FILE)
-    return all(p.exists() for p in need)
+    return shipped_models(descriptor).present()
 
 
 def file_sha256(path: str | Path) -> str:

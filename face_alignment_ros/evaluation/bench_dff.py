@@ -143,7 +143,7 @@ RUNTIME_NAMES = ("torch", "onnxruntime", "onnxruntime-int8-dynamic", "onnxruntim
 def _face_crops(n: int, size: int) -> np.ndarray:
     """(n, size, size, 3) uint8 face crops for timing and for int8 calibration: the sample
     stream's faces, cropped as the aligner crops them."""
-    from face_alignment_ros.core.dff_extractor import crop_image
+    from face_alignment_ros.core.face_crop import crop_image
     from face_alignment_ros.core.face_detector import create_detector
     from face_alignment_ros.ros.sample_stream import sample_frames
 
@@ -211,7 +211,7 @@ def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int =
     from face_alignment_ros.core import resources
     from face_alignment_ros.core.dff_runtime import onnx_path_for
 
-    weights = weights or resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+    weights = weights or resources.shipped_models("dff").dff_weights
     graph = onnx_path_for(weights)
     if not graph.is_file():
         raise FileNotFoundError(f"no inference graph {graph}: run `face-align-train export --onnx-only`")

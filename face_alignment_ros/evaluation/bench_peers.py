@@ -89,19 +89,9 @@ def _cuda_sync():
 
 
 def _cuda_aligner(kind: str, device: str):
-    from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
+    from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_aligner
 
-    try:
-        return FaceAligner.from_default(descriptor=kind, device=device)
-    except ModelNotTrainedError:
-        from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
-        from face_alignment_ros.core.dff_extractor import DFFExtractor
-        from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
-        from face_alignment_ros.evaluation.stand_in_models import stand_in_descent
-
-        backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if kind == "dff"
-                   else SiftBackend(DFFConfig().input_size))
-        return FaceAligner(stand_in_descent(kind), backend)
+    return trained_or_stand_in_aligner(kind, device=device)[0]
 
 
 def bench_images(limit: int = 10, data_dir=None) -> tuple[list, list, str]:

@@ -12,20 +12,15 @@ from contextlib import contextmanager
 import numpy as np
 
 from face_alignment_ros.core import threads as thread_policy
-from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
-from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+from face_alignment_ros.core.aligner import FaceAligner
+from face_alignment_ros.core.face_crop import crop_image
+from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_aligner
 
 
 def load_aligner(descriptor: str, detector="default", threads: int | None = None,
                  runtime: str = "auto") -> tuple[FaceAligner, bool]:
     """(aligner, trained?), under the package's thread policy for ``threads``."""
-    try:
-        return FaceAligner.from_default(descriptor=descriptor, detector=detector, threads=threads,
-                                        runtime=runtime), True
-    except ModelNotTrainedError:
-        thread_policy.apply(threads)
-        return stand_in_aligner(descriptor, detector), False
+    return trained_or_stand_in_aligner(descriptor, detector, threads=threads, runtime=runtime)
 
 
 class StageTimer:
@@ -41,6 +36,13 @@ class StageTimer:
     def summary(self) -> dict:
         return {k: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)), "runs": len(v)}
                 for k, v in self.samples.items()}
+
+
+def _timing_hook(timer: StageTimer):
+    """A ``Cascade.run`` hook timing each iteration and its parts under the table's stage names."""
+    names = {"features": "  features (sampling)", "regression": "  regression (eq. 4-5)",
+             "update": "  shape fit + visibility"}
+    return lambda k, part: timer(f"iteration {k + 1}" if part == "iteration" else names[part])
 
 
 def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmup: int = 3) -> dict:
@@ -60,15 +62,7 @@ def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmu
                 crop = crop_image(image, crop_box, n)[0]
             with t(f"descriptor ({aligner.descriptor})"):
                 sampler = aligner.backend.prepare(crop)
-            state = cascade.initial_state(n)
-            for k in range(descent.iterations):
-                with t(f"iteration {k + 1}"):
-                    with t("  features (sampling)"):
-                        phi = cascade.features(sampler, state)
-                    with t("  regression (eq. 4-5)"):
-                        dx, dw = descent.step(k, phi)
-                    with t("  shape fit + visibility"):
-                        state = cascade.update(state, dx, dw, descent.regularisation)
+            state = cascade.run(descent, sampler, cascade.initial_state(n), hook=_timing_hook(t))
             with t("visibility (alone)"):
                 cascade.visibility.visible(state.camera, state.shape_params, cascade.dense_points(state))
     # video mode: the face starts from the previous frame's result, no detector

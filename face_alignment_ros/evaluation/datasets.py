@@ -169,7 +169,7 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
     evenly spaced within each yaw bin (all identities kept)."""
     from face_alignment_ros.core import camera as cam
     from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.synthesize import load_outputs
+    from face_alignment_ros.common.render_format import load_outputs
 
     data = load_outputs(work_dir, split)
     model = MorphableModel.load()

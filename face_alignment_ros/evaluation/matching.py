@@ -20,12 +20,11 @@ import numpy as np
 
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM
-from face_alignment_ros.core.dff_extractor import apply_affine, crop_image, invert_affine
-from face_alignment_ros.core.face_crop import FACE_SPAN_MM, landmark_box
+from face_alignment_ros.common.render_format import BACKGROUND_ID, load_outputs
+from face_alignment_ros.core.face_crop import FACE_SPAN_MM, apply_affine, crop_image, invert_affine, landmark_box
 from face_alignment_ros.core.sift_descriptor import SiftDescriptor
 from face_alignment_ros.evaluation import metrics
 
-BACKGROUND = 65535
 VIEW_BINS = metrics.YAW_BINS_DEG
 VIEW_BIN_NAMES = ("0-30", "30-60", "60-90")
 DESCRIPTORS = ("dff", "sift")
@@ -43,8 +42,7 @@ class Describer:
     def describe(self, kind: str, crop: np.ndarray, points_xy: np.ndarray, px_per_mm: float) -> np.ndarray:
         """(n, D) descriptors of ``crop`` (N x N BGR) at (n, 2) crop-pixel points (x, y)."""
         if kind == "dff":
-            n = crop.shape[0]
-            return self.extractor.descriptor_map(crop, (0.0, 0.0, float(n), float(n))).sample(points_xy)
+            return self.extractor.descriptor_map(crop).sample(points_xy)
         return self.sift.compute(crop, points_xy, SIFT_PATCH_MM * px_per_mm)
 
 
@@ -75,7 +73,7 @@ def match_views(describer: Describer, data: dict, a: int, b: int, mean_shape: np
     """Correct-match rates of one pair of views, per descriptor, plus the matches for drawing."""
     va, vb = np.asarray(data["vertex_ids"][a]).reshape(-1), np.asarray(data["vertex_ids"][b]).reshape(-1)
     n = int(np.sqrt(va.size))
-    fa, fb = np.flatnonzero(va != BACKGROUND), np.flatnonzero(vb != BACKGROUND)
+    fa, fb = np.flatnonzero(va != BACKGROUND_ID), np.flatnonzero(vb != BACKGROUND_ID)
     common = fa[np.isin(va[fa], vb[fb])]
     if len(common) < 20:
         return None
@@ -233,7 +231,6 @@ def run_matching(aligner, out_dir, pairs_per_bin: int = 40, photo_pairs_count: i
     describer = Describer(aligner.backend.extractor)
     result: dict = {}
     try:
-        from face_alignment_ros.training.synthesize import load_outputs
 
         data = load_outputs(work_dir, "heldout")
         result["synthetic_views"], ex = synthetic_matching(describer, data, aligner.model.mean, pairs_per_bin, seed)

@@ -16,9 +16,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+# the yaw bins are part of the render format; re-exported for the reports
+from face_alignment_ros.common.render_format import YAW_BIN_NAMES, YAW_BINS_DEG, yaw_bin  # noqa: F401
+
 NORMALISATIONS = ("inter_pupil", "inter_ocular", "box")
-YAW_BINS_DEG = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
-YAW_BIN_NAMES = ("[0,30]", "[30,60]", "[60,90]")
 INNER = slice(17, 68)           # brows, nose, eyes, mouth: no jaw line
 CED_THRESHOLD = 0.08            # DAN's AUC@0.08 and failure rate @0.08
 MATCH_THRESHOLD_MM = 5.0        # a descriptor match is correct within this on the mean face
@@ -82,18 +83,7 @@ def nme_visible_inner(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, kin
     return nme(pred, gt, kind, points=INNER, visible=visible)
 
 
-# --- yaw bins ------------------------------------------------------------------------------
-def yaw_bin(yaw_deg: float | None) -> int:
-    """0, 1, 2 for |yaw| in [0,30], (30,60], (60,90]; -1 when unknown or beyond 90."""
-    if yaw_deg is None or not np.isfinite(yaw_deg):
-        return -1
-    a = abs(float(yaw_deg))
-    for i, (_, hi) in enumerate(YAW_BINS_DEG):
-        if a <= hi:
-            return i
-    return -1
-
-
+# --- yaw bins (render_format.yaw_bin) ---------------------------------------------------------
 def yaw_bin_summary(errors: Sequence[float], yaw_deg: Sequence[float | None]) -> dict:
     """Mean NME per yaw bin, and the mean and std over the three bin means (paper Tables I-II).
 

@@ -134,21 +134,16 @@ class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
     def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True):
-        from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
-
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
         self._default = aligner is None
         self._tracker = None
         if aligner is None:
-            try:
-                aligner = FaceAligner.from_default(descriptor=descriptor)
-            except ModelNotTrainedError:
-                if not allow_stand_in:
-                    raise
-                from face_alignment_ros.evaluation.stand_in_models import stand_in_aligner
+            from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_aligner
 
-                aligner, self.trained = stand_in_aligner(descriptor), False
+            aligner, trained = trained_or_stand_in_aligner(descriptor, allow_stand_in=allow_stand_in)
+            if not trained:
+                self.trained = False
                 self.label += " [untrained stand-in]"
         if not refine_pose:  # the cascade's regressed camera, without core.pose_refinement
             aligner.pose_refiner = None

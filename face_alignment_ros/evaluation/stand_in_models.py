@@ -48,12 +48,43 @@ def write_stand_in_models(folder, bias_px: float = 0.0) -> tuple[Path, Path, str
     return descent_path, weights, sha
 
 
-def stand_in_aligner(descriptor: str = "dff", detector="default"):
+def trained_or_stand_in_files(folder) -> tuple[Path, Path, bool]:
+    """(descent, DFF weights, trained?): the shipped DFF model files when the package has them,
+    else stand-ins written to ``folder``."""
+    from face_alignment_ros.core import resources
+
+    shipped = resources.shipped_models("dff")
+    if shipped.present():
+        return shipped.descent, shipped.dff_weights, True
+    descent, weights, _ = write_stand_in_models(folder)
+    return descent, weights, False
+
+
+def stand_in_aligner(descriptor: str = "dff", detector="default", device=None):
     """A FaceAligner on stand-in models (untrained DFF network, zero descent)."""
     from face_alignment_ros.core.aligner import FaceAligner
     from face_alignment_ros.core.descriptors import DffBackend, SiftBackend
     from face_alignment_ros.core.dff_extractor import DFFExtractor
     from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
-    backend = DffBackend(DFFExtractor(DFFNet(DFFConfig()))) if descriptor == "dff" else SiftBackend(DFFConfig().input_size)
+    backend = (DffBackend(DFFExtractor(DFFNet(DFFConfig()), device=device)) if descriptor == "dff"
+               else SiftBackend(DFFConfig().input_size))
     return FaceAligner(stand_in_descent(descriptor), backend, detector=detector)
+
+
+def trained_or_stand_in_aligner(descriptor: str = "dff", detector="default", threads: int | None = None,
+                                runtime: str = "auto", device=None, allow_stand_in: bool = True):
+    """(aligner, trained?): the shipped models (``FaceAligner.from_default``) when the package
+    has them, else stand-ins (unless ``allow_stand_in`` is False: then ModelNotTrainedError),
+    under the package's thread policy for ``threads``."""
+    from face_alignment_ros.core import threads as thread_policy
+    from face_alignment_ros.core.aligner import FaceAligner, ModelNotTrainedError
+
+    try:
+        return FaceAligner.from_default(descriptor=descriptor, device=device, detector=detector, threads=threads,
+                                        runtime=runtime), True
+    except ModelNotTrainedError:
+        if not allow_stand_in:
+            raise
+        thread_policy.apply(threads)
+        return stand_in_aligner(descriptor, detector, device=device), False

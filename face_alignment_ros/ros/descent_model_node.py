@@ -47,7 +47,7 @@ PARAMS = [
 
 
 def shipped_model_file(descriptor: str) -> Path:
-    return resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES[descriptor]
+    return resources.shipped_models(descriptor).descent
 
 
 class DescentModelNode(SafeLifecycleNode):

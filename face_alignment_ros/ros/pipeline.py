@@ -71,7 +71,7 @@ class FrameOutput:
 
 
 def default_dff_weights() -> Path:
-    return resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE
+    return resources.shipped_models("dff").dff_weights
 
 
 class FramePipeline:

@@ -34,12 +34,6 @@ def trained_models_available(descriptor: str = "dff") -> bool:
 
 def model_files(folder) -> tuple[Path, Path, bool]:
     """(descent, DFF weights, trained?): the shipped models when present, else stand-ins."""
-    from face_alignment_ros.core import resources
+    from face_alignment_ros.evaluation.stand_in_models import trained_or_stand_in_files
 
-    if trained_models_available():
-        return (resources.ASSETS_DIR / resources.DESCENT_MODEL_FILES["dff"],
-                resources.ASSETS_DIR / resources.DFF_WEIGHTS_FILE, True)
-    from face_alignment_ros.evaluation.stand_in_models import write_stand_in_models
-
-    descent, weights, _ = write_stand_in_models(folder)
-    return descent, weights, False
+    return trained_or_stand_in_files(folder)

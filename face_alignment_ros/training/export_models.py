@@ -13,7 +13,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 
+from face_alignment_ros.common.render_format import (
+    DESCENT_STAGE, PHOTO_VIEWS_FILE, SYNTH_PROGRESS_FILE, SYNTHESIZE_STAGE, TRAIN_DFF_STAGE, descent_float32_file,
+)
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
@@ -51,28 +55,45 @@ def _parse_iterations(items: list[str], option: str = "--iterations", low: int =
     return out
 
 
-def _float16_check(stage: Stage, model: DescentModel, dff_weights: Path, photos: int,
+def _float16_check(stage: Stage, shipped: Path, dff_weights: Path, photos: int,
                    iterations: int | None, landmark_stages: int | None = None) -> dict | None:
-    """Held-out inter-pupil NME with the float16 model (as loaded for export) against its float32
-    twin, both cut to the shipped iterations; one descriptor back-end serves both."""
-    f32 = stage.root / "descent" / f"descent_{model.descriptor}_float32.npz"
+    """Held-out inter-pupil NME (%) of the staged (float16) descent model against its float32
+    twin, both cut to the shipped iterations (and final 2D stages) and both run through
+    ``FaceAligner.from_files``, the path the package ships."""
+    descriptor = DescentModel.load(shipped).descriptor
+    f32 = stage.root / DESCENT_STAGE / descent_float32_file(descriptor)
     if not f32.exists():
         return None
-    from face_alignment_ros.core.cascade import Cascade
-    from face_alignment_ros.core.descriptors import create_backend
-    from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.learn_descent import evaluate_split, load_photo_records
+    from face_alignment_ros.training.learn_descent import load_photo_records
 
-    cascade = Cascade(MorphableModel.load())
-    records = [r for r in load_photo_records(Stage("descent", stage.root, stage.seed), "default")
+    records = [r for r in load_photo_records(Stage(DESCENT_STAGE, stage.root, stage.seed), "default")
                if r.split == "heldout"][:photos]
-    backend = create_backend(model, dff_weights=dff_weights)
-    out = {}
-    for name, descent in (("float16", model), ("float32", DescentModel.load(f32))):
-        descent = descent.first(iterations or descent.iterations, landmark_stages)
-        out[name] = evaluate_split(cascade, backend, descent, records, "landmarks")["nme_per_iteration"][-1]
+    weights = dff_weights if descriptor == "dff" else None
+    out = {name: shipped_path_nme(path, weights, records, iterations, landmark_stages)
+           for name, path in (("float16", shipped), ("float32", f32))}
     out["photos"] = len(records)
     return out
+
+
+def shipped_path_nme(descent_path: Path, dff_weights: Path | None, records, iterations: int | None,
+                     landmark_stages: int | None = None) -> float:
+    """Mean inter-pupil NME (%) of ``FaceAligner.from_files`` on photo records (image_path,
+    landmarks), each aligned from its landmark box, with the model cut to ``iterations`` (and
+    ``landmark_stages`` final 2D stages)."""
+    import cv2
+
+    from face_alignment_ros.core.aligner import FaceAligner
+    from face_alignment_ros.core.face_crop import landmark_box
+    from face_alignment_ros.evaluation.metrics import nme
+
+    aligner = FaceAligner.from_files(descent_path, dff_weights, detector=None)
+    if iterations or landmark_stages is not None:
+        full = aligner.descent
+        cut = min(iterations or full.iterations, full.iterations)
+        aligner.set_descent_model(full.first(cut, landmark_stages if cut == full.iterations else None))
+    errors = [nme(aligner.align(cv2.imread(str(r.image_path)), landmark_box(r.landmarks), "landmarks").landmarks,
+                  r.landmarks, "inter_pupil") for r in records]
+    return round(100.0 * float(np.mean(errors)), 3) if errors else float("nan")
 
 
 def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list[str]:
@@ -150,15 +171,15 @@ def run(args: argparse.Namespace) -> int:
     from face_alignment_ros.core.dff_runtime import export_onnx, onnx_path_for
 
     stage = Stage("export", args.work, args.seed)
-    weights_src = stage.input("train-dff", "dff_weights.pt")
-    descent_src = {k: stage.input("descent", f"descent_{k}.npz") for k in ("dff", "sift")}
+    weights_src = stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)
+    descent_src = {k: stage.input(DESCENT_STAGE, resources.DESCENT_MODEL_FILES[k]) for k in ("dff", "sift")}
     _, config = load_dff_weights(weights_src, device="cpu")  # refuses a broken file
     import torch
 
     provenance = torch.load(weights_src, map_location="cpu", weights_only=True)["provenance"]
-    descent_summary = json.loads(stage.input("descent", "summary.json").read_text())
+    descent_summary = json.loads(stage.input(DESCENT_STAGE, "summary.json").read_text())
     fit_summary = json.loads(stage.input("fit", "summary.json").read_text())
-    synth_progress = json.loads(stage.input("synthesize", "progress.json").read_text())
+    synth_progress = json.loads(stage.input(SYNTHESIZE_STAGE, SYNTH_PROGRESS_FILE).read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     keep = _parse_iterations(args.iterations)
     keep_stages = _parse_iterations(args.landmark_stages, "--landmark-stages", low=0)
@@ -191,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 model.first(keep.get(kind, model.iterations), keep_stages.get(kind)).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, model, weights_src, args.check_photos, keep.get(kind),
+            checks[kind] = _float16_check(stage, out, weights_src, args.check_photos, keep.get(kind),
                                           keep_stages.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
@@ -205,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                  f"`training/photo_split.py`: {fit_summary['train']['count']} training photos; "
                  f"{fit_summary['heldout']['count']} held out (`{SPLIT_NAME}`), never used for training or model choice.")
     # photo_views.json is the photo step's own record (the summary misses it when the renders were already made)
-    photo_views = stage.root / "synthesize" / "photo_views.json"
+    photo_views = stage.root / SYNTHESIZE_STAGE / PHOTO_VIEWS_FILE
     photo_counts = json.loads(photo_views.read_text())["counts"] if photo_views.exists() else {}
     common = [data_line,
               f"- 3DMM fits (stage fit): landmark residual median {100 * fit_summary['all']['median']:.2f}% of the box size.",

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from face_alignment_ros.common.render_format import FITS_FILE
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.face_crop import landmark_box
+from face_alignment_ros.core.mesh_topology import front_facing
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.shape_fit import fit_shape
 from face_alignment_ros.evaluation.pts_io import read_pts
@@ -112,19 +114,6 @@ def _plot_histogram(stage: Stage, nme: np.ndarray, split: np.ndarray, subset: np
     plt.close(fig)
 
 
-def _front_facing(model: MorphableModel, camera: np.ndarray, verts2d: np.ndarray) -> np.ndarray:
-    """Decimated triangles facing the camera (back-face culling by projected winding)."""
-    tri = model.decimated_triangles
-    v = verts2d[tri]
-    area = (v[:, 1, 0] - v[:, 0, 0]) * (v[:, 2, 1] - v[:, 0, 1]) - (v[:, 2, 0] - v[:, 0, 0]) * (v[:, 1, 1] - v[:, 0, 1])
-    # Outward normals point to the camera (-z) on the front of a frontal face; their winding
-    # sign in the image is the one the mean face's frontal view has for most triangles.
-    frontal = model.mean[model.decimated][tri][..., :2]
-    ref = np.sign(np.median((frontal[:, 1, 0] - frontal[:, 0, 0]) * (frontal[:, 2, 1] - frontal[:, 0, 1])
-                            - (frontal[:, 2, 0] - frontal[:, 0, 0]) * (frontal[:, 1, 1] - frontal[:, 0, 1])))
-    return tri[area * ref > 0]
-
-
 def draw_fit(model: MorphableModel, image: np.ndarray, camera: np.ndarray, params: np.ndarray,
              targets: np.ndarray, projected: np.ndarray, label: str = "", size: int = 320) -> np.ndarray:
     """Photo with the front-facing decimated mesh (grey), annotations (green) and fitted
@@ -137,7 +126,7 @@ def draw_fit(model: MorphableModel, image: np.ndarray, camera: np.ndarray, param
     small = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
     canvas[: small.shape[0], : small.shape[1]] = small
     mesh = cam.project(camera, model.vertices(params, model.decimated)) * k
-    tri = _front_facing(model, camera, mesh)
+    tri = model.decimated_triangles[front_facing(mesh, model.decimated_triangles)]
     overlay = canvas.copy()
     cv2.polylines(overlay, [np.round(mesh[t] * 16).astype(np.int32) for t in tri], True,
                   (200, 200, 200), 1, cv2.LINE_AA, shift=4)
@@ -245,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     }
     tmp = stage.path("fits.tmp.npz")
     np.savez_compressed(tmp, **data)
-    tmp.replace(stage.path("fits.npz"))
+    tmp.replace(stage.path(FITS_FILE))
 
     nme = data["residual_nme"]
     sigma = model.shape_sigma
@@ -275,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                   "overlay_random.png")
     _overlay_grid(stage, model, data, np.argsort(-np.abs(data["camera"][:, cam.YAW]))[:16], "overlay_profile.png")
     _overlay_grid(stage, model, data, np.argsort(-nme)[:16], "overlay_worst.png")
-    stage.log.info("wrote %s, overlays and residual_hist.png in %s (%.1f s)", stage.path("fits.npz"),
+    stage.log.info("wrote %s, overlays and residual_hist.png in %s (%.1f s)", stage.path(FITS_FILE),
                    stage.dir, stage.elapsed())
     return 0
 

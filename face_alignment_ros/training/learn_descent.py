@@ -16,13 +16,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.render_format import (
+    DESCENT_STAGE, FIT_STAGE, FITS_FILE, SYNTHESIZE_STAGE, TRAIN_DFF_STAGE, YAW_BIN_NAMES, descent_float32_file,
+    split_file_name,
+)
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
-from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.face_detector import box_iou, create_detector
-from face_alignment_ros.core.landmark_stages import landmark_features
+from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
 from face_alignment_ros.evaluation.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
@@ -53,7 +57,7 @@ def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
     """Fitted photos with the detector's matching box (cached: the detector runs once)."""
     import cv2
 
-    fits = np.load(stage.input("fit", "fits.npz"), allow_pickle=False)
+    fits = np.load(stage.input(FIT_STAGE, FITS_FILE), allow_pickle=False)
     cache = stage.path(f"detections_{detector_name}.npz")
     if cache.exists():
         boxes = np.load(cache)["boxes"]
@@ -87,7 +91,9 @@ def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
     }
 
 
-def jittered_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+def perturbed_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """The prior's crop box of ``box``, moved and scaled by normal draws of ``amount`` times the
+    prior's spread over training photos (initialisations a descent learns to correct)."""
     crop = prior.crop_box(box)
     side = float(crop[2] - crop[0])
     centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
@@ -133,7 +139,7 @@ def photo_samples(cascade, backend, records, priors, rng, perturbations: int, ji
                 use_detector = rec.detector_box is not None and k % 2 == 0
                 kind = "detector" if use_detector else "landmarks"
                 box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
-                crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+                crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
                 samples.append(make_sample(cascade, backend, img, crop_box, rec.landmarks, rec.camera, crop_size))
     return samples
 
@@ -152,25 +158,19 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
 
 
 def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
-    """Normalised landmark error before and after each iteration (and each final 2D stage)."""
-    state, sampler = sample.state, sample.make_sampler()
-    errors = [np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser]
-    for k in range(descent.iterations):
-        dx, dw = descent.step(k, cascade.features(sampler, state))
-        state = cascade.update(state, dx, dw, descent.regularisation)
-        errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
-    for k in range(descent.landmark_iterations):  # the final 2D stages, if the model has them
-        x = state.landmarks + descent.landmark_step(k, landmark_features(sampler, state.landmarks, state.camera))
-        state = replace(state, landmarks=x)
-        errors.append(np.linalg.norm(state.landmarks - sample.target_landmarks, axis=1).mean() / sample.normaliser)
-    return errors
+    """Normalised landmark error before and after each iteration and each final 2D stage (from
+    the run's history)."""
+    sampler = sample.make_sampler()
+    final = refine_landmarks(descent, sampler, cascade.run(descent, sampler, sample.state))
+    return [np.linalg.norm(x - sample.target_landmarks, axis=1).mean() / sample.normaliser
+            for x in [sample.state.landmarks, *final.history]]
 
 
 def evaluate_large_pose(cascade, backend, descent, data: dict) -> dict:
     """Box-normalised NME (%) per yaw bin on held-out identities' renders."""
     bins = np.asarray(data["yaw_bin"])
     out = {}
-    for b, name in enumerate(("[0,30]", "[30,60]", "[60,90]")):
+    for b, name in enumerate(YAW_BIN_NAMES):
         rows = np.flatnonzero(bins == b)
         rows = rows[:: max(1, len(rows) // LARGE_POSE_EVAL_PER_BIN)]  # evenly spaced: every identity
         errors = np.array([run_cascade_errors(cascade, descent, s)
@@ -228,7 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stage = Stage("descent", args.work, args.seed)
+    stage = Stage(DESCENT_STAGE, args.work, args.seed)
     rng = stage.rng()
     model = MorphableModel.load()
     cascade = Cascade(model)
@@ -250,16 +250,16 @@ def run(args: argparse.Namespace) -> int:
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
     if args.synthetic:
-        from face_alignment_ros.training.synthesize import load_outputs
+        from face_alignment_ros.common.render_format import load_outputs
 
-        stage.input("synthesize", "train_images.npy")
+        stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
-    fit_rows = np.load(stage.input("fit", "fits.npz"))
+    fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
     val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
     summary = {}
     for kind in kinds:
         if kind == "dff":
-            weights = args.dff_weights or stage.input("train-dff", "dff_weights.pt")
+            weights = args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)
             backend = DffBackend.from_file(weights)
             extra = {"dff_weights": str(weights), "dff_weights_sha256": resources.file_sha256(weights)}
         else:
@@ -289,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
                         "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter,
                         "detector": args.detector, "validation_photos": len(val)},
             extra=extra)
-        sha = descent.save(stage.path(f"descent_{kind}.npz"))
-        descent.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)  # export checks float16 against it
+        sha = descent.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
+        descent.save(stage.path(descent_float32_file(kind)), dtype=np.float32)  # export checks float16 against it
         results = {box_kind: evaluate_split(cascade, backend, descent, heldout, box_kind)
                    for box_kind in ("landmarks", "detector")}
         summary[kind] = {"sha256": sha, "heldout_inter_pupil_nme_percent": results,

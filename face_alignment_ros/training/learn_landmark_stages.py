@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from face_alignment_ros.core import face_crop
-from face_alignment_ros.core.dff_extractor import crop_image
+from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.landmark_stages import landmark_features
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
 from face_alignment_ros.evaluation.matching import REGIONS
@@ -245,7 +245,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     boxes through the box priors, jittered, as stage ``descent`` makes them."""
     import cv2
 
-    from face_alignment_ros.training.learn_descent import jittered_crop_box, mirror_record
+    from face_alignment_ros.training.learn_descent import perturbed_crop_box, mirror_record
 
     samples = SampleSet()
     t0 = time.perf_counter()
@@ -256,7 +256,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
                 use_detector = rec.detector_box is not None and k % 2 == 0
                 kind = "detector" if use_detector else "landmarks"
                 box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
-                crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+                crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
                 crop = crop_image(img, crop_box, crop_size)[0]
                 target = face_crop.image_to_crop(rec.landmarks, crop_box, crop_size)
                 if k < perturbations:
@@ -269,7 +269,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
             use_detector = r.detector_box is not None and k % 2 == 0
             kind = "detector" if use_detector else "landmarks"
             box = r.detector_box if use_detector else face_crop.landmark_box(r.landmarks)
-            crop_box = jittered_crop_box(priors[kind], box, rng, jitter)
+            crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
             samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), "val")
     for r in heldout_records:  # reported only: one start per photo and box kind, no jitter
@@ -297,6 +297,8 @@ def run(stage, args, records, priors, start_from) -> dict:
     ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
     import json
 
+    from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE, TRAIN_DFF_STAGE, descent_float32_file
+    from face_alignment_ros.core import resources
     from face_alignment_ros.core.cascade import Cascade
     from face_alignment_ros.core.descent_model import DescentModel
     from face_alignment_ros.core.descriptors import create_backend
@@ -306,7 +308,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     rng = stage.rng(1)
     descent = DescentModel.load(start_from)
     kind = descent.descriptor
-    weights = (args.dff_weights or stage.input("train-dff", "dff_weights.pt")) if kind == "dff" else None
+    weights = (args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)) if kind == "dff" else None
     backend = create_backend(descent, dff_weights=weights, device="cpu")  # refuses unpaired DFF weights
     descent = descent.first(descent.iterations, 0)  # its own 2D stages, if any, are replaced
     train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
@@ -317,9 +319,9 @@ def run(stage, args, records, priors, start_from) -> dict:
     renders = heldout_renders = None
     render_rows = heldout_render_rows = []
     if args.synthetic:
-        from face_alignment_ros.training.synthesize import load_outputs
+        from face_alignment_ros.common.render_format import load_outputs
 
-        fits = np.load(stage.input("fit", "fits.npz"))
+        fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
         val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
         renders, heldout_renders = (load_outputs(args.work, split) for split in ("train", "heldout"))
         render_rows = np.sort([i for i in rng.permutation(len(renders["images"]))
@@ -364,7 +366,7 @@ def run(stage, args, records, priors, start_from) -> dict:
                                                  "perturbations": args.perturbations, "augmented": args.augmented,
                                                  "synthetic": int(len(render_rows)), "start_from": str(start_from)}})
     sha = model.save(stage.path(f"descent_{kind}.npz"))
-    model.save(stage.path(f"descent_{kind}_float32.npz"), dtype=np.float32)
+    model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     after = chosen["nme"][: n_stages + 1]  # after the cascade, then after each shipped 2D stage
     summary = {"sha256": sha, "heldout_inter_pupil_nme_percent": {
         kind: {"count": after[0][f"heldout-{kind}"]["count"], "nme_per_iteration": [x[f"heldout-{kind}"]["all"] for x in after],

@@ -8,7 +8,7 @@ good as the renders' texture: both come from the same fit. Only pixels inside th
 region (``face_region_mask``: jaw line and a forehead above the brows) are labelled, so hair or a
 hand over the fitted forehead never teaches a wrong patch.
 
-Outputs, in the layout of ``synthesize.output_specs``: ``synthesize/photo_train_*.npy`` (training
+Outputs, in the layout of ``common.render_format.output_specs``: ``synthesize/photo_train_*.npy`` (training
 photos, ``views`` jittered crops each) and ``synthesize/photo_heldout_*.npy`` (one crop per
 held-out photo: a monitor of patch accuracy on real faces, never trained on).
 """
@@ -17,17 +17,16 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from face_alignment_ros.common.render_format import BACKGROUND_ID, PHOTO_SPLITS, PHOTO_VIEWS_FILE, open_outputs, yaw_bin
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
-from face_alignment_ros.core.dff_extractor import crop_image
-from face_alignment_ros.evaluation.metrics import yaw_bin
-from face_alignment_ros.training.synthesize import (
-    BACKGROUND_ID, Fits, MeshTools, face_region_mask, jittered_crop_box, open_outputs, photometric_jitter,
-    read_image, sample_record, visible_surface,
+from face_alignment_ros.core.face_crop import crop_image
+from face_alignment_ros.training.mesh_texture import MeshTools, face_region_mask
+from face_alignment_ros.training.render_views import (
+    Fits, jittered_crop_box, photometric_jitter, read_image, sample_record, visible_surface,
 )
 from face_alignment_ros.training.stage_io import Stage
 
-PHOTO_SPLITS = {"photo_train": "train", "photo_heldout": "heldout"}
 PHOTO_SPLIT_CODE = {"photo_train": 2, "photo_heldout": 3}
 
 
@@ -58,7 +57,7 @@ def make_photo_views(stage: Stage, fits: Fits, rows: dict, tools: MeshTools, siz
               "rows": {s: len(rows[PHOTO_SPLITS[s]]) for s in PHOTO_SPLITS}, "version": 1}
     per_photo = {"photo_train": views, "photo_heldout": 1}
     counts = {s: config["rows"][s] * per_photo[s] for s in PHOTO_SPLITS}
-    done_path = stage.path("photo_views.json")
+    done_path = stage.path(PHOTO_VIEWS_FILE)
     if done_path.exists():
         import json
 
@@ -84,5 +83,5 @@ def make_photo_views(stage: Stage, fits: Fits, rows: dict, tools: MeshTools, siz
             arr.flush()
         labelled = float((out["vertex_ids"] != BACKGROUND_ID).mean())
         stage.log.info("%s: %d photo crops, %.1f%% of pixels labelled", split, n, 100 * labelled)
-    stage.save_json("photo_views.json", {"config": config, "counts": counts})
+    stage.save_json(PHOTO_VIEWS_FILE, {"config": config, "counts": counts})
     return counts

@@ -33,7 +33,9 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from face_alignment_ros.common.render_format import SEGMENTATIONS_FILE
 from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core.mesh_topology import mesh_edges, triangle_edges
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.core.rasterizer import rasterize_ids
 from face_alignment_ros.training.stage_io import Stage
@@ -53,8 +55,7 @@ def vertex_areas(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 def mesh_graph(points: np.ndarray, triangles: np.ndarray) -> sparse.csr_matrix:
     """Symmetric sparse adjacency of the unique mesh edges (weights: 3-D edge length)."""
-    edges = np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]), axis=1)
-    edges = np.unique(edges, axis=0)
+    edges = mesh_edges(triangles)
     length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
     n = len(points)
     graph = sparse.coo_matrix((np.concatenate([length, length]),
@@ -155,7 +156,7 @@ def lloyd_cvt(points: np.ndarray, weights: np.ndarray, n_patches: int, rng: np.r
 def disconnected_patches(labels: np.ndarray, vertex_ids: np.ndarray, triangles: np.ndarray, n_vertices: int) -> int:
     """Patches split into pieces on the mesh: sum over patches of (pieces - 1), counted on the
     mesh's largest connected component (the converted mesh also has a few isolated triangles)."""
-    edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = triangle_edges(triangles)
 
     def components(e):
         graph = sparse.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
@@ -215,8 +216,7 @@ def segment_mean_face(model: MorphableModel, n_segmentations: int, n_patches: in
 
 def border_vertices(triangles: np.ndarray, n_vertices: int) -> np.ndarray:
     """(n,) bool: vertices on a mesh edge that only one triangle has (the open border)."""
-    edges = np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]), axis=1)
-    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    uniq, count = np.unique(triangle_edges(triangles), axis=0, return_counts=True)
     out = np.zeros(n_vertices, bool)
     out[uniq[count == 1].reshape(-1)] = True
     return out
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
                             on_segmentation)
     tmp = stage.path("segmentations.tmp.npz")
     np.savez_compressed(tmp, n_patches=np.int32(args.patches), seed=np.int32(args.seed), **out)
-    tmp.replace(stage.path("segmentations.npz"))
+    tmp.replace(stage.path(SEGMENTATIONS_FILE))
     seconds = stage.elapsed()
 
     rows = [r for r in stage.metrics() if "segmentation" in r]
@@ -345,5 +345,5 @@ def run(args: argparse.Namespace) -> int:
                       "per segmentation: patch-area CV, Lloyd iterations, extra components")
     _plot_areas(stage, out["patch_area"])
     _render_grid(stage, model, out["labels"], list(range(min(4, args.segmentations))), "segmentations.png")
-    stage.log.info("wrote %s and segmentations.png (%.1f s)", stage.path("segmentations.npz"), stage.elapsed())
+    stage.log.info("wrote %s and segmentations.png (%.1f s)", stage.path(SEGMENTATIONS_FILE), stage.elapsed())
     return 0

@@ -32,11 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from face_alignment_ros.common.render_format import (
+    BACKGROUND_ID, SEGMENT_STAGE, SEGMENTATIONS_FILE, SYNTHESIZE_STAGE, split_file_name,
+)
+from face_alignment_ros.core.resources import DFF_WEIGHTS_FILE
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
 from face_alignment_ros.evaluation.metrics import MATCH_THRESHOLD_MM, correct_match_rate, nearest_neighbours
 from face_alignment_ros.training.stage_io import Stage
 
-BACKGROUND = 65535
 SCALE = 16.0
 CURVES = ["loss_per_head", "train_patch_accuracy", "val_patch_accuracy", "val_photo_patch_accuracy", "val_match_rate"]
 
@@ -89,7 +92,7 @@ def sample_pixels(vertex_ids: np.ndarray, labelled: np.ndarray, count: int, rng:
     out = np.zeros((len(vertex_ids), count), np.int64)
     for i, vid in enumerate(vertex_ids):
         flat = vid.reshape(-1)
-        face = np.flatnonzero((flat != BACKGROUND) & labelled[np.minimum(flat, len(labelled) - 1)])
+        face = np.flatnonzero((flat != BACKGROUND_ID) & labelled[np.minimum(flat, len(labelled) - 1)])
         if len(face) == 0:
             face = np.arange(flat.size)
         out[i] = rng.choice(face, count, replace=len(face) < count)
@@ -100,7 +103,7 @@ def pixel_labels(vertex_ids: np.ndarray, pixels: np.ndarray, seg_labels: np.ndar
     """(H, B*P) patch labels of the sampled pixels in the chosen segmentations; -1 unlabelled."""
     vid = np.take_along_axis(vertex_ids.reshape(len(vertex_ids), -1), pixels, axis=1).reshape(-1).astype(np.int64)
     labels = np.full((len(heads), vid.size), -1, np.int64)
-    face = vid != BACKGROUND
+    face = vid != BACKGROUND_ID
     labels[:, face] = seg_labels[heads][:, vid[face]]
     return labels
 
@@ -134,7 +137,7 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
     rates = []
     for a, b in [candidates[i] for i in rng.permutation(len(candidates))[:pairs]]:
         va, vb = vids[a].reshape(-1), vids[b].reshape(-1)
-        fa, fb = np.flatnonzero(va != BACKGROUND), np.flatnonzero(vb != BACKGROUND)
+        fa, fb = np.flatnonzero(va != BACKGROUND_ID), np.flatnonzero(vb != BACKGROUND_ID)
         common = fa[np.isin(va[fa], vb[fb])]
         if len(common) < 20:
             continue
@@ -149,7 +152,7 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
 
 def _photo_outputs(work, fraction: float) -> tuple[dict | None, dict | None]:
     """The photo crops of stage synthesize (training, held-out monitor), or None where absent."""
-    from face_alignment_ros.training.synthesize import load_outputs
+    from face_alignment_ros.common.render_format import load_outputs
 
     out = []
     for split in ("photo_train", "photo_heldout"):
@@ -198,18 +201,18 @@ def _setup_distributed() -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.synthesize import load_outputs
+    from face_alignment_ros.common.render_format import load_outputs
 
     rank, world = _setup_distributed()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // world))
     stage = Stage("train-dff", args.work, args.seed)
     rng = np.random.default_rng(args.seed + 1000 * rank)
     torch.manual_seed(args.seed)
-    seg = np.load(stage.input("segment", "segmentations.npz"))
+    seg = np.load(stage.input(SEGMENT_STAGE, SEGMENTATIONS_FILE))
     seg_labels = seg["labels"].astype(np.int64)
     n_seg, n_patch = seg_labels.shape[0], int(seg_labels.max()) + 1
     labelled = (seg_labels >= 0).any(0)
-    stage.input("synthesize", "train_images.npy")
+    stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
     train = load_outputs(args.work, "train")
     held = load_outputs(args.work, "heldout")
     photos, held_photos = _photo_outputs(args.work, args.photo_fraction)
@@ -318,7 +321,7 @@ def _monitor(model: "DFFTrainer", held: dict, held_photos: dict | None, seg_labe
 def _save_weights(stage: Stage, net: DFFNet, config: DFFConfig, step: int, args, n_train: int, n_seg: int,
                   n_patch: int, metrics: dict) -> None:
     """The latest weights: the held-out renders only monitor training, they never pick a model."""
-    save_dff_weights(stage.path("dff_weights.pt"), net, config,
+    save_dff_weights(stage.path(DFF_WEIGHTS_FILE), net, config,
                      provenance={"stage": "train-dff", "step": step, "seed": args.seed, "train_samples": n_train,
                                  "segmentations": n_seg, "patches": n_patch,
                                  "args": {k: v for k, v in vars(args).items() if k != "func"}, **metrics})
