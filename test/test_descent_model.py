@@ -276,3 +276,68 @@ def test_any_corruption_of_the_bytes_gives_model_file_error():
             DescentModel.from_bytes(blob)
         except ModelFileError:
             pass
+
+
+def _with_stages(model, n=2, shift=0.0):
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(n, 136, 68 * model.descriptor_dim)).astype(np.float32)
+    b = np.full((n, 136), shift, np.float32)
+    return model.with_landmark_stages(r, b, provenance={"landmark_stages": {"variant": "test"}})
+
+
+def test_landmark_stages_round_trip(tmp_path):
+    model = _with_stages(_model())
+    path = tmp_path / "m.npz"
+    model.save(path, dtype=np.float32)
+    loaded = DescentModel.load(path)
+    assert loaded.landmark_iterations == 2 and loaded.iterations == 2
+    np.testing.assert_array_equal(loaded.R_L, model.R_L)
+    assert loaded.landmark_step(1, np.ones(68 * 4)).shape == (68, 2)
+    assert _model().landmark_iterations == 0  # files without 2D stages still load as before
+
+
+def test_file_without_the_landmark_stage_field_loads_with_none(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays["metadata_json"]))
+    meta.pop("landmark_iterations")  # files written before the 2D stages existed
+    arrays["metadata_json"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    assert DescentModel.load(path).landmark_iterations == 0
+    _rewrite(path, landmark_iterations=None)
+    with pytest.raises(ModelFileError, match="'landmark_iterations' is NoneType None, expected an integer"):
+        DescentModel.load(path)
+
+
+def test_landmark_stage_count_must_match_the_arrays(tmp_path):
+    path = tmp_path / "m.npz"
+    _with_stages(_model()).save(path)
+    _rewrite(path, landmark_iterations=3)
+    with pytest.raises(ModelFileError, match="'landmark_iterations' says 3 but 'R_L' holds 2"):
+        DescentModel.load(path)
+    _rewrite(path, landmark_iterations=2, R_L=np.zeros((2, 136, 68 * 5), np.float16))
+    with pytest.raises(ModelFileError, match="'R_L' has shape"):
+        DescentModel.load(path)
+    _rewrite(path, R_L=np.full((2, 136, 68 * 4), np.nan, np.float32))
+    with pytest.raises(ModelFileError, match="'R_L' holds NaN"):
+        DescentModel.load(path)
+
+
+def test_landmark_stage_arrays_missing(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _rewrite(path, landmark_iterations=1)
+    with pytest.raises(ModelFileError, match="lacks field 'R_L'"):
+        DescentModel.load(path)
+
+
+def test_first_drops_the_2d_stages_of_a_cut_cascade():
+    model = _with_stages(_model(k=3))
+    assert model.first(3).landmark_iterations == 2
+    assert model.first(3, 1).landmark_iterations == 1
+    cut = model.first(2)
+    assert cut.landmark_iterations == 0 and cut.provenance["truncated_from_iterations"] == 3
+    with pytest.raises(ValueError, match="landmark_iterations"):
+        model.first(2, 1)  # learned after 3 iterations: meaningless after 2

@@ -21,6 +21,8 @@ from face_alignment_ros.common.render_format import YAW_BIN_NAMES, YAW_BINS_DEG,
 
 NORMALISATIONS = ("inter_pupil", "inter_ocular", "box")
 INNER = slice(17, 68)           # brows, nose, eyes, mouth: no jaw line
+REGIONS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
+           "mouth": slice(48, 68)}
 CED_THRESHOLD = 0.08            # DAN's AUC@0.08 and failure rate @0.08
 MATCH_THRESHOLD_MM = 5.0        # a descriptor match is correct within this on the mean face
 

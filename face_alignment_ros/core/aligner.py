@@ -16,7 +16,8 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.face_crop import crop_image, validate_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
-from face_alignment_ros.core.morphable_model import N_LANDMARKS, ModelFileError, MorphableModel
+from face_alignment_ros.core.landmark_stages import refine_landmarks
+from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
 
 BOX_KINDS = ("detector", "landmarks")
@@ -107,7 +108,9 @@ class FaceAligner:
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
                  detector: FaceDetector | str | None = "default", output: str = "regressed",
-                 detector_threads: int | None = None, refine_pose: bool | None = None):
+                 detector_threads: int | None = None, refine_pose: bool | None = None, flip_average: bool = False):
+        """``flip_average``: also align the mirrored crop and average the two sets of output
+        landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -121,6 +124,7 @@ class FaceAligner:
         self.pose_refiner: PoseRefiner | None = PoseRefiner(self.model) if refine_pose else None
         self.backend = backend
         self.output = output
+        self.flip_average = bool(flip_average)
         self._detector_spec = detector
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
         self._detector_threads = detector_threads
@@ -219,20 +223,36 @@ class FaceAligner:
         crop_boxes = [face_crop.canonical_crop_box(r.previous.camera) if r.previous is not None
                       else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind)
                       for r in requests]
-        samplers = self.backend.prepare_many([crop_image(image_bgr, b, n)[0] for b in crop_boxes])
+        crops = [crop_image(image_bgr, b, n)[0] for b in crop_boxes]
+        samplers = self.backend.prepare_many(crops)
         results = []
-        for r, crop_box, sampler in zip(requests, crop_boxes, samplers):
+        for r, crop_box, crop, sampler in zip(requests, crop_boxes, crops, samplers):
             if r.previous is not None:
                 init = self.cascade.initial_state(n, face_crop.camera_image_to_crop(r.previous.camera, crop_box, n),
                                                   r.previous.params)
             else:
                 init = self.cascade.initial_state(n)
             state = self.cascade.run(descent, sampler, init)
-            results.append(self._result(state, crop_box, n, r.box, r.score, descent))
+            refined = refine_landmarks(descent, sampler, state)
+            if self.flip_average:
+                mirrored = self._mirrored_landmarks(descent, crop)
+                refined = replace(refined, landmarks=0.5 * (refined.landmarks + mirrored))
+            results.append(self._result(state, refined, crop_box, n, r.box, r.score, descent))
         return results
 
-    def _result(self, state: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
+    def _mirrored_landmarks(self, descent: DescentModel, crop: np.ndarray) -> np.ndarray:
+        """The output landmarks of the mirrored crop, mapped back (x -> n - 1 - x, left <-> right)."""
+        n = descent.crop_size
+        sampler = self.backend.prepare(np.ascontiguousarray(crop[:, ::-1]))
+        state = self.cascade.run(descent, sampler, self.cascade.initial_state(n))
+        x = refine_landmarks(descent, sampler, state).landmarks[IBUG68_MIRROR].copy()
+        x[:, 0] = n - 1.0 - x[:, 0]
+        return x
+
+    def _result(self, state: CascadeState, refined: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
                 descent: DescentModel | None = None) -> FaceResult:
+        """``state``: the cascade's fit (pose, shape, confidence); ``refined``: its landmarks after
+        the descent model's final 2D stages (core/landmark_stages.py), the regressed output."""
         confidence = self.cascade.confidence(state)  # the cascade's own self-consistency
         refiner = self.pose_refiner
         if refiner is not None:
@@ -244,7 +264,7 @@ class FaceAligner:
         # The dense vertices start with the 68 fixed landmarks, and the last step tested them
         # under this very camera and shape.
         visible = state.dense_visible[:len(self.model.landmarks)].copy()
-        crop_landmarks = state.landmarks if self.output == "regressed" else \
+        crop_landmarks = refined.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
         return FaceResult(
@@ -253,4 +273,4 @@ class FaceAligner:
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
             box=np.asarray(box, np.float32), score=float(score), confidence=confidence,
             crop_box=crop_box, model=self.model,
-            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in state.history])
+            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in refined.history])

@@ -7,9 +7,17 @@ Per iteration k the model holds (paper eq. 4, 5)
 
 where phi is the concatenation of the descriptors at the 160 dense landmark vertices.
 
+Optional final 2D stages (``landmark_iterations`` L >= 0), applied after the K iterations and
+free of the shape model:
+
+    Delta X = R_L[l] psi + b_L[l]      (psi: the descriptors at the 68 current 2D landmarks)
+
+They move only the 68 output landmarks; the 3DMM fit (pose, shape, mesh) stays the cascade's.
+
 File: one ``.npz`` holding the arrays ``R_X`` (K, 136, D), ``b_X`` (K, 136), ``R_w`` (K, 6, D),
-``b_w`` (K, 6) and ``metadata_json``: schema version, descriptor kind and dimension, landmark
-counts, iteration count, crop size, shape regularisation, box priors per box kind and the
+``b_w`` (K, 6), when L > 0 ``R_L`` (L, 136, 68 D) and ``b_L`` (L, 136), and ``metadata_json``:
+schema version, descriptor kind and dimension, landmark counts, iteration count, landmark-stage
+count (optional, default 0), crop size, shape regularisation, box priors per box kind and the
 training provenance.
 """
 from __future__ import annotations
@@ -52,6 +60,13 @@ class DescentModel:
     box_priors: dict[str, BoxPrior]
     provenance: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # e.g. descriptor settings (SIFT patch size)
+    R_L: np.ndarray | None = None  # (L, 136, 68 D) final 2D stages; None: none
+    b_L: np.ndarray | None = None  # (L, 136)
+
+    def __post_init__(self):
+        if self.R_L is None and self.b_L is None:
+            self.R_L = np.zeros((0, 2 * N_LANDMARKS, N_LANDMARKS * self.descriptor_dim), np.float32)
+            self.b_L = np.zeros((0, 2 * N_LANDMARKS), np.float32)
 
     @property
     def iterations(self) -> int:
@@ -61,6 +76,26 @@ class DescentModel:
     def feature_dim(self) -> int:
         return N_DENSE * self.descriptor_dim
 
+    @property
+    def landmark_iterations(self) -> int:
+        return self.R_L.shape[0] if self.R_L is not None and self.R_L.ndim == 3 else 0
+
+    @property
+    def landmark_feature_dim(self) -> int:
+        return N_LANDMARKS * self.descriptor_dim
+
+    def landmark_step(self, k: int, features: np.ndarray) -> np.ndarray:
+        """Final 2D stage k: Delta X (68, 2) from the descriptors at the 68 current landmarks."""
+        psi = np.asarray(features, np.float32).reshape(-1)
+        return (self.R_L[k] @ psi + self.b_L[k]).reshape(N_LANDMARKS, 2)
+
+    def with_landmark_stages(self, R_L: np.ndarray, b_L: np.ndarray, provenance: dict | None = None) -> DescentModel:
+        """This cascade followed by the given final 2D stages (replacing any it had)."""
+        model = replace(self, R_L=np.asarray(R_L, np.float32), b_L=np.asarray(b_L, np.float32),
+                        provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
+
     def step(self, k: int, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Apply eq. 4 and 5 of iteration k: returns (Delta X (68, 2), Delta w (6,))."""
         phi = np.asarray(features, np.float32).reshape(-1)
@@ -68,16 +103,28 @@ class DescentModel:
         dw = self.R_w[k] @ phi + self.b_w[k]
         return dx.reshape(N_LANDMARKS, 2), dw
 
-    def first(self, iterations: int) -> DescentModel:
+    def first(self, iterations: int, landmark_iterations: int | None = None) -> DescentModel:
         """The cascade cut after ``iterations`` steps: each step's regressor was learned on the
-        states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one."""
+        states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one.
+        The final 2D stages were learned after all iterations: a cut cascade drops them, and
+        ``landmark_iterations`` keeps the first few of them (default: all, or none when cut)."""
         if not 1 <= iterations <= self.iterations:
             raise ValueError(f"iterations must be in 1..{self.iterations}, got {iterations}")
-        if iterations == self.iterations:
+        keep_l = (self.landmark_iterations if iterations == self.iterations else 0) \
+            if landmark_iterations is None else landmark_iterations
+        if not 0 <= keep_l <= (self.landmark_iterations if iterations == self.iterations else 0):
+            raise ValueError(f"landmark_iterations must be in 0..{self.landmark_iterations} "
+                             f"(and 0 for a cut cascade), got {landmark_iterations}")
+        if iterations == self.iterations and keep_l == self.landmark_iterations:
             return self
+        provenance = dict(self.provenance)
+        if iterations < self.iterations:
+            provenance["truncated_from_iterations"] = int(self.iterations)
+        if keep_l < self.landmark_iterations:
+            provenance["truncated_from_landmark_iterations"] = int(self.landmark_iterations)
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
-                       b_w=self.b_w[:iterations],
-                       provenance=dict(self.provenance, truncated_from_iterations=int(self.iterations)))
+                       b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
+                       provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -87,6 +134,7 @@ class DescentModel:
             "n_landmarks": N_LANDMARKS,
             "n_dense": N_DENSE,
             "iterations": int(self.iterations),
+            "landmark_iterations": int(self.landmark_iterations),
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -98,9 +146,10 @@ class DescentModel:
         """Serialised file content; matrices stored as ``dtype`` (float16 halves the size)."""
         self.validate()
         buf = io.BytesIO()
+        stages = {"R_L": self.R_L.astype(dtype), "b_L": self.b_L.astype(np.float32)} if self.landmark_iterations else {}
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
-                            R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32))
+                            R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
         return buf.getvalue()
 
     def save(self, path: str | Path, dtype=np.float16) -> str:
@@ -148,6 +197,10 @@ class DescentModel:
             # its data is read: a small file cannot make the loader allocate much
             shapes = {"R_X": (k, 2 * N_LANDMARKS, d), "b_X": (k, 2 * N_LANDMARKS),
                       "R_w": (k, CAMERA_SIZE, d), "b_w": (k, CAMERA_SIZE)}
+            n_l = meta["landmark_iterations"]
+            if n_l:
+                shapes.update(R_L=(n_l, 2 * N_LANDMARKS, N_LANDMARKS * meta["descriptor_dim"]),
+                              b_L=(n_l, 2 * N_LANDMARKS))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -155,7 +208,9 @@ class DescentModel:
                     descriptor=meta["descriptor"], descriptor_dim=meta["descriptor_dim"],
                     crop_size=meta["crop_size"], regularisation=float(meta["regularisation"]),
                     box_priors={kind: BoxPrior(**v) for kind, v in meta["box_priors"].items()},
-                    provenance=meta["provenance"], extra=meta.get("extra", {}))
+                    provenance=meta["provenance"], extra=meta.get("extra", {}),
+                    R_L=arrays["R_L"].astype(np.float32) if "R_L" in arrays else None,
+                    b_L=arrays["b_L"].astype(np.float32) if "b_L" in arrays else None)
         model.validate(f"descent model {source}")
         return model
 
@@ -170,6 +225,18 @@ class DescentModel:
             if k < 1 or arr.shape != shape:
                 raise ModelFileError(f"{source}: field '{name}' has shape {arr.shape}, expected {shape} "
                                      f"(descriptor_dim {self.descriptor_dim} x {N_DENSE} points)")
+            if arr.dtype.kind != "f":
+                raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
+            if not np.all(np.isfinite(arr)):
+                raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
+        n_l = self.R_L.shape[0] if isinstance(self.R_L, np.ndarray) and self.R_L.ndim == 3 else -1
+        stages = {"R_L": (n_l, 2 * N_LANDMARKS, self.landmark_feature_dim), "b_L": (n_l, 2 * N_LANDMARKS)}
+        for name, shape in stages.items():
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.shape != shape or n_l > MAX_ITERATIONS:
+                raise ModelFileError(f"{source}: field '{name}' has shape {getattr(arr, 'shape', None)}, expected "
+                                     f"{shape} (descriptor_dim {self.descriptor_dim} x {N_LANDMARKS} landmarks, "
+                                     f"at most {MAX_ITERATIONS} stages)")
             if arr.dtype.kind != "f":
                 raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
             if not np.all(np.isfinite(arr)):
@@ -237,11 +304,13 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
     if dtype.kind != "f":  # integer, bool, complex, string or object arrays are not weights
         raise ModelFileError(f"descent model {source}: field '{name}' has dtype {dtype}, expected floating point")
     if len(got) == len(shape) and got[0] != shape[0]:
-        raise ModelFileError(f"descent model {source}: field 'iterations' says {shape[0]} "
+        count = "landmark_iterations" if name in ("R_L", "b_L") else "iterations"
+        raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
         raise ModelFileError(f"descent model {source}: field '{name}' has shape {got}, expected {shape} "
-                             f"(descriptor_dim {meta['descriptor_dim']} x {N_DENSE} points)")
+                             f"(descriptor_dim {meta['descriptor_dim']} x "
+                             f"{N_LANDMARKS if name in ('R_L', 'b_L') else N_DENSE} points)")
     with _open_member(archive, name, source) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 
@@ -273,6 +342,7 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
         _check_int(src, key, meta[key], expected, expected)
     _check_int(src, "descriptor_dim", meta["descriptor_dim"], 1, MAX_DESCRIPTOR_DIM)
     _check_int(src, "iterations", meta["iterations"], 1, MAX_ITERATIONS)
+    _check_int(src, "landmark_iterations", meta.setdefault("landmark_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "crop_size", meta["crop_size"], *CROP_SIZE_RANGE)
     _check_number(src, "regularisation", meta["regularisation"], low=0.0)
     _check_type(src, "provenance", meta["provenance"], dict, "a JSON object")

@@ -28,8 +28,6 @@ from face_alignment_ros.core.sift_descriptor import SiftDescriptor
 VIEW_BINS = metrics.YAW_BINS_DEG
 VIEW_BIN_NAMES = ("0-30", "30-60", "60-90")
 DESCRIPTORS = ("dff", "sift")
-REGIONS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
-           "mouth": slice(48, 68)}
 
 
 class Describer:
@@ -161,7 +159,7 @@ def photo_transfer(describer: Describer, samples: list, crop_box_fn, crop_size: 
         e = np.array(e)
         summary[k] = {"pairs": len(e), "mean_inter_ocular_nme": float(e.mean()) if len(e) else float("nan"),
                       "regions": {name: float(e[:, sl].mean()) if len(e) else float("nan")
-                                  for name, sl in REGIONS.items()}}
+                                  for name, sl in metrics.REGIONS.items()}}
     return summary, examples
 
 

@@ -34,10 +34,15 @@ SIZE_LIMIT_MB = 25.0
 CARDS_DIR = "model_cards"
 
 
+STAGES_NOTE = " (here: after the whole cascade, then after each final 2D stage)"
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
     parser.add_argument("--iterations", action="append", default=[], metavar="KIND=N",
                         help="ship only the first N cascade iterations of a descent model (e.g. sift=3), "
+                             "to stay within the size limit; repeatable")
+    parser.add_argument("--landmark-stages", action="append", default=[], metavar="KIND=N",
+                        help="ship only the first N final 2D stages of a descent model (e.g. sift=1), "
                              "to stay within the size limit; repeatable")
     parser.add_argument("--check-photos", type=int, default=40,
                         help="held-out photos on which float16 and float32 descent models are compared")
@@ -46,40 +51,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and record it in their model card; needs no training work folder")
 
 
-def _parse_iterations(items: list[str]) -> dict[str, int]:
+def _parse_iterations(items: list[str], option: str = "--iterations", low: int = 1) -> dict[str, int]:
     out = {}
     for item in items:
         kind, _, n = item.partition("=")
-        if kind not in resources.DESCENT_MODEL_FILES or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--iterations wants KIND=N with KIND in {sorted(resources.DESCENT_MODEL_FILES)}, "
-                             f"got {item!r}")
+        if kind not in resources.DESCENT_MODEL_FILES or not n.isdigit() or int(n) < low:
+            raise ValueError(f"{option} wants KIND=N with KIND in {sorted(resources.DESCENT_MODEL_FILES)} "
+                             f"and N >= {low}, got {item!r}")
         out[kind] = int(n)
     return out
 
 
 def _float16_check(stage: Stage, shipped: Path, dff_weights: Path, photos: int,
-                   iterations: int | None) -> dict | None:
+                   iterations: int | None, landmark_stages: int | None = None) -> dict | None:
     """Held-out inter-pupil NME (%) of the staged (float16) descent model against its float32
-    twin, both cut to the shipped iterations and both run through ``FaceAligner.from_files``,
-    the path the package ships."""
+    twin, both cut to the shipped iterations (and final 2D stages) and both run through
+    ``FaceAligner.from_files``, the path the package ships."""
     descriptor = DescentModel.load(shipped).descriptor
     f32 = stage.root / DESCENT_STAGE / descent_float32_file(descriptor)
     if not f32.exists():
         return None
-    from face_alignment_ros.training.learn_descent import load_photo_records
+    from face_alignment_ros.training.photo_records import load_photo_records
 
     records = [r for r in load_photo_records(Stage(DESCENT_STAGE, stage.root, stage.seed), "default")
                if r.split == "heldout"][:photos]
     weights = dff_weights if descriptor == "dff" else None
-    out = {name: shipped_path_nme(path, weights, records, iterations)
+    out = {name: shipped_path_nme(path, weights, records, iterations, landmark_stages)
            for name, path in (("float16", shipped), ("float32", f32))}
     out["photos"] = len(records)
     return out
 
 
-def shipped_path_nme(descent_path: Path, dff_weights: Path | None, records, iterations: int | None) -> float:
+def shipped_path_nme(descent_path: Path, dff_weights: Path | None, records, iterations: int | None,
+                     landmark_stages: int | None = None) -> float:
     """Mean inter-pupil NME (%) of ``FaceAligner.from_files`` on photo records (image_path,
-    landmarks), each aligned from its landmark box, with the model cut to ``iterations``."""
+    landmarks), each aligned from its landmark box, with the model cut to ``iterations`` (and
+    ``landmark_stages`` final 2D stages)."""
     import cv2
 
     from face_alignment_ros.common.metrics import nme
@@ -87,8 +94,10 @@ def shipped_path_nme(descent_path: Path, dff_weights: Path | None, records, iter
     from face_alignment_ros.core.face_crop import landmark_box
 
     aligner = FaceAligner.from_files(descent_path, dff_weights, detector=None)
-    if iterations:
-        aligner.set_descent_model(aligner.descent.first(min(iterations, aligner.descent.iterations)))
+    if iterations or landmark_stages is not None:
+        full = aligner.descent
+        cut = min(iterations or full.iterations, full.iterations)
+        aligner.set_descent_model(full.first(cut, landmark_stages if cut == full.iterations else None))
     errors = [nme(aligner.align(cv2.imread(str(r.image_path)), landmark_box(r.landmarks), "landmarks").landmarks,
                   r.landmarks, "inter_pupil") for r in records]
     return round(100.0 * float(np.mean(errors)), 3) if errors else float("nan")
@@ -102,6 +111,27 @@ def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list
         if ran:
             lines.append(f"- Commands of stage {name} (UTC, oldest first):")
             lines += [f"  - `{c}`" for c in ran]
+    return lines
+
+
+def unchanged(src: Path, shipped: Path, card: Path) -> bool:
+    """The file to ship is byte for byte the one shipped, which has a card: that card (its
+    training history and figures) stays, since this work folder may not hold that history."""
+    return shipped.exists() and card.exists() and resources.file_sha256(src) == resources.file_sha256(shipped)
+
+
+def _landmark_stage_lines(summary: dict) -> list[str]:
+    """Card lines for a DFF descent model's final 2D stages (``descent --landmark-stages``)."""
+    stages = summary.get("landmark_stages")
+    if not stages:
+        return []
+    chosen = stages["chosen"]
+    variants = stages["variants"]
+    lines = [f"- Final 2D stages (core/landmark_stages.py): {chosen['stages']} learned, variant "
+             f"'{chosen['variant']}', chosen with their lambdas on the validation part of the training identities."]
+    for name, v in variants.items():
+        lines.append(f"  - variant '{name}': lambda per stage {v['lambda']}; NME (%) after the cascade, then after "
+                     f"each 2D stage, with per landmark group: `{json.dumps(v['nme_after_stage'])}`")
     return lines
 
 
@@ -159,6 +189,13 @@ def run(args: argparse.Namespace) -> int:
     synth_progress = json.loads(stage.input(SYNTHESIZE_STAGE, SYNTH_PROGRESS_FILE).read_text())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     keep = _parse_iterations(args.iterations)
+    keep_stages = _parse_iterations(args.landmark_stages, "--landmark-stages", low=0)
+    cards_dir = args.assets / CARDS_DIR
+    # cards of files that ship unchanged are kept (checked before anything is replaced)
+    kept_cards = {name for name, src in ((resources.DFF_WEIGHTS_FILE, weights_src),
+                                         *((resources.DESCENT_MODEL_FILES[k], descent_src[k]) for k in descent_src))
+                  if name not in {resources.DESCENT_MODEL_FILES[k] for k in (*keep, *keep_stages)}
+                  and unchanged(src, args.assets / name, cards_dir / (Path(name).stem + ".md"))}
 
     args.assets.mkdir(parents=True, exist_ok=True)
     cards = args.assets / CARDS_DIR
@@ -178,11 +215,12 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(f"{src}: crop {model.crop_size} does not match the DFF input {config.input_size}")
                 check_dff_pairing(model, weights_src)
             out = staged[resources.DESCENT_MODEL_FILES[kind]] = Path(tmp) / resources.DESCENT_MODEL_FILES[kind]
-            if kind in keep:
-                model.first(keep[kind]).save(out)
+            if kind in keep or kind in keep_stages:
+                model.first(keep.get(kind, model.iterations), keep_stages.get(kind)).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, out, weights_src, args.check_photos, keep.get(kind))
+            checks[kind] = _float16_check(stage, out, weights_src, args.check_photos, keep.get(kind),
+                                          keep_stages.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
         if total > SIZE_LIMIT_MB:
@@ -204,29 +242,37 @@ def run(args: argparse.Namespace) -> int:
               f"- Synthesized renders (stage synthesize): {synth_progress['config']}; "
               f"photo crops (fitted meshes as labels): {photo_counts or 'none'}.",
               f"- Exported {date} by `face-align-train export`."]
-    (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
-        f"- Architecture: {json.dumps(config.to_dict())}",
-        "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
-        "of the mean face, sampled pixels; see training/train_dff.py).",
-        f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
-        f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
-        f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
-        _onnx_card_line(dict(onnx_info, path=onnx_file)),
-        *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
-        *common]))
+    if resources.DFF_WEIGHTS_FILE in kept_cards:  # same weights: the card stays, its ONNX line is renewed
+        _set_onnx_card_line(cards / "dff_weights.md", dict(onnx_info, path=onnx_file))
+    else:
+        (cards / "dff_weights.md").write_text(_card("DFF network weights (`dff_weights.pt`)", [
+            f"- Architecture: {json.dumps(config.to_dict())}",
+            "- Trained by `face-align-train train-dff` (angular softmax, m = 1, 100 random 500-patch segmentations "
+            "of the mean face, sampled pixels; see training/train_dff.py).",
+            f"- Training provenance: `{json.dumps({k: v for k, v in provenance.items() if k != 'args'})}`",
+            f"- Training arguments: `{json.dumps(provenance.get('args', {}))}`",
+            f"- File size: {sizes[resources.DFF_WEIGHTS_FILE]:.2f} MB (float16 storage).",
+            _onnx_card_line(dict(onnx_info, path=onnx_file)),
+            *_commands(stage, ("fit", "segment", "synthesize", "train-dff")),
+            *common]))
     for kind in ("dff", "sift"):
+        if resources.DESCENT_MODEL_FILES[kind] in kept_cards:
+            continue
         s = descent_summary.get(kind, {})
         lines = [f"- Descriptor: {kind.upper()}; trained by `face-align-train descent --descriptor {kind}` "
                  "(ridge regressions of eq. 9-11 on perturbed starts from the shipped detector's and landmark boxes"
                  " plus large-pose renders; lambda chosen per iteration on a validation part of the training"
                  " identities).",
-                 f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration: "
+                 f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration"
+                 f"{STAGES_NOTE if 'landmark_stages' in s else ''}: "
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
+                 *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
-                 f"- Shipped cascade iterations: {keep.get(kind, 'all')} (the NME lists above start before "
-                 "iteration 1: entry k is after k iterations).",
+                 f"- Shipped cascade iterations: {keep.get(kind, 'all')}; final 2D stages: "
+                 f"{keep_stages.get(kind, 'all')} (the NME lists above start before iteration 1: entry k is after "
+                 "k iterations).",
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
@@ -234,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"{kind.upper()} descent directions (`descent_{kind}.npz`)"
         (cards / f"descent_{kind}.md").write_text(_card(title, lines))
     stage.save_json("export.json", {"sizes_mb": sizes, "total_mb": total, "float16_checks": checks, "date": date,
-                                    "iterations": keep})
+                                    "iterations": keep, "landmark_stages": keep_stages,
+                                    "cards_kept": sorted(kept_cards)})
     stage.log.info("exported %.1f MB to %s: %s; float16 checks %s", total, args.assets, sizes, checks)
     return 0

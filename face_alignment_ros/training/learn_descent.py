@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from face_alignment_ros.common.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
-from face_alignment_ros.common.photo_split import hashed_percentile, source_id
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
     FIT_STAGE,
@@ -28,83 +26,26 @@ from face_alignment_ros.common.render_format import (
     descent_float32_file,
     split_file_name,
 )
-from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
 from face_alignment_ros.core.face_crop import crop_image
-from face_alignment_ros.core.face_detector import box_iou, create_detector
-from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, MorphableModel
+from face_alignment_ros.core.landmark_stages import refine_landmarks
+from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
+from face_alignment_ros.training.photo_records import (  # noqa: F401 (re-exported)
+    VALIDATION_PERCENT,
+    PhotoRecord,
+    fit_box_priors,
+    is_validation,
+    load_photo_records,
+    mirror_record,
+    perturbed_crop_box,
+)
 from face_alignment_ros.training.stage_io import Stage
 
-VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
 DEFAULT_CROP = 128
 LARGE_POSE_EVAL_PER_BIN = 600
-
-
-def is_validation(subset: str, name: str) -> bool:
-    return hashed_percentile(f"validation/{subset}/{source_id(name)}") < VALIDATION_PERCENT
-
-
-@dataclass
-class PhotoRecord:
-    image_path: str
-    subset: str
-    name: str
-    split: str
-    landmarks: np.ndarray   # (68, 2) annotated
-    camera: np.ndarray      # (6,) fitted, image px
-    detector_box: np.ndarray | None
-
-
-def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
-    """Fitted photos with the detector's matching box (cached: the detector runs once)."""
-    import cv2
-
-    fits = np.load(stage.input(FIT_STAGE, FITS_FILE), allow_pickle=False)
-    cache = stage.path(f"detections_{detector_name}.npz")
-    if cache.exists():
-        boxes = np.load(cache)["boxes"]
-    else:
-        detector = create_detector(detector_name)
-        boxes = np.full((len(fits["name"]), 4), np.nan, np.float32)
-        for i, path in enumerate(tqdm(fits["image_path"], desc=f"detector {detector_name}", unit="img")):
-            gt_box = face_crop.landmark_box(fits["landmarks"][i])
-            best = max(((box_iou(d.box, gt_box), d.box) for d in detector.detect(cv2.imread(str(path)))),
-                       default=(0.0, None))
-            if best[0] >= 0.3:
-                boxes[i] = best[1]
-        np.savez(cache, boxes=boxes)
-    records = []
-    for i in range(len(fits["name"])):
-        box = boxes[i] if np.all(np.isfinite(boxes[i])) else None
-        records.append(PhotoRecord(str(fits["image_path"][i]), str(fits["subset"][i]), str(fits["name"][i]),
-                                   str(fits["split"][i]), fits["landmarks"][i].astype(np.float32),
-                                   fits["camera"][i].astype(np.float32), box))
-    return records
-
-
-def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
-    train = [r for r in records if r.split == "train"]
-    with_det = [r for r in train if r.detector_box is not None]
-    return {
-        "detector": face_crop.BoxPrior.fit(np.stack([r.detector_box for r in with_det]),
-                                           np.stack([r.camera for r in with_det])),
-        "landmarks": face_crop.BoxPrior.fit(np.stack([face_crop.landmark_box(r.landmarks) for r in train]),
-                                            np.stack([r.camera for r in train])),
-    }
-
-
-def perturbed_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator,
-                       amount: float) -> np.ndarray:
-    """The prior's crop box of ``box``, moved and scaled by normal draws of ``amount`` times the
-    prior's spread over training photos (initialisations a descent learns to correct)."""
-    crop = prior.crop_box(box)
-    side = float(crop[2] - crop[0])
-    centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
-    half = 0.5 * side * np.exp(amount * prior.std_log_scale * rng.normal())
-    return np.array([*(centre - half), *(centre + half)], np.float32)
 
 
 def make_sample(cascade: Cascade, backend, image: np.ndarray, crop_box: np.ndarray, landmarks: np.ndarray,
@@ -115,19 +56,6 @@ def make_sample(cascade: Cascade, backend, image: np.ndarray, crop_box: np.ndarr
                           target_landmarks=target,
                           target_camera=face_crop.camera_image_to_crop(camera_image, crop_box, crop_size),
                           normaliser=inter_pupil(target))
-
-
-def mirror_record(record: PhotoRecord, image: np.ndarray) -> tuple[PhotoRecord, np.ndarray]:
-    """The left-right mirror of a photo and its annotation (landmarks reordered, camera mirrored)."""
-    width = image.shape[1]
-    landmarks = record.landmarks[IBUG68_MIRROR].copy()
-    landmarks[:, 0] = width - 1.0 - landmarks[:, 0]
-    box = None
-    if record.detector_box is not None:
-        x0, y0, x1, y1 = record.detector_box
-        box = np.array([width - 1.0 - x1, y0, width - 1.0 - x0, y1], np.float32)
-    mirrored = replace(record, landmarks=landmarks, camera=cam.mirror_camera(record.camera, width), detector_box=box)
-    return mirrored, np.ascontiguousarray(image[:, ::-1])
 
 
 def photo_samples(cascade, backend, records, priors, rng, perturbations: int, jitter: float, crop_size: int,
@@ -164,8 +92,10 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
 
 
 def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
-    """Normalised landmark error before and after each iteration (from the run's history)."""
-    final = cascade.run(descent, sample.make_sampler(), sample.state)
+    """Normalised landmark error before and after each iteration and each final 2D stage (from
+    the run's history)."""
+    sampler = sample.make_sampler()
+    final = refine_landmarks(descent, sampler, cascade.run(descent, sampler, sample.state))
     return [np.linalg.norm(x - sample.target_landmarks, axis=1).mean() / sample.normaliser
             for x in [sample.state.landmarks, *final.history]]
 
@@ -217,6 +147,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
     parser.add_argument("--synthetic", type=int, default=4000,
                         help="large-pose renders of training identities added to the training samples")
+    stages = parser.add_argument_group("final 2D stages (DFF; core/landmark_stages.py)")
+    stages.add_argument("--landmark-stages", type=int, default=0,
+                        help="learn up to N final 2D stages after the DFF cascade (the count is chosen on validation)")
+    stages.add_argument("--start-from", default=None,
+                        help="learn only the 2D stages, on top of this DFF descent model (e.g. the shipped one)")
+    stages.add_argument("--augmented", type=int, default=2,
+                        help="augmented starts per photo view, for the 'augmented' variant of the 2D stages")
+    stages.add_argument("--variants", default="clean,augmented",
+                        help="comma-separated: 'clean' (plain crops), 'augmented' (plus augmented copies)")
+    stages.add_argument("--eval-renders-per-bin", type=int, default=200,
+                        help="held-out renders per yaw bin evaluated with the 2D stages")
+    stages.add_argument("--workers", type=int, default=1, help="processes computing the 2D stages' features")
+    stages.add_argument("--resume", action="store_true", help="reuse the saved passes of an interrupted 2D-stage run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
         train = train[: args.limit]
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
+    if args.start_from:
+        if args.descriptor == "both" or args.landmark_stages < 1:
+            raise ValueError("--start-from learns final 2D stages: "
+                             "it needs --descriptor dff|sift and --landmark-stages N")
+        stages = _landmark_stages(stage, args, records, priors, args.start_from)
+        _merge_summary(stage, {args.descriptor: stages}, replace=False)
+        return 0
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
     if args.synthetic:
@@ -286,13 +236,27 @@ def run(args: argparse.Namespace) -> int:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-    # DFF and SIFT may be learned by separate (even concurrent) runs: merge into one summary
+        if args.landmark_stages:
+            summary[kind].update(_landmark_stages(stage, args, records, priors, stage.path(f"descent_{kind}.npz")))
+    _merge_summary(stage, summary)
+    return 0
+
+
+def _landmark_stages(stage: Stage, args, records, priors, start_from) -> dict:
+    from face_alignment_ros.training import learn_landmark_stages
+
+    return learn_landmark_stages.run(stage, args, records, priors, start_from)
+
+
+def _merge_summary(stage: Stage, summary: dict, replace: bool = True) -> None:
+    """DFF and SIFT may be learned by separate (even concurrent) runs: merge into one summary.
+    ``replace``: a kind's entry replaces the old one (else it updates it: 2D stages added later)."""
     previous = stage.path("summary.json")
     merged = json.loads(previous.read_text()) if previous.exists() else {}
-    merged.update(summary)
+    for kind, entry in summary.items():
+        merged[kind] = entry if replace else {**merged.get(kind, {}), **entry}
     stage.save_json("summary.json", merged)
     _plot(stage, merged)
-    return 0
 
 
 def _plot(stage: Stage, summary: dict) -> None:
@@ -303,7 +267,7 @@ def _plot(stage: Stage, summary: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for kind, res in summary.items():
-        for box_kind, r in res["heldout_inter_pupil_nme_percent"].items():
+        for box_kind, r in res.get("heldout_inter_pupil_nme_percent", {}).items():
             ax.plot(r["nme_per_iteration"], marker="o", label=f"{kind.upper()}, {box_kind} box")
     ax.set_xlabel("cascade iteration")
     ax.set_ylabel("inter-pupil NME (%)")

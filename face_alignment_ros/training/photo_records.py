@@ -1,0 +1,96 @@
+"""Training photos for the descent stages: each photo's annotation, fitted camera and matching
+detector box; the validation part of the training identities (lambda and stage choices); the
+box priors; perturbed crop boxes and mirror images (the starts a descent learns to correct)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tqdm import tqdm
+
+from face_alignment_ros.common.photo_split import hashed_percentile, source_id
+from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE
+from face_alignment_ros.core import camera as cam
+from face_alignment_ros.core import face_crop
+from face_alignment_ros.core.face_detector import box_iou, create_detector
+from face_alignment_ros.core.morphable_model import IBUG68_MIRROR
+from face_alignment_ros.training.stage_io import Stage
+
+VALIDATION_PERCENT = 10  # of the training identities, for choosing lambda
+
+
+def is_validation(subset: str, name: str) -> bool:
+    return hashed_percentile(f"validation/{subset}/{source_id(name)}") < VALIDATION_PERCENT
+
+
+@dataclass
+class PhotoRecord:
+    image_path: str
+    subset: str
+    name: str
+    split: str
+    landmarks: np.ndarray   # (68, 2) annotated
+    camera: np.ndarray      # (6,) fitted, image px
+    detector_box: np.ndarray | None
+
+
+def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
+    """Fitted photos with the detector's matching box (cached: the detector runs once)."""
+    import cv2
+
+    fits = np.load(stage.input(FIT_STAGE, FITS_FILE), allow_pickle=False)
+    cache = stage.path(f"detections_{detector_name}.npz")
+    if cache.exists():
+        boxes = np.load(cache)["boxes"]
+    else:
+        detector = create_detector(detector_name)
+        boxes = np.full((len(fits["name"]), 4), np.nan, np.float32)
+        for i, path in enumerate(tqdm(fits["image_path"], desc=f"detector {detector_name}", unit="img")):
+            gt_box = face_crop.landmark_box(fits["landmarks"][i])
+            best = max(((box_iou(d.box, gt_box), d.box) for d in detector.detect(cv2.imread(str(path)))),
+                       default=(0.0, None))
+            if best[0] >= 0.3:
+                boxes[i] = best[1]
+        np.savez(cache, boxes=boxes)
+    records = []
+    for i in range(len(fits["name"])):
+        box = boxes[i] if np.all(np.isfinite(boxes[i])) else None
+        records.append(PhotoRecord(str(fits["image_path"][i]), str(fits["subset"][i]), str(fits["name"][i]),
+                                   str(fits["split"][i]), fits["landmarks"][i].astype(np.float32),
+                                   fits["camera"][i].astype(np.float32), box))
+    return records
+
+
+def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
+    train = [r for r in records if r.split == "train"]
+    with_det = [r for r in train if r.detector_box is not None]
+    return {
+        "detector": face_crop.BoxPrior.fit(np.stack([r.detector_box for r in with_det]),
+                                           np.stack([r.camera for r in with_det])),
+        "landmarks": face_crop.BoxPrior.fit(np.stack([face_crop.landmark_box(r.landmarks) for r in train]),
+                                            np.stack([r.camera for r in train])),
+    }
+
+
+def perturbed_crop_box(prior: face_crop.BoxPrior, box: np.ndarray, rng: np.random.Generator,
+                       amount: float) -> np.ndarray:
+    """The prior's crop box of ``box``, moved and scaled by normal draws of ``amount`` times the
+    prior's spread over training photos (initialisations a descent learns to correct)."""
+    crop = prior.crop_box(box)
+    side = float(crop[2] - crop[0])
+    centre = 0.5 * (crop[:2] + crop[2:]) + amount * side * rng.normal(0, 1, 2) * [prior.std_dx, prior.std_dy]
+    half = 0.5 * side * np.exp(amount * prior.std_log_scale * rng.normal())
+    return np.array([*(centre - half), *(centre + half)], np.float32)
+
+
+def mirror_record(record: PhotoRecord, image: np.ndarray) -> tuple[PhotoRecord, np.ndarray]:
+    """The left-right mirror of a photo and its annotation (landmarks reordered, camera mirrored)."""
+    width = image.shape[1]
+    landmarks = record.landmarks[IBUG68_MIRROR].copy()
+    landmarks[:, 0] = width - 1.0 - landmarks[:, 0]
+    box = None
+    if record.detector_box is not None:
+        x0, y0, x1, y1 = record.detector_box
+        box = np.array([width - 1.0 - x1, y0, width - 1.0 - x0, y1], np.float32)
+    mirrored = replace(record, landmarks=landmarks, camera=cam.mirror_camera(record.camera, width), detector_box=box)
+    return mirrored, np.ascontiguousarray(image[:, ::-1])

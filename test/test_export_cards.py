@@ -1,0 +1,35 @@
+"""Export: cards of unchanged files are kept; DFF cards describe the final 2D stages."""
+from face_alignment_ros.training.export_models import _landmark_stage_lines, unchanged
+
+
+def test_a_file_shipped_unchanged_keeps_its_card(tmp_path):
+    src, shipped, card = tmp_path / "src.npz", tmp_path / "shipped.npz", tmp_path / "shipped.md"
+    src.write_bytes(b"model")
+    shipped.write_bytes(b"model")
+    assert not unchanged(src, shipped, card)  # no card to keep
+    card.write_text("# card")
+    assert unchanged(src, shipped, card)
+    shipped.write_bytes(b"older model")
+    assert not unchanged(src, shipped, card)
+
+
+def test_landmark_stage_lines():
+    assert _landmark_stage_lines({}) == []
+    after = [{"val": {"all": 6.0}}, {"val": {"all": 5.5}}]
+    summary = {"landmark_stages": {"chosen": {"variant": "clean", "stages": 1},
+                                   "variants": {"clean": {"lambda": [10.0], "nme_after_stage": after}}}}
+    lines = _landmark_stage_lines(summary)
+    assert "1 learned, variant 'clean'" in lines[0] and "lambda per stage [10.0]" in lines[1]
+
+
+def test_kind_counts_are_checked():
+    import pytest
+
+    from face_alignment_ros.training.export_models import _parse_iterations
+
+    assert _parse_iterations(["sift=1"], "--landmark-stages", low=0) == {"sift": 1}
+    assert _parse_iterations(["dff=0"], "--landmark-stages", low=0) == {"dff": 0}
+    with pytest.raises(ValueError, match="--iterations wants KIND=N"):
+        _parse_iterations(["dff=0"])
+    with pytest.raises(ValueError, match="--landmark-stages"):
+        _parse_iterations(["hog=1"], "--landmark-stages", low=0)

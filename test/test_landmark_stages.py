@@ -1,0 +1,77 @@
+"""Final 2D stages: they move the output landmarks only, as the descent model's regressors say."""
+import numpy as np
+import pytest
+
+from face_alignment_ros.common.stand_in_models import stand_in_aligner
+from face_alignment_ros.core.landmark_stages import landmark_features, refine_landmarks
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from face_alignment_ros.cli.align import demo_image
+
+    return demo_image()
+
+
+def _shifting_stages(descent, shifts_px):
+    """2D stages that ignore the descriptors and move every landmark right by the given px."""
+    n = len(shifts_px)
+    r = np.zeros((n, 136, descent.landmark_feature_dim), np.float32)
+    b = np.zeros((n, 136), np.float32)
+    b[:, 0::2] = np.asarray(shifts_px, np.float32)[:, None]
+    return descent.with_landmark_stages(r, b)
+
+
+def test_features_are_the_descriptors_at_the_landmarks():
+    points = np.arange(136, dtype=np.float32).reshape(68, 2)
+    psi = landmark_features(lambda p, c: np.repeat(p[:, :1], 3, axis=1), points, np.zeros(6))
+    np.testing.assert_array_equal(psi.reshape(68, 3)[:, 0], points[:, 0])
+
+
+def test_refine_applies_each_stage_and_keeps_the_fit():
+    aligner = stand_in_aligner("sift", detector=None)
+    descent = _shifting_stages(aligner.descent, [2.0, 1.0])
+    state = aligner.cascade.initial_state(descent.crop_size)
+    refined = refine_landmarks(descent, lambda p, c: np.zeros((len(p), descent.descriptor_dim)), state)
+    np.testing.assert_allclose(refined.landmarks[:, 0], state.landmarks[:, 0] + 3.0, atol=1e-4)
+    np.testing.assert_array_equal(refined.camera, state.camera)
+    np.testing.assert_array_equal(refined.shape_params, state.shape_params)
+    assert len(refined.history) == len(state.history) + 2
+    once = refine_landmarks(descent, lambda p, c: np.zeros((len(p), descent.descriptor_dim)), state, stages=1)
+    np.testing.assert_allclose(once.landmarks[:, 0], state.landmarks[:, 0] + 2.0, atol=1e-4)
+
+
+def test_aligner_outputs_the_refined_landmarks_and_the_cascade_fit(astronaut):
+    aligner = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    before = aligner.align(astronaut, box)
+    aligner.set_descent_model(_shifting_stages(aligner.descent, [4.0]))
+    after = aligner.align(astronaut, box)
+    crop_px = (after.crop_box[2] - after.crop_box[0]) / aligner.descent.crop_size  # image px per crop px
+    np.testing.assert_allclose(after.landmarks[:, 0], before.landmarks[:, 0] + 4.0 * crop_px, atol=1e-3)
+    np.testing.assert_allclose(after.landmarks[:, 1], before.landmarks[:, 1], atol=1e-3)
+    np.testing.assert_array_equal(after.camera, before.camera)  # pose and shape stay the cascade's
+    assert after.confidence == before.confidence
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
+    # output="model" gives the fitted 3DMM's points: the 2D stages do not touch them
+    cls, plain = type(aligner), aligner.descent.first(aligner.descent.iterations, 0)
+    with_stages = cls(aligner.descent, aligner.backend, model=aligner.model, detector=None, output="model")
+    without = cls(plain, aligner.backend, model=aligner.model, detector=None, output="model")
+    np.testing.assert_allclose(with_stages.align(astronaut, box).landmarks, without.align(astronaut, box).landmarks,
+                               atol=1e-4)
+
+
+def test_flip_average_cancels_a_left_right_bias(astronaut):
+    """A stage that moves every point right moves the mirrored crop's points left once mapped
+    back: the flip average cancels it exactly, and the fit (pose) is the unmirrored one."""
+    aligner = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    cls = type(aligner)
+    plain = cls(aligner.descent, aligner.backend, model=aligner.model, detector=None, flip_average=True)
+    biased = cls(_shifting_stages(aligner.descent, [4.0]), aligner.backend, model=aligner.model, detector=None,
+                 flip_average=True)
+    a, b = plain.align(astronaut, box), biased.align(astronaut, box)
+    np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+    np.testing.assert_array_equal(a.camera, aligner.align(astronaut, box).camera)
+    unflipped = cls(_shifting_stages(aligner.descent, [4.0]), aligner.backend, model=aligner.model, detector=None)
+    assert np.abs(unflipped.align(astronaut, box).landmarks[:, 0] - b.landmarks[:, 0]).mean() > 1.0
