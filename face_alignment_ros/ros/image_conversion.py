@@ -39,11 +39,7 @@ def image_to_bgr(msg) -> np.ndarray:
     if step < row_bytes:
         raise ImageConversionError(f"step {step} is smaller than width * channels = {row_bytes} "
                                    f"({width} px of {encoding})")
-    data = msg.data
-    if isinstance(data, np.ndarray):
-        buf = data.astype(np.uint8, copy=False).reshape(-1)
-    else:
-        buf = np.frombuffer(data, np.uint8)
+    buf = _payload(msg)
     if buf.size != step * height:
         kind = "truncated" if buf.size < step * height else "too long"
         raise ImageConversionError(f"image data {kind}: {buf.size} bytes, expected step * height = "
@@ -55,6 +51,15 @@ def image_to_bgr(msg) -> np.ndarray:
     if order is not None:
         pixels = pixels[:, :, order]
     return np.ascontiguousarray(pixels)
+
+
+def _payload(msg) -> np.ndarray:
+    """A message's ``data`` as a flat uint8 array, without a copy where possible (rclpy gives
+    bytes or array views depending on the message)."""
+    data = msg.data
+    if isinstance(data, np.ndarray):
+        return data.astype(np.uint8, copy=False).reshape(-1)
+    return np.frombuffer(data, np.uint8)
 
 
 # image_transport's compressed formats (a CompressedImage.format names one of them, e.g. "jpeg" or
@@ -69,11 +74,7 @@ def compressed_to_bgr(msg) -> np.ndarray:
     if "compresseddepth" in fmt or (fmt and not any(f in fmt for f in (*COMPRESSED_FORMATS, "jpg"))):
         raise ImageConversionError(f"unsupported compressed image format {msg.format!r}; "
                                    f"supported: {', '.join(COMPRESSED_FORMATS)}")
-    data = msg.data
-    if isinstance(data, np.ndarray):
-        buf = data.astype(np.uint8, copy=False).reshape(-1)
-    else:
-        buf = np.frombuffer(data, np.uint8)
+    buf = _payload(msg)
     if buf.size == 0:
         raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
