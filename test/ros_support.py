@@ -6,6 +6,7 @@ import os
 
 
 def domain_id(offset: int) -> int:
-    """A ROS domain for one test module (offset 0..3) that differs between concurrent test
-    processes on the machine with high probability; within [10, 101] (valid on Linux)."""
-    return 10 + (os.getpid() % 23) * 4 + offset % 4
+    """A ROS domain for one test module (offset 0..7, one per module, so that a module's
+    leftovers never meet the next one's) that differs between concurrent test processes on the
+    machine with high probability; within [10, 97] (valid on Linux)."""
+    return 10 + (os.getpid() % 11) * 8 + offset % 8

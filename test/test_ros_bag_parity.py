@@ -57,7 +57,7 @@ def live(tmp_path_factory):
     descent, weights, _ = trained_or_stand_in_files(tmp / "models")
     params = write_params(tmp / "params.yaml", descent, weights)
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(3))
+    rclpy.init(context=context, domain_id=domain_id(5))
     graph = Graph(LIVE_TOPIC, params, context=context)
     probe = rclpy.create_node("bag_parity_probe", context=context)
     results, lock = {}, threading.Lock()

@@ -42,7 +42,7 @@ class Ros:
 
     def __init__(self):
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id(2))
+        rclpy.init(context=self.context, domain_id=domain_id(3))
         self.executor = MultiThreadedExecutor(context=self.context)
         self.probe = rclpy.create_node("robustness_probe", context=self.context)
         self.diagnostics = []
@@ -187,7 +187,7 @@ class _Crashing(Node):
 
 
 def test_standalone_node_exits_with_status_1_when_its_executor_dies(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id(3)))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id(4)))
     assert spin_node(_Crashing, args=[]) == 1
 
 
@@ -195,7 +195,7 @@ def test_graph_reports_a_dead_executor_and_face_align_ros_exits_1():
     from face_alignment_ros.cli.ros_bringup import serve
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(3))
+    rclpy.init(context=context, domain_id=domain_id(4))
     graph = Graph("/crash/image", None, namespace="crash", context=context)
     crashing = _Crashing(context=context)
     graph.executor.add_node(crashing)
@@ -257,7 +257,7 @@ def test_frames_lost_in_transport_are_counted(ros):
     node = aligner(ros, "aligner_vga", remaps={"image": "/vga/image"})
     sent = 30
     env = {k: v for k, v in os.environ.items() if k != "FASTRTPS_DEFAULT_PROFILES_FILE"}
-    subprocess.run([sys.executable, "-c", PUBLISHER, str(domain_id(2)), str(sent)], env=env, check=True,
+    subprocess.run([sys.executable, "-c", PUBLISHER, str(domain_id(3)), str(sent)], env=env, check=True,
                    timeout=60)
     s = wait_until(lambda: node.stats.snapshot(), TIMEOUT)
     if s["received"] == sent:

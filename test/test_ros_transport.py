@@ -59,7 +59,7 @@ def test_vga_frames_from_another_process_arrive_with_the_profile():
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    domain = domain_id(2)
+    domain = domain_id(6)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
     node = rclpy.create_node("transport_test_counter", context=context)
