@@ -24,6 +24,7 @@ from face_alignment_ros.common.render_format import (
     TRAIN_DFF_STAGE,
     YAW_BIN_NAMES,
     descent_float32_file,
+    load_outputs,
     split_file_name,
 )
 from face_alignment_ros.core import face_crop, resources
@@ -187,8 +188,6 @@ def run(args: argparse.Namespace) -> int:
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
     synth = None
     if args.synthetic:
-        from face_alignment_ros.common.render_format import load_outputs
-
         stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
     fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
@@ -237,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
                                                                                    synth["heldout"])
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
         if args.landmark_stages:
-            summary[kind].update(_landmark_stages(stage, args, records, priors, stage.path(f"descent_{kind}.npz")))
+            start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])
+            summary[kind].update(_landmark_stages(stage, args, records, priors, start_from))
     _merge_summary(stage, summary)
     return 0
 

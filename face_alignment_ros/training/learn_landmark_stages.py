@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from face_alignment_ros.common.metrics import REGIONS, box_size, inter_pupil
+from face_alignment_ros.common.render_format import YAW_BIN_NAMES
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.landmark_stages import landmark_features
@@ -176,6 +177,7 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
                   np.flatnonzero((groups == "train") | (groups == "train-aug")) for v in variants}
     # a variant only follows the samples it trains or is evaluated on
     eval_rows = np.flatnonzero(~np.isin(groups, ("train", "train-aug")))
+    val = np.flatnonzero(groups == "val")  # lambda is chosen on these
     saved = checkpoint(0) if checkpoint else None
     if saved is None:
         starts, cameras, (psi,) = compute_features(ctx, None, workers, "cascade + stage 1 features")
@@ -191,7 +193,6 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
         for v in variants:
             rows = train_rows[v]
             dx = (targets[rows] - current[v][rows]).reshape(len(rows), -1)
-            val = np.flatnonzero(groups == "val")
             best = None
             for lam, (r, b) in zip(lambdas, ridge_path(feats[v][rows], dx, lambdas)):
                 moved = current[v][val] + (feats[v][val] @ r.T + b).reshape(-1, N_LANDMARKS, 2)
@@ -297,7 +298,13 @@ def run(stage, args, records, priors, start_from) -> dict:
     ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
     import json
 
-    from face_alignment_ros.common.render_format import FIT_STAGE, FITS_FILE, TRAIN_DFF_STAGE, descent_float32_file
+    from face_alignment_ros.common.render_format import (
+        FIT_STAGE,
+        FITS_FILE,
+        TRAIN_DFF_STAGE,
+        descent_float32_file,
+        load_outputs,
+    )
     from face_alignment_ros.core import resources
     from face_alignment_ros.core.cascade import Cascade
     from face_alignment_ros.core.descent_model import DescentModel
@@ -319,8 +326,6 @@ def run(stage, args, records, priors, start_from) -> dict:
     renders = heldout_renders = None
     render_rows = heldout_render_rows = []
     if args.synthetic:
-        from face_alignment_ros.common.render_format import load_outputs
-
         fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
         val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
         renders, heldout_renders = (load_outputs(args.work, split) for split in ("train", "heldout"))
@@ -329,7 +334,7 @@ def run(stage, args, records, priors, start_from) -> dict:
         bins = np.asarray(heldout_renders["yaw_bin"])
         heldout_render_rows = np.concatenate([np.flatnonzero(bins == b)[:: max(1, int(np.sum(bins == b)) //
                                                                               args.eval_renders_per_bin)]
-                                              for b in range(3)])
+                                              for b in range(len(YAW_BIN_NAMES))])
     samples = build_samples(train, priors, rng, args.perturbations, args.augmented, args.jitter, backend.crop_size,
                             val, heldout, renders, render_rows, heldout_renders, heldout_render_rows,
                             mirror=args.mirror)
@@ -365,7 +370,7 @@ def run(stage, args, records, priors, start_from) -> dict:
                                                  "variant": variant, "lambda": chosen["lambda"][:n_stages],
                                                  "perturbations": args.perturbations, "augmented": args.augmented,
                                                  "synthetic": int(len(render_rows)), "start_from": str(start_from)}})
-    sha = model.save(stage.path(f"descent_{kind}.npz"))
+    sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     after = chosen["nme"][: n_stages + 1]  # after the cascade, then after each shipped 2D stage
     summary = {"sha256": sha, "heldout_inter_pupil_nme_percent": {
@@ -376,10 +381,9 @@ def run(stage, args, records, priors, start_from) -> dict:
         "chosen": {"variant": variant, "stages": n_stages},
         "variants": {v: {"lambda": learned[v]["lambda"], "nme_after_stage": learned[v]["nme"]} for v in variants}}}
     if "renders" in after[0]:
-        names = ("[0,30]", "[30,60]", "[60,90]")
         summary["heldout_renders_box_nme_percent"] = {
             name: {"count": None, "nme_per_iteration": [x["renders"].get(f"yaw_bin_{b}") for x in after]}
-            for b, name in enumerate(names)}
+            for b, name in enumerate(YAW_BIN_NAMES)}
     stage.log.info("landmark stages: chose %s with %d stages; validation %s", variant, n_stages,
                    [round(x["val"]["all"], 3) for x in chosen["nme"]])
     return summary

@@ -38,6 +38,7 @@ from face_alignment_ros.common.render_format import (
     SEGMENT_STAGE,
     SEGMENTATIONS_FILE,
     SYNTHESIZE_STAGE,
+    load_outputs,
     split_file_name,
 )
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, save_dff_weights, select_device
@@ -156,8 +157,6 @@ def validate(net: DFFNet, data: dict, seg_labels: np.ndarray, heads_module: Angu
 
 def _photo_outputs(work, fraction: float) -> tuple[dict | None, dict | None]:
     """The photo crops of stage synthesize (training, held-out monitor), or None where absent."""
-    from face_alignment_ros.common.render_format import load_outputs
-
     out = []
     for split in ("photo_train", "photo_heldout"):
         try:
@@ -204,7 +203,6 @@ def _setup_distributed() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from face_alignment_ros.common.render_format import load_outputs
     from face_alignment_ros.core.morphable_model import MorphableModel
 
     rank, world = _setup_distributed()
