@@ -6,6 +6,7 @@ total fits the size limit. Nothing shipped is replaced unless every check passes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -62,19 +63,16 @@ def _parse_iterations(items: list[str], option: str = "--iterations", low: int =
     return out
 
 
-def _float16_check(stage: Stage, shipped: Path, dff_weights: Path, photos: int,
+def _float16_check(stage: Stage, descriptor: str, shipped: Path, dff_weights: Path, heldout_records,
                    iterations: int | None, landmark_stages: int | None = None) -> dict | None:
     """Held-out inter-pupil NME (%) of the staged (float16) descent model against its float32
     twin, both cut to the shipped iterations (and final 2D stages) and both run through
-    ``FaceAligner.from_files``, the path the package ships."""
-    descriptor = DescentModel.load(shipped).descriptor
+    ``FaceAligner.from_files``, the path the package ships. ``heldout_records()``: the photos,
+    read only when a twin exists (reading them may run the detector)."""
     f32 = stage.root / DESCENT_STAGE / descent_float32_file(descriptor)
     if not f32.exists():
         return None
-    from face_alignment_ros.training.photo_records import load_photo_records
-
-    records = [r for r in load_photo_records(Stage(DESCENT_STAGE, stage.root, stage.seed), "default")
-               if r.split == "heldout"][:photos]
+    records = heldout_records()
     weights = dff_weights if descriptor == "dff" else None
     out = {name: shipped_path_nme(path, weights, records, iterations, landmark_stages)
            for name, path in (("float16", shipped), ("float32", f32))}
@@ -198,8 +196,15 @@ def run(args: argparse.Namespace) -> int:
                   and unchanged(src, args.assets / name, cards_dir / (Path(name).stem + ".md"))}
 
     args.assets.mkdir(parents=True, exist_ok=True)
-    cards = args.assets / CARDS_DIR
+    cards = cards_dir
     cards.mkdir(exist_ok=True)
+
+    @functools.cache
+    def heldout_records() -> list:  # one read for both descriptors' float16 checks
+        from face_alignment_ros.training.photo_records import load_photo_records
+
+        return [r for r in load_photo_records(Stage(DESCENT_STAGE, stage.root, stage.seed), "default")
+                if r.split == "heldout"][:args.check_photos]
     # stage the files beside the assets and check them all before anything shipped is replaced
     with tempfile.TemporaryDirectory(dir=args.assets, prefix=".export-") as tmp:
         staged = {resources.DFF_WEIGHTS_FILE: Path(tmp) / resources.DFF_WEIGHTS_FILE}
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
                 model.first(keep.get(kind, model.iterations), keep_stages.get(kind)).save(out)
             else:
                 shutil.copyfile(src, out)
-            checks[kind] = _float16_check(stage, out, weights_src, args.check_photos, keep.get(kind),
+            checks[kind] = _float16_check(stage, kind, out, weights_src, heldout_records, keep.get(kind),
                                           keep_stages.get(kind))
         sizes = {name: path.stat().st_size / 2**20 for name, path in staged.items()}
         total = sum(sizes.values())
