@@ -177,7 +177,8 @@ class OursMethod(Method):
 
         threads.apply(n)
         if self.trained and self._default:
-            self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n)
+            self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n,
+                                                    refine_pose=self.aligner.pose_refiner is not None)
             self._tracker = None
 
 
@@ -290,7 +291,7 @@ class MediaPipeMethod(Method):
         if self._video is None:
             self._video = self._face_mesh.FaceMesh(static_image_mode=False, max_num_faces=4,
                                                    refine_landmarks=False, min_detection_confidence=0.5)
-        return [Prediction(f, landmark_box(f)) for f in self._run(image, self._video)]
+        return [Prediction(f[:, :2], landmark_box(f[:, :2])) for f in self._run(image, self._video)]
 
     def reset_tracking(self):
         if self._video is not None:

@@ -21,12 +21,14 @@ import cv2
 import numpy as np
 
 from face_alignment_ros.common.metrics import nme
+from face_alignment_ros.common.samples import demo_image
 from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.face_crop import landmark_box
 from face_alignment_ros.core.face_detector import box_iou
 from face_alignment_ros.core.head_frame import Intrinsics, metric_pose
 from face_alignment_ros.core.smoothing import OneEuroSettings
 from face_alignment_ros.core.tracker import FaceTracker
+from face_alignment_ros.evaluation.head_pose import geodesic_deg
 
 HISTORIES = {"none": [], "shifted": [(12, -8, 1.0)], "zoomed": [(0, 0, 1.15)],
              "moving": [(-15, 10, 0.9), (-8, 5, 0.95)]}
@@ -36,14 +38,14 @@ SETTLED = [k for k in range(VIDEO_FRAMES) if 14 <= k < 18 or k >= 29]  # still, 
 
 
 class CountingAligner:
-    """The aligner's align and detect, counted (what a tracker calls)."""
+    """The aligner's align_many and detect, counted (what a tracker calls)."""
 
     def __init__(self, aligner: FaceAligner):
         self.aligner, self.aligns, self.detections = aligner, 0, 0
 
-    def align(self, *args, **kwargs):
-        self.aligns += 1
-        return self.aligner.align(*args, **kwargs)
+    def align_many(self, image, requests):
+        self.aligns += len(requests)
+        return self.aligner.align_many(image, requests)
 
     def detect(self, *args, **kwargs):
         self.detections += 1
@@ -59,10 +61,6 @@ def moved(image: np.ndarray, dx=0.0, dy=0.0, zoom=1.0) -> np.ndarray:
 def tiled(image: np.ndarray) -> np.ndarray:
     tile = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
     return np.vstack([np.hstack([tile, tile])] * 2)
-
-
-def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(np.asarray(a).T @ b) - 1) / 2, -1, 1))))
 
 
 def _match(faces: list, landmarks: np.ndarray):
@@ -91,7 +89,7 @@ def still_scene(aligner: FaceAligner, image: np.ndarray, smoothing: OneEuroSetti
             worst["motion_px"] = max(worst["motion_px"], max(
                 float(np.linalg.norm(f.landmarks - fits[0].landmarks, axis=1).max()) for f in fits))
             worst["rotation_deg"] = max(worst["rotation_deg"],
-                                        max(angle_deg(f.rotation, fits[0].rotation) for f in fits))
+                                        max(geodesic_deg(f.rotation, fits[0].rotation) for f in fits))
             depth = [metric_pose(f, intrinsics).translation_mm[2] for f in fits]
             worst["depth_range_mm"] = max(worst["depth_range_mm"], float(np.ptp(depth)))
         if last_without_history is None:
@@ -102,7 +100,7 @@ def still_scene(aligner: FaceAligner, image: np.ndarray, smoothing: OneEuroSetti
             if g is not None:
                 worst["vs_no_history_px"] = max(worst["vs_no_history_px"],
                                                 float(np.linalg.norm(f.landmarks - g.landmarks, axis=1).max()))
-                worst["vs_no_history_deg"] = max(worst["vs_no_history_deg"], angle_deg(f.rotation, g.rotation))
+                worst["vs_no_history_deg"] = max(worst["vs_no_history_deg"], geodesic_deg(f.rotation, g.rotation))
     return worst
 
 
@@ -163,13 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoothing", action="store_true", help="with the default One Euro smoothing")
     args = p.parse_args(argv)
     import torch
-    from skimage import data
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     aligner = FaceAligner.from_default()
     smoothing = OneEuroSettings() if args.smoothing else None
-    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    photo = demo_image()
     for name, image in (("demo photo", photo), ("demo photo tiled 2x2", tiled(photo))):
         print(name, {k: round(v, 2) if isinstance(v, float) else v
                      for k, v in still_scene(aligner, image, smoothing).items()})
