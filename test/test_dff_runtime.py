@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from face_alignment_ros.core import resources
-from face_alignment_ros.core.dff_extractor import DFFExtractor
+from face_alignment_ros.core.dff_extractor import DescriptorRunner, DFFExtractor
 from face_alignment_ros.core.dff_network import DFFConfig, DFFNet, load_dff_weights, save_dff_weights
 from face_alignment_ros.core.dff_runtime import OnnxDffRuntime, export_onnx, load_dff_runtime, onnx_path_for
 from face_alignment_ros.core.morphable_model import ModelFileError
@@ -104,7 +104,7 @@ def test_inference_does_not_import_torch():
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-class _CountingRunner:
+class _CountingRunner(DescriptorRunner):
     """Wraps a runtime and records the batch size of every network call."""
 
     def __init__(self, runner):

@@ -250,7 +250,7 @@ class FaceAligner:
         return x
 
     def _result(self, state: CascadeState, refined: CascadeState, crop_box: np.ndarray, n: int, box, score: float,
-                descent: DescentModel | None = None) -> FaceResult:
+                descent: DescentModel) -> FaceResult:
         """``state``: the cascade's fit (pose, shape, confidence); ``refined``: its landmarks after
         the descent model's final 2D stages (core/landmark_stages.py), the regressed output."""
         confidence = self.cascade.confidence(state)  # the cascade's own self-consistency
@@ -258,11 +258,12 @@ class FaceAligner:
         if refiner is not None:
             camera, params = refiner.refine(state.landmarks, state.camera, state.shape_params,
                                             state.dense_visible[:N_LANDMARKS],  # the 68 come first
-                                            (descent or self._descent).regularisation)
+                                            descent.regularisation)
             state = replace(state, camera=camera, shape_params=params)
         camera = face_crop.camera_crop_to_image(state.camera, crop_box, n)
-        # The dense vertices start with the 68 fixed landmarks, and the last step tested them
-        # under this very camera and shape.
+        # The dense vertices start with the 68 fixed landmarks; the cascade's last step tested
+        # them under its own camera and shape (before any pose refinement), the fit whose
+        # regressed landmarks are the output.
         visible = state.dense_visible[:len(self.model.landmarks)].copy()
         crop_landmarks = refined.landmarks if self.output == "regressed" else \
             self.cascade.model_landmarks(state.camera, state.shape_params)

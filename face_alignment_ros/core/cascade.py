@@ -15,7 +15,7 @@ per-iteration hook) all run it. The descent learner fits each iteration's regres
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,6 +36,10 @@ IterationHook = Callable[[int, str], AbstractContextManager]
 ITERATION_PARTS = ("iteration", "features", "regression", "update")
 # Fit residual (fraction of the face span) at which the confidence falls to 1/e.
 CONFIDENCE_RESIDUAL_SCALE = 0.02
+
+
+def _no_hook(k: int, part: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 @dataclass
@@ -120,11 +124,7 @@ class Cascade:
         """Run the descent's iterations (or the first ``iterations``) from ``state``; the
         result's ``history`` holds X after each one. ``hook``: see ``IterationHook``."""
         count = descent.iterations if iterations is None else min(iterations, descent.iterations)
-        if hook is None:
-            for k in range(count):
-                delta_x, delta_w = descent.step(k, self.features(sampler, state))
-                state = self.update(state, delta_x, delta_w, descent.regularisation)
-            return state
+        hook = hook or _no_hook
         for k in range(count):
             with hook(k, "iteration"):
                 with hook(k, "features"):

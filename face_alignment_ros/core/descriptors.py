@@ -15,7 +15,7 @@ from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import resources
 from face_alignment_ros.core.cascade import Sampler
 from face_alignment_ros.core.descent_model import DescentModel
-from face_alignment_ros.core.dff_extractor import bilinear_sample
+from face_alignment_ros.core.dff_extractor import DescriptorMap
 from face_alignment_ros.core.morphable_model import ModelFileError
 
 # SIFT keypoint size on the face, in millimetres (about 5 px on a 128 px crop; OpenCV's
@@ -56,14 +56,11 @@ class DffBackend:
 
     def prepare_many(self, crops_bgr: list[np.ndarray]) -> list[Sampler]:
         """The crops (N x N x 3 uint8 BGR, already warped) go straight into the network."""
-        if not len(crops_bgr):
-            return []
-        maps = self.extractor.run_crops(np.stack(crops_bgr))
-        return [_map_sampler(m) for m in maps]
+        return [_map_sampler(m) for m in self.extractor.descriptor_maps(crops_bgr)]
 
 
-def _map_sampler(hwd: np.ndarray) -> Sampler:
-    return lambda points, camera: bilinear_sample(hwd, points)
+def _map_sampler(descriptors: DescriptorMap) -> Sampler:
+    return lambda points, camera: descriptors.sample(points)
 
 
 class SiftBackend:

@@ -131,15 +131,12 @@ class MorphableModel:
             p = np.asarray(shape_params, np.float32)
             offset = self.id_basis @ p[: self.n_id] + self.exp_basis @ p[self.n_id:]
             return mean + offset.reshape(n, 3)
-        # the decimated mesh is asked for every frame (mesh messages): its rows are gathered once
-        mean, basis = self._decimated_rows if vertex_ids is self.decimated else self.basis_rows(vertex_ids)
+        if vertex_ids is self.decimated:  # asked for repeatedly (mesh, visibility): rows gathered once
+            return self.decimated_mesh.vertices(shape_params)
+        mean, basis = self.basis_rows(vertex_ids)
         if shape_params is None:
             return mean.copy()
         return mean + basis @ np.asarray(shape_params, np.float32)
-
-    @cached_property
-    def _decimated_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.basis_rows(self.decimated)
 
     def contour_landmarks(self, rotation: np.ndarray, shape_params: np.ndarray | None = None) -> np.ndarray:
         """The 68 landmark vertex ids with each jaw point moved to the silhouette for this pose.

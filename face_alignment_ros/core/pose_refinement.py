@@ -28,8 +28,9 @@ DEFAULT_HIDDEN_WEIGHT = 0.3
 
 
 class PoseRefiner:
-    """Precomputes the basis rows of the 68 landmarks and of the jaw's silhouette candidates so
-    that a refinement costs a fraction of a millisecond."""
+    """Refits camera and shape to the cascade's 68 targets; the landmark rows (jaw on the
+    silhouette) come from the model's precomputed pool, so a refinement costs a fraction of a
+    millisecond."""
 
     def __init__(self, model: MorphableModel, iterations: int = DEFAULT_ITERATIONS,
                  hidden_weight: float = DEFAULT_HIDDEN_WEIGHT):
@@ -38,28 +39,11 @@ class PoseRefiner:
         self.model = model
         self.iterations = iterations
         self.hidden_weight = hidden_weight
-        self._lm_mean, self._lm_basis = model.basis_rows(model.landmarks)
-        cand = model.contour_candidates
-        self._cand_valid = cand >= 0
-        self._cand_ids = np.where(self._cand_valid, cand, 0)
-        mean, basis = model.basis_rows(self._cand_ids.reshape(-1))
-        self._cand_mean = mean.reshape(*cand.shape, 3)
-        self._cand_basis = basis.reshape(*cand.shape, 3, -1)
-        # -1: image-left half of the face, +1: right (as MorphableModel.contour_landmarks)
-        self._side = np.sign(model.mean[model.landmarks[JAW], 0])
 
     def landmark_rows(self, rotation: np.ndarray, shape_params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean (68, 3) and basis (68, 3, d) of the 68 landmark vertices under this pose and
         shape, the jaw on the silhouette: the rows of ``model.contour_landmarks``' vertices."""
-        x_axis = np.asarray(rotation, np.float32)[0]
-        x = self._cand_mean @ x_axis + (self._cand_basis @ np.asarray(shape_params, np.float32)) @ x_axis
-        outward = np.where(self._cand_valid, x * self._side[:, None], -np.inf)
-        pick = np.argmax(outward, axis=1)
-        rows = np.arange(len(JAW))
-        mean, basis = self._lm_mean.copy(), self._lm_basis.copy()
-        mean[JAW] = self._cand_mean[rows, pick]
-        basis[JAW] = self._cand_basis[rows, pick]
-        return mean, basis
+        return self.model.landmark_rows(self.model.contour_landmarks(rotation, shape_params))
 
     def refine(self, targets: np.ndarray, camera: np.ndarray, shape_params: np.ndarray,
                visible: np.ndarray | None, regularisation: float) -> tuple[np.ndarray, np.ndarray]:
