@@ -90,7 +90,8 @@ def test_available_methods():
 
 
 def test_speed_ratios_and_markdown():
-    from face_alignment_ros.evaluation.bench_peers import format_markdown, peak_rss_mb, speed_ratios
+    from face_alignment_ros.common.process_memory import peak_rss_mb
+    from face_alignment_ros.evaluation.bench_peers import format_markdown, speed_ratios
 
     def r(method, ms):
         return {"method": method, "threads": 1, "device": "cpu", "label": method, "peak_rss_mb": 100.0,

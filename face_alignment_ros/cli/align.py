@@ -170,12 +170,13 @@ def run_folder(aligner, files: list[Path], overlay_dir: Path | None) -> tuple[di
     return results, failures
 
 
-def run_video(aligner, cap: cv2.VideoCapture, writer: cv2.VideoWriter | None, redetect_every: int) -> list:
-    """Track faces through every frame ``cap`` yields; overlays to ``writer`` when given."""
+def run_video(aligner, cap: cv2.VideoCapture, writer: cv2.VideoWriter | None, redetect_every: int,
+              total: int | None = None) -> list:
+    """Track faces through every frame ``cap`` yields; overlays to ``writer`` when given.
+    ``total``: the container's frame count, for the progress bar."""
     from face_alignment_ros.core.overlay import draw_faces
     from face_alignment_ros.core.tracker import FaceTracker
 
-    total = _declared_frames(cap)  # before reading: the progress bar's length
     tracker = FaceTracker(aligner, redetect_every=redetect_every)
     frames = []
     with tqdm(total=total, desc="frames", unit="frame") as bar:
@@ -297,7 +298,7 @@ class _VideoJob(_Job):
                 raise
 
     def run(self, aligner) -> int:
-        frames = run_video(aligner, self.cap, self.writer, self.args.redetect_every)
+        frames = run_video(aligner, self.cap, self.writer, self.args.redetect_every, self.declared)
         if self.args.json:
             _write_json(self.args.json, frames)
         declared = self.declared

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from face_alignment_ros.common.process_memory import peak_rss_mb
+
 
 def _child(method_name: str, threads: int, device: str | None, images: list, boxes: list, runs: int,
            warmup: int, queue) -> None:
@@ -64,22 +66,6 @@ def _child(method_name: str, threads: int, device: str | None, images: list, box
         queue.put(out)
     except Exception as exc:  # reported, not raised: the other methods still run
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB. Linux: VmHWM of /proc/self/status, which
-    belongs to the process's own address space; ``getrusage``'s ru_maxrss is kept across
-    fork + exec, so a spawned child would report its parent's peak when that is larger."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _cuda_sync():

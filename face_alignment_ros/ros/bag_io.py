@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from face_alignment_ros.core import resources
+from face_alignment_ros.ros.topics import camera_info_beside
 
 PACKAGE = "face_alignment_ros"
 MSG_NAMES = ("Landmarks", "LandmarksArray", "FaceMesh", "FaceMeshArray", "MeshTopology", "DescentModel")
@@ -123,7 +124,7 @@ def base_image_topic(topic: str, msgtype: str) -> str:
 
 def camera_info_topic(image_topic: str, msgtype: str = IMAGE_TYPE) -> str:
     """``camera_info`` beside the (base) image topic, as image_transport resolves it."""
-    return base_image_topic(image_topic, msgtype).rsplit("/", 1)[0] + "/camera_info"
+    return camera_info_beside(base_image_topic(image_topic, msgtype))
 
 
 def write_sample_bag(path, n_frames: int = 30, width: int = 640, height: int = 480, fps: float = 15.0,

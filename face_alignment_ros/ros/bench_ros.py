@@ -20,13 +20,7 @@ import time
 
 import numpy as np
 
-
-def rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from face_alignment_ros.common.process_memory import current_rss_mb, peak_rss_mb
 
 
 def _camera(domain: int, faces: int, rate: float, duration: float, width: int, height: int, queue) -> None:
@@ -177,7 +171,7 @@ def main(argv=None) -> int:
         print("|---|" + "---:|" * len(rows))
         for s in stages:
             print(f"| {s} | " + " | ".join(f"{r['stages'].get(s, float('nan')):.2f}" for r in rows) + " |")
-        print(f"\npeak RSS of the node process {rss_mb('VmHWM'):.0f} MB (now {rss_mb():.0f} MB)")
+        print(f"\npeak RSS of the node process {peak_rss_mb():.0f} MB (now {current_rss_mb():.0f} MB)")
     finally:
         graph.shutdown()
         rclpy.try_shutdown()

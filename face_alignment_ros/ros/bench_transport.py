@@ -21,6 +21,7 @@ import threading
 import time
 
 from face_alignment_ros.ros.transport_profile import PROFILE_ENV_VARS, profile_environment
+from face_alignment_ros.ros.waiting import wait_until
 
 TOPIC = "/bench_transport/image"
 
@@ -41,12 +42,11 @@ def _publish(args) -> int:
     pixels = np.random.default_rng(0).integers(0, 256, height * width * 3, np.uint8).tobytes()
     msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=pixels)
     msg.header.frame_id = "camera_optical_frame"
-    deadline = time.monotonic() + args.match_timeout
-    while pub.get_subscription_count() < 1:
-        if time.monotonic() > deadline:
-            print("no subscriber", flush=True)
-            return 1
-        time.sleep(0.01)
+    try:
+        wait_until(lambda: pub.get_subscription_count() >= 1, args.match_timeout, what="a subscriber")
+    except TimeoutError:
+        print("no subscriber", flush=True)
+        return 1
     print("matched", flush=True)
     start = time.monotonic()
     for i in range(args.frames):

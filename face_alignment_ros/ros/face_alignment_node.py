@@ -262,7 +262,7 @@ class FaceAlignmentNode(Node):
             self.stats.error(f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
             return
-        self._report_camera_info(camera_info, *out.image_size)
+        self._report_camera_info(camera_info, out.image.shape[1], out.image.shape[0])
         if out.topology is not None:
             self.pub_topology.publish(out.topology)
         self.pub_landmarks.publish(out.landmarks)

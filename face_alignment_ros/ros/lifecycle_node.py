@@ -10,8 +10,6 @@ flag, so the reason is logged and kept in ``last_error`` for the node's diagnost
 """
 from __future__ import annotations
 
-import time
-
 from rclpy.lifecycle import LifecycleNode
 
 
@@ -19,7 +17,6 @@ class SafeLifecycleNode(LifecycleNode):
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
         self.last_error = ""        # the reason of the last failed or refused transition
-        self.last_error_time = 0.0
         self.refused_transitions = 0
         service = self._service_change_state  # rclpy's handler is name-mangled: wrap it here
         self._unchecked_change_state = service.callback
@@ -30,7 +27,7 @@ class SafeLifecycleNode(LifecycleNode):
 
     def report_error(self, text: str) -> None:
         """Log and keep ``text`` as the node's last error (diagnostics show it)."""
-        self.last_error, self.last_error_time = text, time.monotonic()
+        self.last_error = text
         self.get_logger().error(text)
 
     def _change_state_checked(self, request, response):

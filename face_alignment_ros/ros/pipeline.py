@@ -68,7 +68,6 @@ class FrameOutput:
     intrinsics: Intrinsics | None = None
     image: np.ndarray | None = None  # the input as BGR (or gray), for the ROS4HRI face images
     stages_ms: dict = field(default_factory=dict)
-    image_size: tuple[int, int] = (0, 0)      # (width, height) of the decoded frame
 
 
 def default_dff_weights() -> Path:
@@ -172,8 +171,7 @@ class FramePipeline:
         cfg = self.config
         intr = self.intrinsics(image.shape[1], image.shape[0], camera_info)
         out = FrameOutput(header=header, landmarks=LandmarksArray(header=header), meshes=FaceMeshArray(header=header),
-                          transforms=[], faces=tracked, intrinsics=intr, image=image,
-                          image_size=(image.shape[1], image.shape[0]))
+                          transforms=[], faces=tracked, intrinsics=intr, image=image)
         marker_faces = []
         topo_id = self.topology.topology_id
         face_ids = self.face_ids.assign(self.tracker, [t.face_id for t in tracked])
