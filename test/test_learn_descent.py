@@ -2,7 +2,7 @@
 import numpy as np
 
 from face_alignment_ros.core import camera as cam
-from face_alignment_ros.training.learn_descent import PhotoRecord, mirror_record
+from face_alignment_ros.training.photo_records import PhotoRecord, mirror_record
 
 
 def test_mirror_record_keeps_annotation_on_the_mirrored_face(morphable_model):

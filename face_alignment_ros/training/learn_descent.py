@@ -15,7 +15,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from face_alignment_ros.common.metrics import box_size, inter_pupil  # noqa: F401 (re-exported)
+from face_alignment_ros.common.metrics import box_size, inter_pupil
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
     FIT_STAGE,
@@ -34,14 +34,12 @@ from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
-from face_alignment_ros.training.photo_records import (  # noqa: F401 (re-exported)
-    VALIDATION_PERCENT,
-    PhotoRecord,
+from face_alignment_ros.training.photo_records import (
     fit_box_priors,
     is_validation,
     load_photo_records,
     mirror_record,
-    perturbed_crop_box,
+    perturbed_start,
 )
 from face_alignment_ros.training.stage_io import Stage
 
@@ -71,10 +69,7 @@ def photo_samples(cascade, backend, records, priors, rng, perturbations: int, ji
         views = [(r, image)] + ([mirror_record(r, image)] if mirror else [])
         for rec, img in views:
             for k in range(perturbations):
-                use_detector = rec.detector_box is not None and k % 2 == 0
-                kind = "detector" if use_detector else "landmarks"
-                box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
-                crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
+                crop_box = perturbed_start(rec, k, priors, rng, jitter)
                 samples.append(make_sample(cascade, backend, img, crop_box, rec.landmarks, rec.camera, crop_size))
     return samples
 

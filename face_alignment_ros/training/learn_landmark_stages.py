@@ -246,7 +246,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     boxes through the box priors, jittered, as stage ``descent`` makes them."""
     import cv2
 
-    from face_alignment_ros.training.photo_records import mirror_record, perturbed_crop_box
+    from face_alignment_ros.training.photo_records import mirror_record, perturbed_start
 
     samples = SampleSet()
     t0 = time.perf_counter()
@@ -254,10 +254,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
         image = cv2.imread(r.image_path)
         for rec, img in [(r, image)] + ([mirror_record(r, image)] if mirror else []):
             for k in range(perturbations + augmented):
-                use_detector = rec.detector_box is not None and k % 2 == 0
-                kind = "detector" if use_detector else "landmarks"
-                box = rec.detector_box if use_detector else face_crop.landmark_box(rec.landmarks)
-                crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
+                crop_box = perturbed_start(rec, k, priors, rng, jitter)
                 crop = crop_image(img, crop_box, crop_size)[0]
                 target = face_crop.image_to_crop(rec.landmarks, crop_box, crop_size)
                 if k < perturbations:
@@ -267,10 +264,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     for r in val_records:  # as stage descent validates: 2 jittered starts per photo
         image = cv2.imread(r.image_path)
         for k in range(2):
-            use_detector = r.detector_box is not None and k % 2 == 0
-            kind = "detector" if use_detector else "landmarks"
-            box = r.detector_box if use_detector else face_crop.landmark_box(r.landmarks)
-            crop_box = perturbed_crop_box(priors[kind], box, rng, jitter)
+            crop_box = perturbed_start(r, k, priors, rng, jitter)
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
             samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), "val")
     for r in heldout_records:  # reported only: one start per photo and box kind, no jitter

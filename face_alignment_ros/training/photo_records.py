@@ -94,3 +94,13 @@ def mirror_record(record: PhotoRecord, image: np.ndarray) -> tuple[PhotoRecord, 
         box = np.array([width - 1.0 - x1, y0, width - 1.0 - x0, y1], np.float32)
     mirrored = replace(record, landmarks=landmarks, camera=cam.mirror_camera(record.camera, width), detector_box=box)
     return mirrored, np.ascontiguousarray(image[:, ::-1])
+
+
+def perturbed_start(record: PhotoRecord, k: int, priors: dict[str, face_crop.BoxPrior], rng: np.random.Generator,
+                    jitter: float) -> np.ndarray:
+    """The crop box of start ``k`` of a photo: detector and landmark boxes alternate (the
+    landmark box where the detector missed), through the box priors, jittered."""
+    use_detector = record.detector_box is not None and k % 2 == 0
+    kind = "detector" if use_detector else "landmarks"
+    box = record.detector_box if use_detector else face_crop.landmark_box(record.landmarks)
+    return perturbed_crop_box(priors[kind], box, rng, jitter)
