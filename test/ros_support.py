@@ -1,8 +1,9 @@
-"""Support for the ROS tests: a per-process ROS domain. Waiting on conditions is
+"""Support for the ROS tests: a per-process ROS domain and a collector of stamped outputs. Waiting on conditions is
 ``face_alignment_ros.ros.waiting``; models are ``common.stand_in_models.trained_or_stand_in_files``."""
 from __future__ import annotations
 
 import os
+import threading
 
 
 def domain_id(offset: int) -> int:
@@ -10,3 +11,27 @@ def domain_id(offset: int) -> int:
     leftovers never meet the next one's) that differs between concurrent test processes on the
     machine with high probability; within [10, 97] (valid on Linux)."""
     return 10 + (os.getpid() % 11) * 8 + offset % 8
+
+
+def key(stamp) -> tuple[int, int]:
+    """A header stamp as a dict key."""
+    return (stamp.sec, stamp.nanosec)
+
+
+class StampedCollector:
+    """Keeps a graph's output messages by their header stamp (callbacks run on executor threads)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tf = {}  # stamp -> {child frame: transform}
+
+    def _store(self, table):
+        def cb(msg):
+            with self.lock:
+                table[key(msg.header.stamp)] = msg
+        return cb
+
+    def _store_tf(self, msg):
+        with self.lock:
+            for t in msg.transforms:
+                self.tf.setdefault(key(t.header.stamp), {})[t.child_frame_id] = t

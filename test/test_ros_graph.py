@@ -6,7 +6,6 @@ Uses the shipped trained models when present, else an untrained stand-in (mean f
 detected box); the checks are geometric plausibility that holds for both.
 """
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_support import domain_id  # noqa: E402
+from ros_support import StampedCollector, domain_id, key  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
@@ -41,17 +40,13 @@ FRAME_ID = "test_camera_optical"
 TIMEOUT = 60.0  # generous: the machine is shared with training jobs
 
 
-def key(stamp):
-    return (stamp.sec, stamp.nanosec)
-
-
-class Probe:
+class Probe(StampedCollector):
     """Collects the graph's outputs by image stamp."""
 
     def __init__(self, node):
+        super().__init__()
         self.node = node
-        self.lock = threading.Lock()
-        self.landmarks, self.meshes, self.tf, self.debug, self.markers = {}, {}, {}, {}, {}
+        self.landmarks, self.meshes, self.debug, self.markers = {}, {}, {}, {}
         self.topology = []
         self.diagnostics = []
         self._seq = 0
@@ -67,20 +62,9 @@ class Probe:
         self.best_effort = node.create_publisher(
             Image, "/cam/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
 
-    def _store(self, table):
-        def cb(msg):
-            with self.lock:
-                table[key(msg.header.stamp)] = msg
-        return cb
-
     def _store_markers(self, msg):
         with self.lock:
             self.markers[key(msg.markers[-1].header.stamp)] = msg
-
-    def _store_tf(self, msg):
-        with self.lock:
-            for t in msg.transforms:
-                self.tf.setdefault(key(t.header.stamp), {})[t.child_frame_id] = t
 
     def _store_diag(self, msg):
         for status in msg.status:

@@ -6,7 +6,6 @@ face-align-ros, the sample face stream; an empty frame makes a face leave.
 import json
 import os
 import sys
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +18,7 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from hri_msgs.msg import FacialLandmarks, IdsList, NormalizedRegionOfInterest2D  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
-from ros_support import domain_id  # noqa: E402
+from ros_support import StampedCollector, domain_id, key  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
@@ -58,17 +57,13 @@ OFFICIAL_HASHES = {
 }
 
 
-def key(stamp):
-    return (stamp.sec, stamp.nanosec)
-
-
-class HriClient:
+class HriClient(StampedCollector):
     """A ROS4HRI client: follows /humans/faces/tracked and subscribes to each face's topics."""
 
     def __init__(self, node):
+        super().__init__()
         self.node = node
-        self.lock = threading.Lock()
-        self.tracked, self.landmarks, self.tf = {}, {}, {}
+        self.tracked, self.landmarks = {}, {}
         self.face_msgs = {}  # (id, topic) -> {stamp: msg}
         self.subs = {}       # (id, topic) -> subscription
         self._seq = 0
@@ -76,17 +71,6 @@ class HriClient:
         node.create_subscription(LandmarksArray, "/landmarks", self._store(self.landmarks), OUTPUT_QOS)
         node.create_subscription(TFMessage, "/tf", self._store_tf, TF_QOS)
         self.camera = node.create_publisher(Image, "/hri_cam/image", QoSProfile(depth=5))
-
-    def _store(self, table):
-        def cb(msg):
-            with self.lock:
-                table[key(msg.header.stamp)] = msg
-        return cb
-
-    def _store_tf(self, msg):
-        with self.lock:
-            for t in msg.transforms:
-                self.tf.setdefault(key(t.header.stamp), {})[t.child_frame_id] = t
 
     def follow(self, face_id, topics=("roi", "landmarks")):
         """Subscribe to a face's topics and wait until the node's publishers are matched."""
