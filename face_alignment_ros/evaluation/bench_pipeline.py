@@ -17,12 +17,6 @@ from face_alignment_ros.core.aligner import FaceAligner
 from face_alignment_ros.core.face_crop import crop_image
 
 
-def load_aligner(descriptor: str, detector="default", threads: int | None = None,
-                 runtime: str = "auto") -> tuple[FaceAligner, bool]:
-    """(aligner, trained?), under the package's thread policy for ``threads``."""
-    return trained_or_stand_in_aligner(descriptor, detector, threads=threads, runtime=runtime)
-
-
 class StageTimer:
     def __init__(self):
         self.samples: dict[str, list[float]] = {}
@@ -85,7 +79,8 @@ def benchmark(image: np.ndarray, descriptors=("dff", "sift"), threads=(1, 2), ru
         for runtime in (runtimes if descriptor == "dff" else ("auto",)):
             name = descriptor if runtime == "auto" else f"{descriptor} [{runtime}]"
             for n in threads:
-                variants[f"{name}/threads={n}"] = (n, load_aligner(descriptor, threads=n, runtime=runtime))
+                aligner = trained_or_stand_in_aligner(descriptor, threads=n, runtime=runtime)
+                variants[f"{name}/threads={n}"] = (n, aligner)
     results = {}
     for _ in range(repeats):
         for key, (n_threads, (aligner, trained)) in variants.items():
