@@ -269,6 +269,32 @@ def test_close_empties_the_list_and_removes_the_topics(hri):
         node.destroy_node()
 
 
+def test_a_stopping_node_tells_clients_its_faces_are_gone(hri):
+    client = hri["client"]
+    node = FaceAlignmentNode(node_name="hri_stop_node", context=hri["context"], cli_args=node_args())
+    destroyed = False
+    try:
+        face = SimpleNamespace(landmarks=np.tile([[150.0, 100.0]], (68, 1)) + np.arange(68)[:, None],
+                               visible=np.ones(68, bool), confidence=0.9, camera=np.array([1, 0, 0, 0, 150, 100.0]))
+        out = SimpleNamespace(header=Header(frame_id=FRAME_ID, stamp=Time(sec=4000)), image=hri["frames"][0],
+                              faces=[SimpleNamespace(face=face)],
+                              landmarks=SimpleNamespace(faces=[SimpleNamespace(face_id=10 ** 7 + 1)]))
+        wait_until(lambda: node.hri.pub_tracked.get_subscription_count() >= 1, TIMEOUT, what="client")
+        node.hri.publish(out)  # what the worker does with a processed frame
+        wait_until(lambda: client.tracked.get((4000, 0)), TIMEOUT, what="ids list")
+        before = set(client.tracked)
+        node.destroy_node()
+        destroyed = True
+
+        def empty_list_after_stop():
+            new = [client.tracked[k] for k in set(client.tracked) - before]
+            return next((m for m in new if m.header.frame_id == FRAME_ID and not m.ids), None)
+        assert wait_until(empty_list_after_stop, TIMEOUT, what="empty ids list on stop").header.stamp.sec > 4000
+    finally:
+        if not destroyed:
+            node.destroy_node()
+
+
 def test_hri_parameter_false_publishes_no_hri_topics(hri):
     node = FaceAlignmentNode(node_name="hri_off_node", context=hri["context"],
                              cli_args=node_args(overrides={"hri": False}))

@@ -173,6 +173,28 @@ def test_invalid_lifecycle_requests_are_refused_and_the_executor_survives(ros, t
     assert "not valid from state 'finalized'" in node.last_error
 
 
+class _ActivateRaises(DescentModelNode):
+    def on_activate(self, state):
+        raise RuntimeError("publisher exploded")
+
+
+def test_an_exception_in_a_transition_callback_is_reported_with_its_reason(ros, tmp_path):
+    path = tmp_path / "good.npz"
+    stand_in_descent().save(path)
+    node = ros.add(_ActivateRaises("model_node_raises", context=ros.context,
+                                   cli_args=node_args(overrides={"model_file": str(path)})))
+    client = LifecycleClient(ros.probe, node.get_fully_qualified_name())
+    assert client.wait_for_services(TIMEOUT)
+    assert client.change_state("configure")
+    assert client.change_state("activate") is False
+    assert client.get_state() == "unconfigured"  # on_error released the model
+    assert "on_activate from 'inactive' raised RuntimeError: publisher exploded" in node.last_error
+    ros.wait_diag("model_node_raises: descent model", lambda m, v: "publisher exploded" in v["last error"],
+                  "the exception's reason in diagnostics")
+    assert client.change_state("configure")  # a good transition clears it
+    assert node.last_error == ""
+
+
 # --- A3: an executor that dies anyway ends the process -----------------------------------------
 
 class _Crashing(Node):

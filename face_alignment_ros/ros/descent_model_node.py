@@ -117,8 +117,6 @@ class DescentModelNode(SafeLifecycleNode):
 
     def _change_state_checked(self, request, response):
         response = super()._change_state_checked(request, response)
-        if response.success:
-            self.last_error = ""
         self.publish_diagnostics()  # the outcome at once, not only at the next period
         return response
 
@@ -166,7 +164,8 @@ class DescentModelNode(SafeLifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
-        self.report_error(f"error in {state.label}; released, back to unconfigured")
+        cause = f" after: {self.last_error}" if self.last_error else ""
+        self.report_error(f"error in {state.label}; released, back to unconfigured{cause}")
         return TransitionCallbackReturn.SUCCESS
 
 

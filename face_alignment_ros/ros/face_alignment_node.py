@@ -21,6 +21,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from face_alignment_ros.core.descent_model import DescentModel
@@ -307,6 +308,9 @@ class FaceAlignmentNode(Node):
             self._stop = True
             self._cond.notify()
         self._worker.join(timeout=10.0)
+        if self.hri is not None and self.hri.last_header is not None and self.context.ok():
+            # tell ROS4HRI clients that the faces are gone, as hri_face_detect does on exit
+            self.hri.close(Header(frame_id=self.hri.last_header.frame_id, stamp=self.get_clock().now().to_msg()))
         return super().destroy_node()
 
 

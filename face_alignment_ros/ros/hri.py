@@ -49,6 +49,7 @@ class HriFacePublisher:
         self.qos = qos
         self.pub_tracked = node.create_publisher(IdsList, f"{FACES_NS}/tracked", qos)
         self.faces: dict[str, _FaceTopics] = {}
+        self.last_header = None  # of the last published frame
 
     def _topics(self, fid: str) -> _FaceTopics:
         if fid not in self.faces:
@@ -77,6 +78,7 @@ class HriFacePublisher:
             if topics.aligned.get_subscription_count() > 0:
                 topics.aligned.publish(image_message(header, face_views.aligned_face(image, face)))
         self.pub_tracked.publish(IdsList(header=header, ids=ids))
+        self.last_header = header
         for fid in set(self.faces) - set(ids):
             self._remove(fid)
         return ids
