@@ -56,7 +56,7 @@ def _errors(pred, sample) -> dict:
         lm3 = None if pred is None or pred.landmarks_3d is None else np.asarray(pred.landmarks_3d)[:, :2]
         row["nme3d_box"] = metrics.nme(lm3, sample.landmarks_3d, "box")
     if sample.rotation is not None:
-        row.update(head_pose.pose_errors(None if pred is None else pred.rotation, sample.rotation))
+        row.update(head_pose.pose_errors(None if pred is None else pred.head_rotation(), sample.rotation))
     return row
 
 

@@ -76,6 +76,14 @@ class Prediction:
     # the method gives them apart from ``landmarks``.
     landmarks_3d: np.ndarray | None = None
     rotation: np.ndarray | None = None  # (3, 3) head rotation, model -> camera (FaceResult.rotation)
+    # points to fit a rotation to (mean_face_rotation) for a method without a pose: fitted when
+    # asked, so that the fit is not inside the method's timed call
+    pose_points: np.ndarray | None = None
+
+    def head_rotation(self) -> np.ndarray | None:
+        if self.rotation is None and self.pose_points is not None:
+            self.rotation = mean_face_rotation(self.pose_points)
+        return self.rotation
 
 
 def mean_face_rotation(points: np.ndarray, inner_only: bool = True) -> np.ndarray:
@@ -225,7 +233,7 @@ class DlibMethod(Method):
     def align_box(self, image, box):
         rgb = np.ascontiguousarray(image[:, :, ::-1])
         points = self._predict(rgb, _map_box(box, self.box_rule))
-        return Prediction(points, rotation=mean_face_rotation(points))
+        return Prediction(points, pose_points=points)
 
     def detect_and_align(self, image):
         rgb = np.ascontiguousarray(image[:, :, ::-1])
@@ -233,7 +241,7 @@ class DlibMethod(Method):
         for r in self.detector(rgb, 0):
             box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float32)
             points = self._predict(rgb, box)
-            out.append(Prediction(points, box, rotation=mean_face_rotation(points)))
+            out.append(Prediction(points, box, pose_points=points))
         return out
 
 
@@ -264,7 +272,7 @@ class MediaPipeMethod(Method):
         # The mesh's depth axis is the camera's (x right, y down, z away): a rigid fit of the
         # mean face to its 3D points gives the head rotation in this project's convention.
         return Prediction(points3[:, :2] + np.asarray(offset, np.float32), box,
-                          rotation=mean_face_rotation(points3))
+                          pose_points=points3)
 
     def align_box(self, image, box):
         import cv2
