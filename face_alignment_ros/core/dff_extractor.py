@@ -65,6 +65,77 @@ def bilinear_sample(hwd: np.ndarray, points) -> np.ndarray:
     return out
 
 
+def _upsample_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index of a bilinear resize n_in -> n_out with half-pixel centres (torch's
+    ``interpolate(..., align_corners=False)``, ONNX Resize ``half_pixel``): the two input indices
+    and the weight of the second."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(src.astype(np.intp), n_in - 1)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length along the last axis (torch ``F.normalize``, eps 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+class HeadDescriptorMap:
+    """The descriptors of one crop from the network's head map (``DFFNet.head_map``, (M, M, D)
+    channels-last, M = N / decoder_stride): the full (N, N) map of ``DFFNet.forward`` is its
+    bilinear upsampling, L2-normalised per pixel. ``sample`` computes those pixels at the 4
+    neighbours of each point only, which gives what ``DescriptorMap.sample`` gives on the full
+    map (to float rounding) at a small fraction of the cost; ``data`` builds the full map."""
+
+    def __init__(self, head: np.ndarray, size: int):
+        self.head = np.ascontiguousarray(head, np.float32)
+        self._m = self.head.shape[0]
+        self._flat = self.head.reshape(self._m * self._m, -1)
+        self._size = int(size)
+        lo, hi, lam = _upsample_taps(self._size, self._m)
+        self._taps = np.stack([lo, hi], 1)                      # (N, 2) head indices per map index
+        self._tap_weights = np.stack([1 - lam, lam], 1)          # (N, 2)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def data(self) -> np.ndarray:
+        """(D, N, N) full map (a view of an (N, N, D) array), as ``DescriptorMap.data``."""
+        return self.full().transpose(2, 0, 1)
+
+    def full(self) -> np.ndarray:
+        """(N, N, D) float32 C-contiguous unit descriptors: the network's full-resolution output."""
+        (lo, hi), (w0, w1) = self._taps.T, self._tap_weights.T
+        rows = self.head[lo] * w0[:, None, None] + self.head[hi] * w1[:, None, None]  # (N, M, D)
+        full = rows[:, lo] * w0[None, :, None] + rows[:, hi] * w1[None, :, None]      # (N, N, D)
+        return np.ascontiguousarray(_unit(full), np.float32)
+
+    def sample(self, points_crop) -> np.ndarray:
+        """(n, D) bilinear samples of the full map at (n, 2) crop-pixel points, zero outside
+        (``bilinear_sample``'s rule)."""
+        n = self._size
+        p = np.asarray(points_crop, dtype=np.float64).reshape(-1, 2)
+        x, y = p[:, 0], p[:, 1]
+        inside = (x >= 0) & (y >= 0) & (x <= n - 1) & (y <= n - 1)
+        x, y = np.where(inside, x, 0.0), np.where(inside, y, 0.0)
+        x0 = np.minimum(x.astype(np.intp), n - 2) if n > 1 else np.zeros_like(x, np.intp)
+        y0 = np.minimum(y.astype(np.intp), n - 2) if n > 1 else np.zeros_like(y, np.intp)
+        step = 1 if n > 1 else 0
+        k = len(p)
+        rows, cols = np.stack([y0, y0 + step], 1), np.stack([x0, x0 + step], 1)  # the 2 x 2 map pixels
+        # each map pixel (row a, col c) from its 2 x 2 head taps (b, d): axes (k, a, c, b, d)
+        idx = self._taps[rows][:, :, None, :, None] * self._m + self._taps[cols][:, None, :, None, :]
+        w = self._tap_weights[rows][:, :, None, :, None] * self._tap_weights[cols][:, None, :, None, :]
+        pixels = np.matmul(w.reshape(k, 4, 1, 4), self._flat[idx.reshape(k, 4, 4)])[:, :, 0]  # (k, 4, D)
+        fx = (x - x0).astype(np.float32)
+        fy = (y - y0).astype(np.float32)
+        blend = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], 1)[:, None]
+        out = np.matmul(blend, _unit(pixels))[:, 0]
+        out[~inside] = 0.0
+        return out
+
+
 class DescriptorRunner:
     """A DFF runtime: uint8 BGR crops in, unit descriptor maps out. Subclasses implement
     ``run_crops``; the rest is shared (torch: ``DFFExtractor``; ONNX Runtime:
