@@ -25,12 +25,16 @@ def test_round_trip_every_encoding(encoding):
     assert np.array_equal(back, BGR if encoding != "mono8" else BGR[:, :, 0])
 
 
-def test_rgb_channel_order_and_padded_step():
-    rgb = BGR[:, :, ::-1]
-    padded = np.zeros((5, 7 * 3 + 3), np.uint8)
-    padded[:, :21] = rgb.reshape(5, 21)
-    msg = Image(height=5, width=7, encoding="rgb8", step=24, data=padded.tobytes())
-    assert np.array_equal(image_to_bgr(msg), BGR)
+@pytest.mark.parametrize("encoding, order", [("rgb8", [2, 1, 0]), ("rgba8", [2, 1, 0, 3]), ("bgra8", [0, 1, 2, 3])])
+def test_channel_order_and_padded_step(encoding, order):
+    """Rows with padding after the pixels (step > width * channels), reordered to BGR."""
+    pixels = np.concatenate([BGR, RNG.integers(0, 256, (5, 7, 1), dtype=np.uint8)], axis=2)[:, :, order]
+    row = 7 * len(order)
+    padded = np.zeros((5, row + 5), np.uint8)
+    padded[:, :row] = pixels.reshape(5, row)
+    msg = Image(height=5, width=7, encoding=encoding, step=row + 5, data=padded.tobytes())
+    out = image_to_bgr(msg)
+    assert out.shape == BGR.shape and out.flags.c_contiguous and np.array_equal(out, BGR)
 
 
 @pytest.mark.parametrize("fields, words", [
