@@ -100,9 +100,11 @@ class OnnxDffRuntime(DescriptorRunner):
                                  f"{[o.name for o in out]} are not the DFF inference graph's")
         # one blank crop: checks the output shape (symbolic in the file) and warms the session up
         m = n // stride
-        shape = self.run_network(np.zeros((1, n, n, 3), np.uint8)).shape
-        if shape != (1, m, m, self.descriptor_dim):
-            raise ModelFileError(f"{self.path}: output shape {shape}, expected {(1, m, m, self.descriptor_dim)}")
+        head = self.run_network(np.zeros((1, n, n, 3), np.uint8))
+        if head.shape != (1, m, m, self.descriptor_dim):
+            raise ModelFileError(f"{self.path}: output shape {head.shape}, expected {(1, m, m, self.descriptor_dim)}")
+        if self.schema_version >= 2:  # the sampling kernel compiled (or loaded) now, not in the first frame
+            HeadDescriptorMap(head[0], n).sample(np.zeros((1, 2)))
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def run_network(self, crops_bgr: np.ndarray) -> np.ndarray:
