@@ -49,3 +49,13 @@ def test_mirror_camera_projects_the_mirrored_face(morphable_model):
     # the mean face is symmetric to within ~1 mm at its landmark vertices (2 px at s = 2)
     assert np.abs(flipped[IBUG68_MIRROR] - mirrored).max() < 3.0
     assert np.abs(flipped - mirrored).max() > 30.0  # without the reordering it is far off
+
+
+def test_rotation_matrix_is_transforms3d_sxyz_to_the_last_bit():
+    """``rotation_matrix`` writes euler2mat out for 'sxyz' (speed): the same matrix, bit for bit."""
+    from transforms3d.euler import euler2mat
+
+    from face_alignment_ros.core.camera import rotation_matrix
+
+    for pitch, yaw, roll in np.random.default_rng(0).uniform(-4, 4, (500, 3)).astype(np.float32):
+        assert np.array_equal(rotation_matrix(pitch, yaw, roll), euler2mat(pitch, yaw, roll, "sxyz").astype(np.float32))

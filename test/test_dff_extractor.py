@@ -99,3 +99,28 @@ def test_bilinear_sample_generic():
     hwd = np.arange(12, dtype=np.float32).reshape(3, 4, 1)  # value = 4*y + x
     pts = np.array([[0.5, 0.5], [3, 2], [2.2, 1.7]])
     assert np.allclose(bilinear_sample(hwd, pts)[:, 0], 4 * pts[:, 1] + pts[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_head_map_gives_the_networks_full_map_and_its_samples(stride):
+    """``HeadDescriptorMap`` finishes the network (bilinear upsampling, L2 normalisation) from its
+    head map: its full map is ``DFFNet.forward``'s output, and sampling it at points (4 map
+    pixels each) gives what sampling that full map gives, zero outside."""
+    from face_alignment_ros.core.dff_extractor import HeadDescriptorMap
+
+    torch.manual_seed(stride)
+    net = DFFNet(DFFConfig(input_size=32, base_width=4, depth=3, decoder_stride=stride)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)[0].permute(1, 2, 0).contiguous().numpy()
+        head = net.head_map(x)[0].permute(1, 2, 0).numpy()
+    assert head.shape == (32 // stride, 32 // stride, CFG.descriptor_dim)
+    m = HeadDescriptorMap(head, 32)
+    assert m.size == 32 and np.abs(m.full() - ref).max() < 1e-5
+    assert m.data.shape == (CFG.descriptor_dim, 32, 32)
+    rng = np.random.default_rng(stride)
+    points = np.concatenate([rng.uniform(-2, 33, (300, 2)), [[0, 0], [31, 31], [31, 0], [0.5, 31], [np.nan, 4]]])
+    got, want = m.sample(points), DescriptorMap(ref.transpose(2, 0, 1)).sample(points)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5
+    assert np.array_equal(got == 0, want == 0)  # the same points outside

@@ -47,6 +47,23 @@ def test_graph_reproduces_torch_at_batch_1_and_3(exported):
         assert np.allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-4)
 
 
+def test_graph_ends_at_the_head_map_and_its_samples_are_torchs(exported):
+    """The exported graph (schema 2) stops before the upsampling and the normalisation; the
+    runtime's descriptor maps finish them at the sampled points and sample what torch's full
+    maps give."""
+    weights, _ = exported
+    runtime = load_dff_runtime(weights, device="cpu", threads=1)
+    assert runtime.schema_version == 2
+    crops = _crops(2, CFG.input_size, seed=5)
+    head = runtime.run_network(crops)
+    assert head.shape == (2, CFG.input_size // CFG.decoder_stride, CFG.input_size // CFG.decoder_stride,
+                          CFG.descriptor_dim)
+    torch_maps = DFFExtractor(*load_dff_weights(weights, device="cpu"), device="cpu").descriptor_maps(list(crops))
+    points = np.random.default_rng(0).uniform(0, CFG.input_size - 1, (50, 2))
+    for got, ref in zip(runtime.descriptor_maps(list(crops)), torch_maps):
+        assert np.abs(got.sample(points) - ref.sample(points)).max() < 1e-5
+
+
 @pytest.mark.skipif(not onnx_path_for(SHIPPED).exists(), reason="no shipped DFF inference graph")
 def test_shipped_graph_is_the_shipped_weights():
     runtime = load_dff_runtime(SHIPPED, device="cpu", threads=1)  # checks the weights' sha256 too

@@ -25,12 +25,16 @@ def test_round_trip_every_encoding(encoding):
     assert np.array_equal(back, BGR if encoding != "mono8" else BGR[:, :, 0])
 
 
-def test_rgb_channel_order_and_padded_step():
-    rgb = BGR[:, :, ::-1]
-    padded = np.zeros((5, 7 * 3 + 3), np.uint8)
-    padded[:, :21] = rgb.reshape(5, 21)
-    msg = Image(height=5, width=7, encoding="rgb8", step=24, data=padded.tobytes())
-    assert np.array_equal(image_to_bgr(msg), BGR)
+@pytest.mark.parametrize("encoding, order", [("rgb8", [2, 1, 0]), ("rgba8", [2, 1, 0, 3]), ("bgra8", [0, 1, 2, 3])])
+def test_channel_order_and_padded_step(encoding, order):
+    """Rows with padding after the pixels (step > width * channels), reordered to BGR."""
+    pixels = np.concatenate([BGR, RNG.integers(0, 256, (5, 7, 1), dtype=np.uint8)], axis=2)[:, :, order]
+    row = 7 * len(order)
+    padded = np.zeros((5, row + 5), np.uint8)
+    padded[:, :row] = pixels.reshape(5, row)
+    msg = Image(height=5, width=7, encoding=encoding, step=row + 5, data=padded.tobytes())
+    out = image_to_bgr(msg)
+    assert out.shape == BGR.shape and out.flags.c_contiguous and np.array_equal(out, BGR)
 
 
 @pytest.mark.parametrize("fields, words", [
@@ -102,3 +106,25 @@ def test_plausible_camera_info_is_used():
     assert Intrinsics(500.0, 500.0, 319.5, 239.5).is_valid(640, 480)
     assert Intrinsics(20000.0, 20000.0, 900.0, 239.5).is_valid(640, 480)  # long lens, cropped image
     assert Intrinsics(170.0, 170.0, 319.5, 239.5).is_valid(640, 480)      # fisheye-wide
+
+
+def test_camera_info_is_checked_once_per_k_and_image_size(monkeypatch):
+    """A camera sends the same CameraInfo with every frame: its K is checked when it first
+    comes (or when K or the image size change), not in every frame."""
+    from sensor_msgs.msg import CameraInfo
+
+    from face_alignment_ros.ros.pipeline import FramePipeline, PipelineConfig
+
+    checks = []
+    is_valid = Intrinsics.is_valid
+    monkeypatch.setattr(Intrinsics, "is_valid", lambda self, *a: checks.append(a) or is_valid(self, *a))
+    pipeline = FramePipeline(PipelineConfig())
+    k = [500.0, 0.0, 319.5, 0.0, 500.0, 239.5, 0.0, 0.0, 1.0]
+    for _ in range(5):  # a new message each frame, as it comes off the wire
+        assert pipeline.intrinsics(640, 480, CameraInfo(k=k)) == Intrinsics(500.0, 500.0, 319.5, 239.5)
+    assert checks == [(640, 480)]
+    assert pipeline.camera_intrinsics(64, 48, CameraInfo(k=k)) is None  # principal point far outside
+    k[0] = k[4] = 1e-300
+    assert pipeline.camera_intrinsics(640, 480, CameraInfo(k=k)) is None
+    assert pipeline.intrinsics(640, 480, CameraInfo(k=k)) == Intrinsics.assumed(640, 480, 0.0, 60.0)
+    assert checks == [(640, 480), (64, 48), (640, 480)]

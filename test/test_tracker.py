@@ -120,6 +120,42 @@ def test_single_photo_results_are_unchanged_by_tracking_code(aligner, astronaut)
     assert np.array_equal(t.face.landmarks, ref.landmarks) and np.array_equal(t.face.camera, ref.camera)
 
 
+class _Counting:
+    """The aligner as the tracker calls it, with the faces aligned and the detector runs counted."""
+
+    def __init__(self, aligner):
+        self.aligner, self.aligned, self.detections = aligner, 0, 0
+
+    def align_many(self, image, requests):
+        self.aligned += len(requests)
+        return self.aligner.align_many(image, requests)
+
+    def detect(self, image):
+        self.detections += 1
+        return self.aligner.detect(image)
+
+
+def test_a_face_coming_to_rest_is_aligned_once_and_starts_from_its_detection_next(aligner, astronaut):
+    """The frame in which a face comes to rest runs the detector but aligns the face once (a
+    second fit there doubled that frame's cost); the next frame starts from the detection and
+    gives the single-photo fit."""
+    [ref] = aligner.detect_and_align(astronaut)
+    counting = _Counting(aligner)
+    tracker = FaceTracker(counting, redetect_every=1000)
+    tracker.process(moved(astronaut, 12, -8))
+    per_frame = []
+    for _ in range(5):
+        before = (counting.aligned, counting.detections)
+        [t] = tracker.process(astronaut)
+        per_frame.append((counting.aligned - before[0], counting.detections - before[1], t.face))
+    assert [aligned for aligned, _, _ in per_frame] == [1] * 5
+    rest = next(k for k, (_, detected, _) in enumerate(per_frame) if detected)  # came to rest here
+    assert rest < 3 and not np.array_equal(per_frame[rest][2].landmarks, ref.landmarks)
+    for _, _, face in per_frame[rest + 1:]:
+        assert np.array_equal(face.landmarks, ref.landmarks) and np.array_equal(face.camera, ref.camera)
+        assert face.score == ref.score
+
+
 def test_moving_face_is_followed_with_its_id(aligner, astronaut):
     tracker = FaceTracker(aligner, redetect_every=1000)
     ids, errors = set(), []

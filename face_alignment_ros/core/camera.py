@@ -10,8 +10,10 @@ roll > 0 turns the face clockwise in the image (about +z, away from the camera).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from transforms3d.euler import euler2mat, mat2euler
+from transforms3d.euler import mat2euler
 
 CAMERA_SIZE = 6
 S, PITCH, YAW, ROLL, TX, TY = range(CAMERA_SIZE)
@@ -20,8 +22,15 @@ P_ORTHO = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 
 
 def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """R (3, 3) for the angles in radians ('sxyz' static axes)."""
-    return euler2mat(pitch, yaw, roll, "sxyz").astype(np.float32)
+    """R (3, 3) for the angles in radians ('sxyz' static axes): transforms3d's ``euler2mat``
+    written out for these axes, the same float64 operations (equal to the last bit), without its
+    generic axis handling, which cost more than the arithmetic in the cascade's inner loops."""
+    si, sj, sk = math.sin(pitch), math.sin(yaw), math.sin(roll)
+    ci, cj, ck = math.cos(pitch), math.cos(yaw), math.cos(roll)
+    cc, cs, sc, ss = ci * ck, ci * sk, si * ck, si * sk
+    return np.array([[cj * ck, sj * sc - cs, sj * cc + ss],
+                     [cj * sk, sj * ss + cc, sj * cs - sc],
+                     [-sj, cj * si, cj * ci]], np.float32)
 
 
 def rotation_angles(rotation: np.ndarray) -> tuple[float, float, float]:
@@ -68,7 +77,8 @@ def fit_camera(points_2d: np.ndarray, points_3d: np.ndarray, weights: np.ndarray
     a = a.T  # (2, 3)
     s = 0.5 * (np.linalg.norm(a[0]) + np.linalg.norm(a[1]))
     r1, r2 = a[0] / s, a[1] / s
-    rot = nearest_rotation(np.stack([r1, r2, np.cross(r1, r2)]))
+    r3 = [r1[1] * r2[2] - r1[2] * r2[1], r1[2] * r2[0] - r1[0] * r2[2], r1[0] * r2[1] - r1[1] * r2[0]]  # np.cross
+    rot = nearest_rotation(np.array([r1, r2, r3]))
     t = c2 - s * (rot[:2] @ c3)
     return np.array([s, *rotation_angles(rot), *t], np.float32)
 

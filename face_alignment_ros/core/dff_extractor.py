@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit
 
 if TYPE_CHECKING:  # torch is imported only by the torch runtime (the ONNX path never needs it)
     import torch
@@ -63,6 +64,97 @@ def bilinear_sample(hwd: np.ndarray, points) -> np.ndarray:
     out = top * (1 - fy) + bot * fy
     out[~inside] = 0.0
     return out
+
+
+def _upsample_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index of a bilinear resize n_in -> n_out with half-pixel centres (torch's
+    ``interpolate(..., align_corners=False)``, ONNX Resize ``half_pixel``): the two input indices
+    and the weight of the second."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(src.astype(np.intp), n_in - 1)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length along the last axis (torch ``F.normalize``, eps 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+class HeadDescriptorMap:
+    """The descriptors of one crop from the network's head map (``DFFNet.head_map``, (M, M, D)
+    channels-last, M = N / decoder_stride): the full (N, N) map of ``DFFNet.forward`` is its
+    bilinear upsampling, L2-normalised per pixel. ``sample`` computes those pixels at the 4
+    neighbours of each point only, which gives what ``DescriptorMap.sample`` gives on the full
+    map (to float rounding) at a small fraction of the cost; ``data`` builds the full map."""
+
+    def __init__(self, head: np.ndarray, size: int):
+        self.head = np.ascontiguousarray(head, np.float32)
+        self._m = self.head.shape[0]
+        self._flat = self.head.reshape(self._m * self._m, -1)
+        self._size = int(size)
+        lo, hi, lam = _upsample_taps(self._size, self._m)
+        self._taps = np.ascontiguousarray(np.stack([lo, hi], 1), np.int64)  # (N, 2) head indices per map index
+        self._tap_weights = np.ascontiguousarray(np.stack([1 - lam, lam], 1), np.float32)  # (N, 2)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def data(self) -> np.ndarray:
+        """(D, N, N) full map (a view of an (N, N, D) array), as ``DescriptorMap.data``."""
+        return self.full().transpose(2, 0, 1)
+
+    def full(self) -> np.ndarray:
+        """(N, N, D) float32 C-contiguous unit descriptors: the network's full-resolution output."""
+        (lo, hi), (w0, w1) = self._taps.T, self._tap_weights.T
+        rows = self.head[lo] * w0[:, None, None] + self.head[hi] * w1[:, None, None]  # (N, M, D)
+        full = rows[:, lo] * w0[None, :, None] + rows[:, hi] * w1[None, :, None]      # (N, N, D)
+        return np.ascontiguousarray(_unit(full), np.float32)
+
+    def sample(self, points_crop) -> np.ndarray:
+        """(n, D) bilinear samples of the full map at (n, 2) crop-pixel points, zero outside
+        (``bilinear_sample``'s rule)."""
+        points = np.ascontiguousarray(np.asarray(points_crop, dtype=np.float64).reshape(-1, 2))
+        out = np.zeros((len(points), self._flat.shape[1]), np.float32)
+        _head_samples(self._flat, self._m, self._taps, self._tap_weights, points, self._size, out)
+        return out
+
+
+@njit(cache=True, nogil=True)
+def _head_samples(flat, m, taps, tap_weights, points, n, out):
+    """``HeadDescriptorMap.sample``: per point, the 4 full-map pixels around it, each the
+    bilinear blend of its 2 x 2 head-map taps, L2-normalised, then blended bilinearly. A kernel:
+    in numpy the dozen small array operations cost 4x the arithmetic."""
+    d = flat.shape[1]
+    step = 1 if n > 1 else 0
+    pixel = np.empty(d, np.float32)
+    for i in range(points.shape[0]):
+        x, y = points[i, 0], points[i, 1]
+        if not (x >= 0 and y >= 0 and x <= n - 1 and y <= n - 1):  # NaN fails too
+            continue
+        x0 = min(int(x), n - 2) if n > 1 else 0
+        y0 = min(int(y), n - 2) if n > 1 else 0
+        fx, fy = np.float32(x - x0), np.float32(y - y0)
+        for a in range(2):
+            row = y0 + a * step
+            wy = fy if a else 1 - fy
+            for c in range(2):
+                col = x0 + c * step
+                wx = fx if c else 1 - fx
+                pixel[:] = 0
+                for b in range(2):
+                    for e in range(2):
+                        w = tap_weights[row, b] * tap_weights[col, e]
+                        src = taps[row, b] * m + taps[col, e]
+                        for j in range(d):
+                            pixel[j] += w * flat[src, j]
+                norm = np.float32(0)
+                for j in range(d):
+                    norm += pixel[j] * pixel[j]
+                scale = wy * wx / max(np.sqrt(norm), np.float32(1e-12))
+                for j in range(d):
+                    out[i, j] += scale * pixel[j]
 
 
 class DescriptorRunner:

@@ -176,6 +176,14 @@ class DFFNet(nn.Module):
     def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """x: (N, 3, S, S) already normalised (see ``normalize_input``)."""
         size = x.shape[-2:]
+        x = self.head_map(x)
+        if self.stop_level:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.normalize(x, dim=1) if normalize else x
+
+    def head_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D, S / decoder_stride, S / decoder_stride): the last layer's output, before the
+        bilinear upsampling and the L2 normalisation of ``forward``."""
         skips = []
         for i, enc in enumerate(self.enc):
             if i:
@@ -185,10 +193,7 @@ class DFFNet(nn.Module):
         for i in range(self.config.depth - 1, self.stop_level, -1):
             x = self.up[str(i)](x)
             x = self.dec[str(i - 1)](torch.cat([x, skips[i - 1]], 1))
-        x = self.head(x)
-        if self.stop_level:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return F.normalize(x, dim=1) if normalize else x
+        return self.head(x)
 
     def normalize_input(self, img: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) BGR pixels in [0, 255] (any float/uint8 dtype) -> network input."""
@@ -321,17 +326,21 @@ def _checked_payload(payload, path: str) -> tuple[DFFConfig, dict]:
 
 class DFFInferenceGraph(nn.Module):
     """The graph that inference runtimes run (``core.dff_runtime``): (B, N, N, 3) uint8 BGR
-    crops -> (B, N, N, D) unit descriptors. The normalisation and the layout changes live in
-    the graph, so a crop goes straight from the warp into the network and the sampler reads
-    the output as it comes; BatchNorm is folded."""
+    crops -> (B, M, M, D) head map, ``DFFNet.head_map`` channels-last (M = N / decoder_stride),
+    BatchNorm folded. The input normalisation lives in the graph, so a crop goes straight from
+    the warp into the network. The upsampling and the L2 normalisation of ``DFFNet.forward``
+    do not: over the full map they cost as much as a third of the network, and the cascade
+    reads a few hundred points, so the runtime does them at those points only
+    (``dff_extractor.HeadDescriptorMap``)."""
 
     def __init__(self, model: DFFNet):
         super().__init__()
         self.net = model.fuse_for_inference()
         c = model.config
-        self.register_buffer("shift", torch.tensor(c.mean).view(1, 1, 1, 3) * 255.0, persistent=False)
-        self.register_buffer("scale", 1.0 / (torch.tensor(c.std).view(1, 1, 1, 3) * 255.0), persistent=False)
+        # NCHW constants: normalising after the layout change is the cheaper order in ONNX Runtime
+        self.register_buffer("shift", torch.tensor(c.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("scale", 1.0 / (torch.tensor(c.std).view(1, 3, 1, 1) * 255.0), persistent=False)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = ((crops.float() - self.shift) * self.scale).permute(0, 3, 1, 2)
-        return self.net(x).permute(0, 2, 3, 1)
+        x = (crops.permute(0, 3, 1, 2).float() - self.shift) * self.scale
+        return self.net.head_map(x).permute(0, 2, 3, 1)

@@ -4,9 +4,11 @@ Each frame a followed face is aligned from a box, as a single photo is (mean fac
 prior's crop), never from its previous pose and shape: chaining fits that way let the result
 wander by pixels on a still scene. While a face moves, the box is its previous landmark box.
 Once it holds still (its landmark box stays within ``still_box_fraction`` of its side), the
-detector runs and the face is re-aligned from its detection, and that start is kept while it
-stays still: identical frames then give identical results, equal to the single-photo result,
-whatever the frames before.
+detector runs and, from the next frame on, the face starts from its detection, and that start is
+kept while it stays still: identical frames then give identical results, equal to the
+single-photo result, whatever the frames before. (The frame in which it comes to rest keeps its
+followed fit: aligning it a second time there doubled that frame's cost, and a slowly drifting
+face comes to rest every few frames.)
 
 The detector also runs every ``redetect_every`` frames and, in the same frame, whenever a
 followed face's confidence falls below ``min_confidence``: a face the detector does not
@@ -24,7 +26,7 @@ import numpy as np
 
 from face_alignment_ros.core.aligner import AlignRequest, FaceAligner, FaceResult
 from face_alignment_ros.core.face_crop import landmark_box
-from face_alignment_ros.core.face_detector import box_iou
+from face_alignment_ros.core.face_detector import Detection, box_iou
 from face_alignment_ros.core.smoothing import FaceSmoother, OneEuroSettings
 
 # Motion (fraction of the box side) below which a face counts as still: above the fit's
@@ -43,6 +45,7 @@ class TrackedFace:
     age: int = 0  # frames since the track started
     box_kind: str = "detector"  # kind of face.box, the box this frame's fit started from
     rest_box: np.ndarray | None = None  # landmark box the face's motion is measured from
+    detection: Detection | None = None  # came to rest: its detection, next frame's start while still
 
 
 def landmarks_inside(face: FaceResult, image_shape: tuple) -> float:
@@ -105,10 +108,12 @@ class FaceTracker:
             self._image_size = size
         starts = [self._start(track) for track in self.tracks]
         # the followed faces go through the descriptor network as one batch
-        faces = self.aligner.align_many(image_bgr, [AlignRequest(box, kind, track.face.score)
-                                                    for track, (box, kind, _, _) in zip(self.tracks, starts)])
+        faces = self.aligner.align_many(image_bgr, [AlignRequest(box, kind, score)
+                                                    for box, kind, score, _, _ in starts])
         followed, settling = [], set()
-        for track, face, (_, kind, rest_box, still) in zip(self.tracks, faces, starts):
+        for track, face, (_, kind, _, rest_box, still) in zip(self.tracks, faces, starts):
+            if track.detection is not None and kind == "detector":  # its first fit from its detection
+                rest_box = landmark_box(face.landmarks)
             followed.append(TrackedFace(track.face_id, face, track.age + 1, kind, rest_box))
             if still and kind == "landmarks":  # came to rest, not yet started from a detection
                 settling.add(track.face_id)
@@ -130,20 +135,23 @@ class FaceTracker:
                            for t in self.tracks}
         return [replace(t, face=self._smoothers[t.face_id](stamp_s, t.face)) for t in self.tracks]
 
-    def _start(self, track: TrackedFace) -> tuple[np.ndarray, str, np.ndarray, bool]:
-        """Where a track's fit starts this frame: (box, its kind, the rest box, still). A still
-        face keeps its start; a moving one starts from its last landmark box, its new rest box."""
+    def _start(self, track: TrackedFace) -> tuple[np.ndarray, str, float, np.ndarray, bool]:
+        """Where a track's fit starts this frame: (box, its kind, its score, the rest box, still).
+        A still face keeps its start, or takes the detection it came to rest at; a moving one
+        starts from its last landmark box, its new rest box."""
         box = landmark_box(track.face.landmarks)
         if is_still(box, track.rest_box, self.still_box_fraction):
-            return track.face.box, track.box_kind, track.rest_box, True
-        return box, "landmarks", box, False
+            if track.detection is not None:
+                return track.detection.box, "detector", track.detection.score, track.rest_box, True
+            return track.face.box, track.box_kind, track.face.score, track.rest_box, True
+        return box, "landmarks", track.face.score, box, False
 
     def _detect_and_match(self, image_bgr: np.ndarray, followed: list[TrackedFace],
                           settling: set[int]) -> list[TrackedFace]:
         """Detections matched to this frame's followed faces. A matched face keeps its followed
-        fit unless it is doubtful (low confidence) or has just come to rest: then it starts
-        again from its detection. An unmatched detection starts a new track; a followed face
-        the detector does not find ends."""
+        fit; a doubtful one (low confidence) starts again from its detection in this frame, one
+        that has just come to rest from the next frame on. An unmatched detection starts a new
+        track; a followed face the detector does not find ends."""
         detections = self.aligner.detect(image_bgr)[: self.max_faces]
         free = list(followed)
         out, starts = [], []  # starts: (detection, face id, age, place in out), aligned as one batch
@@ -155,7 +163,9 @@ class FaceTracker:
                     best, best_iou = track, iou
             if best is not None:
                 free.remove(best)
-                if best.face.confidence >= self.min_confidence and best.face_id not in settling:
+                if best.face.confidence >= self.min_confidence:
+                    if best.face_id in settling:
+                        best = replace(best, detection=det)
                     out.append(best)
                     continue
             face_id, age = (best.face_id, best.age) if best is not None else (self._new_id(), 0)

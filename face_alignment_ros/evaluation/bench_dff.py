@@ -202,6 +202,15 @@ def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tm
     return lambda x: session.run(None, {"crops_bgr": x})[0]
 
 
+def _full_maps(y: np.ndarray, size: int) -> np.ndarray:
+    """Full (B, N, N, D) unit maps from a runtime's output: a graph of schema 2 ends at the head
+    map (``core.dff_runtime``), which the runtime finishes at the sampled points; compared here
+    in full."""
+    from face_alignment_ros.core.dff_extractor import HeadDescriptorMap
+
+    return y if y.shape[1] == size else np.stack([HeadDescriptorMap(h, size).full() for h in y])
+
+
 def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int = 30,
                        runtimes=RUNTIME_NAMES, wait_idle_s: float = 10.0) -> dict:
     """Median ms of the shipped DFF network per (runtime, threads, batch) on face crops, and each
@@ -231,7 +240,7 @@ def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int =
                 except Exception as exc:  # a missing package: report, keep going
                     out["results"][f"{name}/threads={th}"] = {"error": f"{type(exc).__name__}: {exc}"}
                     break
-                y = run(timed[:1])
+                y = _full_maps(run(timed[:1]), timed.shape[1])
                 if name == "torch":
                     reference = y
                 elif reference is not None and name not in out["accuracy"]:

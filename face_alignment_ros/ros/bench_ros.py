@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--domain-id", type=int, default=None, help="default: random in [40, 200]")
+    p.add_argument("--dff-weights", default=None,
+                   help="DFF weights file (its inference graph beside it; default: the shipped ones)")
     args = p.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from face_alignment_ros.ros.transport_profile import use_shipped_profile
@@ -118,6 +120,7 @@ def main(argv=None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="bench_ros_")
     descent, weights, trained = trained_or_stand_in_files(tmp)
+    weights = args.dff_weights or weights
     domain = args.domain_id if args.domain_id is not None else random.randint(40, 200)
     rclpy.init(domain_id=domain)
     graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights), "num_threads": args.threads},

