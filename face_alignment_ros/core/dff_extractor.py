@@ -5,6 +5,7 @@ the runtime only runs the network on the crop it is given.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,25 @@ def _upsample_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _upsample_tap_table(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_upsample_taps`` as (N, 2) head indices and (N, 2) weights per map index, read-only:
+    the same for every crop of a runtime, so made once."""
+    lo, hi, lam = _upsample_taps(n_out, n_in)
+    taps = np.ascontiguousarray(np.stack([lo, hi], 1), np.int64)
+    weights = np.ascontiguousarray(np.stack([1 - lam, lam], 1), np.float32)
+    taps.setflags(write=False)
+    weights.setflags(write=False)
+    return taps, weights
+
+
+def full_maps(heads: np.ndarray, size: int) -> np.ndarray:
+    """(B, N, N, D) full unit maps from (B, M, M, D) head maps (``HeadDescriptorMap.full``)."""
+    if not len(heads):
+        return np.zeros((0, size, size, heads.shape[-1]), np.float32)
+    return np.stack([HeadDescriptorMap(h, size).full() for h in heads])
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length along the last axis (torch ``F.normalize``, eps 1e-12)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
@@ -92,9 +112,7 @@ class HeadDescriptorMap:
         self._m = self.head.shape[0]
         self._flat = self.head.reshape(self._m * self._m, -1)
         self._size = int(size)
-        lo, hi, lam = _upsample_taps(self._size, self._m)
-        self._taps = np.ascontiguousarray(np.stack([lo, hi], 1), np.int64)  # (N, 2) head indices per map index
-        self._tap_weights = np.ascontiguousarray(np.stack([1 - lam, lam], 1), np.float32)  # (N, 2)
+        self._taps, self._tap_weights = _upsample_tap_table(self._size, self._m)
 
     @property
     def size(self) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 
 from face_alignment_ros.core import resources
 from face_alignment_ros.core import threads as thread_policy
-from face_alignment_ros.core.dff_extractor import DescriptorMap, DescriptorRunner, HeadDescriptorMap
+from face_alignment_ros.core.dff_extractor import DescriptorMap, DescriptorRunner, HeadDescriptorMap, full_maps
 from face_alignment_ros.core.morphable_model import ModelFileError
 
 ONNX_SCHEMA = "face_alignment_ros.dff_inference_graph"
@@ -116,8 +116,7 @@ class OnnxDffRuntime(DescriptorRunner):
         y = self.run_network(crops_bgr)
         if self.schema_version < 2:
             return y
-        return np.stack([HeadDescriptorMap(h, self.input_size).full() for h in y]) if len(y) else \
-            np.zeros((0, self.input_size, self.input_size, self.descriptor_dim), np.float32)
+        return full_maps(y, self.input_size)
 
     def descriptor_maps(self, crops_bgr) -> list[DescriptorMap | HeadDescriptorMap]:
         """As ``DescriptorRunner.descriptor_maps``; from a schema-2 graph, maps that finish the

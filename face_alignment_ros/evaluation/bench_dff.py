@@ -206,9 +206,9 @@ def _full_maps(y: np.ndarray, size: int) -> np.ndarray:
     """Full (B, N, N, D) unit maps from a runtime's output: a graph of schema 2 ends at the head
     map (``core.dff_runtime``), which the runtime finishes at the sampled points; compared here
     in full."""
-    from face_alignment_ros.core.dff_extractor import HeadDescriptorMap
+    from face_alignment_ros.core.dff_extractor import full_maps
 
-    return y if y.shape[1] == size else np.stack([HeadDescriptorMap(h, size).full() for h in y])
+    return y if y.shape[1] == size else full_maps(y, size)
 
 
 def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int = 30,

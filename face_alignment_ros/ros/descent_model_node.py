@@ -129,7 +129,7 @@ class DescentModelNode(SafeLifecycleNode):
                 f"descent model {self.model_path()}: {type(exc).__name__}: {exc}"
             self.report_error(f"configure failed: {reason}")
             return TransitionCallbackReturn.FAILURE
-        self.model, self.last_error = model, ""
+        self.model = model
         self._message = DescentModelMsg(metadata_json=json.dumps(model.metadata()), npz_bytes=data, sha256=sha)
         self._publisher = self.create_lifecycle_publisher(DescentModelMsg, "descent_model", LATCHED_QOS)
         self.get_logger().info(f"configured: {self.model_path()} ({model.descriptor}, {model.iterations} "

@@ -117,8 +117,6 @@ class FaceAlignmentNode(Node):
         self._cond = threading.Condition()
         self._frame = None          # newest unprocessed Image
         self._camera_info = None
-        self._camera_info_key: tuple | None = None  # (K, image size, assumed focal) of the status
-        self._camera_info_report: tuple[str, bool] = ("", False)
         self._pending_model = None  # (DescentModel, sha256) waiting for the worker
         self._pending_config = None
         self._stop = False
@@ -296,12 +294,7 @@ class FaceAlignmentNode(Node):
         return f"K from {self.camera_info_topic}", True
 
     def _report_camera_info(self, camera_info, width: int, height: int) -> None:
-        key = (None if camera_info is None else tuple(camera_info.k), width, height,
-               self.params["focal_length_px"], self.params["horizontal_fov_deg"])
-        if key != self._camera_info_key:  # built once per CameraInfo, image size and assumption
-            self._camera_info_key = key
-            self._camera_info_report = self._camera_info_status(camera_info, width, height)
-        text, valid = self._camera_info_report
+        text, valid = self._camera_info_status(camera_info, width, height)  # K's check is cached in the pipeline
         self.stats.camera_info_status(text, valid)
         if not valid:
             self.get_logger().warn(text, throttle_duration_sec=10.0)
