@@ -248,6 +248,17 @@ class DFFExtractor(DescriptorRunner):
         x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr))))
         return self._run(x)
 
+    def head_maps(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(B, M, M, D) head maps (``DFFNet.head_map``): what a schema-2 inference graph returns."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr)))).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self.model.head_map(x)
+        return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
     def _run(self, x: torch.Tensor) -> np.ndarray:
         """(B, N, N, D) float32 C-contiguous (a channels-last net already produces it)."""
         import torch

@@ -169,7 +169,11 @@ def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tm
         from face_alignment_ros.core.dff_extractor import DFFExtractor
 
         thread_policy.set_torch_threads(threads)
-        return DFFExtractor.from_file(weights, device="cpu").run_crops
+        extractor = DFFExtractor.from_file(weights, device="cpu")
+        # the same work as the graph: up to the head map when the graph ends there (schema 2)
+        from face_alignment_ros.core.dff_runtime import OnnxDffRuntime
+
+        return extractor.head_maps if OnnxDffRuntime(graph, threads=1).schema_version >= 2 else extractor.run_crops
     if name == "openvino":
         import openvino as ov
 
