@@ -52,7 +52,7 @@ class Sample:
 class Dataset:
     """A named, sized, re-iterable collection of samples."""
     name: str                 # as figures name it (split included)
-    kind: str                 # "300w", "aflw2000", "synthetic"
+    kind: str                 # "300w", "aflw2000", "synthetic", "profiled"
     size: int
     _iter: object = field(repr=False)
 

@@ -273,6 +273,11 @@ def run(args: argparse.Namespace) -> int:
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
+                 *[f"- {label}, box-normalised NME (%) per yaw bin: `{json.dumps(s[key])}`"
+                   for key, label in (("validation_profiled_box_nme_percent",
+                                       "Profiled photos of the validation identities (stage profile)"),
+                                      ("heldout_profiled_box_nme_percent", "Profiled held-out photos (stage profile)"))
+                   if key in s],
                  *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
                  f"- Shipped cascade iterations: {keep.get(kind, 'all')}; final 2D stages: "
