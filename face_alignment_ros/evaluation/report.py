@@ -250,7 +250,8 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
           "the ratios.", "", format_markdown(bench), f"![speed]({rel}/speed.png)", "",
           "## Regenerate", "", "```sh", command,
           "# parts alone:",
-          "face-align-eval --data 300w-heldout --data synthetic-heldout --data profiled-heldout --limit 200 --out out/eval",
+          "face-align-eval --data 300w-heldout --data synthetic-heldout --data profiled-heldout --limit 200 "
+          "--out out/eval",
           "face-align-bench --peers all --json out/speed.json --markdown out/speed.md",
           "python -m face_alignment_ros.evaluation.peers   # re-measures the dlib box rule",
           "```", ""]
