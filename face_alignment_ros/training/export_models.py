@@ -20,6 +20,7 @@ from face_alignment_ros.common.photo_split import SPLIT_NAME
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
     PHOTO_VIEWS_FILE,
+    PROFILE_STAGE,
     SYNTH_PROGRESS_FILE,
     SYNTHESIZE_STAGE,
     TRAIN_DFF_STAGE,
@@ -110,6 +111,16 @@ def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list
             lines.append(f"- Commands of stage {name} (UTC, oldest first):")
             lines += [f"  - `{c}`" for c in ran]
     return lines
+
+
+def _profile_lines(stage: Stage) -> list[str]:
+    """Card lines of stage profile (its settings and commands), when the work folder has it."""
+    progress = stage.root / PROFILE_STAGE / SYNTH_PROGRESS_FILE
+    if not progress.exists():
+        return []
+    config = json.loads(progress.read_text())["config"]
+    return [f"- Profiled photos (stage profile, 300W-LP-style face profiling): `{json.dumps(config)}`",
+            *_commands(stage, (PROFILE_STAGE,))]
 
 
 def unchanged(src: Path, shipped: Path, card: Path) -> bool:
@@ -286,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
+                 *_profile_lines(stage),
                  *common]
         title = f"{kind.upper()} descent directions (`descent_{kind}.npz`)"
         (cards / f"descent_{kind}.md").write_text(_card(title, lines))
