@@ -191,11 +191,11 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
     prof = by_kind.get("profiled")
     if prof:
         L += ["## Large poses on real photos (proxy): held-out photos profiled", "",
-              f"Data: `{prof['data']}`: the 113 held-out photos turned with their fitted heads to yaw bins up to "
-              "90° and re-rendered whole (hair, ears, background), as 300W-LP was made (stage `profile`, "
-              f"`training/face_profiling.py`; 128×128 crops; {prof['images']} images). Labels from the turned fits: "
-              "a proxy for real large-pose photos (AFLW2000-3D), from photos that training never reads. Protocol: "
-              "given box.", ""]
+              f"Data: `{prof['data']}`: the held-out photos (`300w-heldout10`) turned with their fitted heads "
+              "to yaw bins up to 90° and re-rendered whole (hair, ears, background), as 300W-LP was made "
+              f"(stage `profile`, `training/face_profiling.py`; 128×128 crops; {prof['images']} images). "
+              "Labels from the turned fits: a proxy for real large-pose photos (AFLW2000-3D), from photos "
+              "that training never reads. Protocol: given box.", ""]
         L += _yaw_table(prof, "given_box", "yaw_bins_box", None)
         L += [""]
         L += format_3d_tables(prof, "given_box")
