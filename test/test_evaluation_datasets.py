@@ -73,6 +73,27 @@ def test_synthetic_renders(tmp_path):
     assert len(datasets.synthetic_renders(work_dir=tmp_path)) == 6
 
 
+def test_profiled_photos_read_from_stage_profile(tmp_path):
+    from face_alignment_ros.common.render_format import PROFILE_STAGE, open_outputs
+    from face_alignment_ros.core import camera as cam
+
+    folder = tmp_path / PROFILE_STAGE
+    folder.mkdir()
+    out = open_outputs(folder, "heldout", 3, 8, "w+")
+    out["yaw_bin"][:] = [0, 1, 2]
+    out["camera"][:] = [[0.5, 0.1, np.radians(y), 0.05, 4, 4] for y in (20, -45, 80)]
+    out["landmarks"][:] = _points()
+    for v in out.values():
+        v.flush()
+    with pytest.raises(FileNotFoundError):  # the renders are another stage's
+        datasets.open_dataset("synthetic-heldout", work_dir=tmp_path)
+    ds = datasets.open_dataset("profiled-heldout", work_dir=tmp_path)
+    samples = list(ds)
+    assert ds.name == "profiled-heldout" and ds.kind == "profiled" and len(ds) == 3
+    assert [round(s.yaw_deg) for s in samples] == [20, -45, 80]
+    assert np.allclose(samples[1].rotation, cam.rotation_matrix(0.1, np.radians(-45), 0.05), atol=1e-6)
+
+
 def test_missing_folder():
     with pytest.raises(FileNotFoundError):
         datasets.open_dataset("/nonexistent/folder")

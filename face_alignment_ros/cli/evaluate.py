@@ -5,7 +5,8 @@
     face-align-eval --benchmarks-md BENCHMARKS.md [--quick]   # regenerate BENCHMARKS.md + plots
 
 SPEC: ``300w-heldout`` (the held-out split of the shared 300-W photos), ``synthetic-heldout``
-(large-pose renders of held-out identities; --limit counts per yaw bin) or a folder in 300-W
+(large-pose renders of held-out identities; --limit counts per yaw bin), ``profiled-heldout``
+(the held-out photos turned to large yaw, stage ``profile``; --limit per yaw bin) or a folder in 300-W
 (.jpg/.png + .pts) or AFLW2000-3D (.jpg + .mat) layout. Default: the first two.
 Where the data gives the pose and the fixed model landmarks (AFLW2000-3D folders, renders), the
 tables add the 3D-convention box NME (``landmarks_3d``) and head-pose errors by yaw bin.
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
     p.add_argument("--no-pose-refinement", action="store_true",
                    help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")
+    p.add_argument("--descent", type=Path, default=None,
+                   help="ours-dff / ours-sift: this descent model file instead of the shipped one (a candidate)")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="with --benchmarks-md: small counts (a smoke run)")
     args = p.parse_args(argv)
@@ -52,9 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     bad = [x for x in protocols if x not in PROTOCOLS]
     if bad:
         p.error(f"unknown protocol(s) {bad}; choose from {PROTOCOLS}")
-    methods = [OursMethod(n.split("-", 1)[1], allow_stand_in=not args.no_stand_in,
-                          refine_pose=not args.no_pose_refinement) if n.startswith("ours-")
-               else create_method(n) for n in names]
+    def ours(descriptor: str):
+        aligner = None
+        if args.descent is not None:
+            from face_alignment_ros.core.aligner import FaceAligner
+            from face_alignment_ros.core.resources import shipped_models
+
+            aligner = FaceAligner.from_files(args.descent, shipped_models(descriptor).dff_weights)
+        method = OursMethod(descriptor, aligner=aligner, allow_stand_in=not args.no_stand_in,
+                            refine_pose=not args.no_pose_refinement)
+        if args.descent is not None:
+            method.label += f" [{args.descent.name}]"
+        return method
+
+    methods = [ours(n.split("-", 1)[1]) if n.startswith("ours-") else create_method(n) for n in names]
     for m in methods:
         if args.threads:
             m.set_threads(args.threads)

@@ -26,6 +26,7 @@ from face_alignment_ros.training.stage_io import STAGES, Stage
 STAGE_MODULES = {
     "fit": "face_alignment_ros.training.fit_photos",
     "synthesize": "face_alignment_ros.training.synthesize",
+    "profile": "face_alignment_ros.training.profile_views",
     "segment": "face_alignment_ros.training.segmentation",
     "train-dff": "face_alignment_ros.training.train_dff",
     "descent": "face_alignment_ros.training.learn_descent",
@@ -36,6 +37,7 @@ assert set(STAGE_MODULES) == set(STAGES)
 STAGE_HELP = {
     "fit": "fit the 3DMM to every photo's 68 landmarks -> fit/fits.npz",
     "synthesize": "re-render fitted photos at new poses and expressions -> synthesize/",
+    "profile": "turn each fitted photo's whole head region to large yaw (300W-LP face profiling) -> profile/",
     "segment": "100 random 500-patch segmentations of the mean face -> segment/segmentations.npz",
     "train-dff": "train the DFF network on the synthesized renders -> train-dff/",
     "descent": "learn the cascade's descent directions (DFF and SIFT) -> descent/",

@@ -2,6 +2,7 @@
 arrays, the background vertex id and the yaw bins.
 
 Producers (``training.fit_photos``, ``training.synthesize``, ``training.photo_views``,
+``training.profile_views``,
 ``training.segmentation``) and consumers (``training.train_dff``, ``training.learn_descent``,
 ``training.export_models``, ``evaluation.datasets``, ``evaluation.matching``) all read the names
 from here, so that one cannot drift from the other.
@@ -20,12 +21,13 @@ from face_alignment_ros.core import resources
 # Stage folders and their files.
 FIT_STAGE = "fit"
 SYNTHESIZE_STAGE = "synthesize"
+PROFILE_STAGE = "profile"                # profiled photos (training.profile_views), same layout as synthesize
 SEGMENT_STAGE = "segment"
 TRAIN_DFF_STAGE = "train-dff"            # writes resources.DFF_WEIGHTS_FILE
 DESCENT_STAGE = "descent"                # writes resources.DESCENT_MODEL_FILES and their float32 twins
 FITS_FILE = "fits.npz"                    # fit: one row per fitted photo
 SEGMENTATIONS_FILE = "segmentations.npz"  # segment: random segmentations of the mean face
-SYNTH_PROGRESS_FILE = "progress.json"     # synthesize: config and identities done per split
+SYNTH_PROGRESS_FILE = "progress.json"     # synthesize, profile: config and identities done per split
 PHOTO_VIEWS_FILE = "photo_views.json"     # synthesize: config and counts of the photo views
 SPLITS = ("train", "heldout")
 PHOTO_SPLITS = {"photo_train": "train", "photo_heldout": "heldout"}  # photo views: their photos' split
@@ -89,7 +91,8 @@ def open_outputs(folder: Path, split: str, n: int, size: int, mode: str) -> dict
     return out
 
 
-def load_outputs(work_dir: str | Path | None = None, split: str = "train") -> dict:
-    """Read-only memory maps of a split's samples, keyed as in ``output_specs``."""
-    folder = (Path(work_dir) if work_dir else resources.work_dir()) / SYNTHESIZE_STAGE
+def load_outputs(work_dir: str | Path | None = None, split: str = "train", stage: str = SYNTHESIZE_STAGE) -> dict:
+    """Read-only memory maps of a split's samples, keyed as in ``output_specs``, from the
+    folder of ``stage`` (``synthesize`` renders or ``profile`` views)."""
+    folder = (Path(work_dir) if work_dir else resources.work_dir()) / stage
     return {key: np.load(split_file(folder, split, key), mmap_mode="r") for key in output_specs(1)}

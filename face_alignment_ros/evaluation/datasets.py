@@ -10,9 +10,12 @@
 - The project's synthetic large-pose renders (stage ``synthesize``, held-out identities by
   default): 128 x 128 crops, yaw from the render camera, visibility from the depth buffer; the
   rotation and the 68 fixed landmark vertices projected come from the render's camera and shape.
+- The held-out photos profiled (stage ``profile``, 300W-LP style: the whole photo region turned
+  with the fitted head to yaw bins up to 90 degrees), read like the renders: a proxy for real
+  large-pose photos (AFLW2000-3D), from photos that training never reads.
 - The fixed held-out split of the shared 300-W photos (``common.photo_split``).
 
-``open_dataset(spec)`` takes ``300w-heldout``, ``synthetic-heldout`` or a folder (format
+``open_dataset(spec)`` takes ``300w-heldout``, ``synthetic-heldout``, ``profiled-heldout`` or a folder (format
 detected from its files). Readers are lazy: images are read when a sample is built.
 """
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Sample:
 class Dataset:
     """A named, sized, re-iterable collection of samples."""
     name: str                 # as figures name it (split included)
-    kind: str                 # "300w", "aflw2000", "synthetic"
+    kind: str                 # "300w", "aflw2000", "synthetic", "profiled"
     size: int
     _iter: object = field(repr=False)
 
@@ -165,14 +168,16 @@ def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str
 
 # --- synthetic renders ----------------------------------------------------------------------
 def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None,
-                      per_bin: int | None = None) -> Dataset:
-    """Renders of stage ``synthesize`` (held-out identities by default); ``per_bin`` samples
-    evenly spaced within each yaw bin (all identities kept)."""
-    from face_alignment_ros.common.render_format import load_outputs
+                      per_bin: int | None = None, stage: str | None = None) -> Dataset:
+    """Renders of stage ``synthesize`` (held-out identities by default), or with
+    ``stage="profile"`` the profiled photos of stage ``profile`` (same layout); ``per_bin``
+    samples evenly spaced within each yaw bin (all identities kept)."""
+    from face_alignment_ros.common.render_format import PROFILE_STAGE, SYNTHESIZE_STAGE, load_outputs
     from face_alignment_ros.core import camera as cam
     from face_alignment_ros.core.morphable_model import MorphableModel
 
-    data = load_outputs(work_dir, split)
+    stage = stage or SYNTHESIZE_STAGE
+    data = load_outputs(work_dir, split, stage)
     model = MorphableModel.load()
     bins = np.asarray(data["yaw_bin"])
     rows = []
@@ -191,20 +196,24 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
                          meta={"identity": int(data["identity"][i]), "yaw_bin": int(bins[i]), "camera": camera},
                          landmarks_3d=fixed.astype(np.float32),
                          rotation=cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1]))
-    return Dataset(f"synthetic-{split}", "synthetic", len(rows), it)
+    prefix = "profiled" if stage == PROFILE_STAGE else "synthetic"
+    return Dataset(f"{prefix}-{split}", prefix, len(rows), it)
 
 
 # --- dispatch -------------------------------------------------------------------------------
 def open_dataset(spec: str | Path, limit: int | None = None, data_dir=None, work_dir=None) -> Dataset:
-    """``300w-heldout``, ``synthetic-heldout`` (``limit`` per yaw bin) or a folder."""
+    """``300w-heldout``, ``synthetic-heldout``, ``profiled-heldout`` (``limit`` per yaw bin) or a
+    folder."""
     spec = str(spec)
     if spec == "300w-heldout":
         return heldout_300w(data_dir, limit)
+    if spec.startswith("profiled-"):
+        return synthetic_renders(spec.split("-", 1)[1], work_dir, per_bin=limit, stage="profile")
     if spec.startswith("synthetic-"):
         return synthetic_renders(spec.split("-", 1)[1], work_dir, per_bin=limit)
     folder = Path(spec)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{spec}: not a folder, nor one of 300w-heldout, synthetic-heldout")
+        raise FileNotFoundError(f"{spec}: not a folder, nor one of 300w-heldout, synthetic-heldout, profiled-heldout")
     if next(folder.rglob("*.mat"), None) is not None:
         return read_aflw2000_folder(folder, limit)
     return read_300w_folder(folder, limit)

@@ -20,6 +20,7 @@ from face_alignment_ros.common.photo_split import SPLIT_NAME
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
     PHOTO_VIEWS_FILE,
+    PROFILE_STAGE,
     SYNTH_PROGRESS_FILE,
     SYNTHESIZE_STAGE,
     TRAIN_DFF_STAGE,
@@ -110,6 +111,16 @@ def _commands(stage: Stage, stages: tuple[str, ...], contains: str = "") -> list
             lines.append(f"- Commands of stage {name} (UTC, oldest first):")
             lines += [f"  - `{c}`" for c in ran]
     return lines
+
+
+def _profile_lines(stage: Stage) -> list[str]:
+    """Card lines of stage profile (its settings and commands), when the work folder has it."""
+    progress = stage.root / PROFILE_STAGE / SYNTH_PROGRESS_FILE
+    if not progress.exists():
+        return []
+    config = json.loads(progress.read_text())["config"]
+    return [f"- Profiled photos (stage profile, 300W-LP-style face profiling): `{json.dumps(config)}`",
+            *_commands(stage, (PROFILE_STAGE,))]
 
 
 def unchanged(src: Path, shipped: Path, card: Path) -> bool:
@@ -273,6 +284,11 @@ def run(args: argparse.Namespace) -> int:
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
+                 *[f"- {label}, box-normalised NME (%) per yaw bin: `{json.dumps(s[key])}`"
+                   for key, label in (("validation_profiled_box_nme_percent",
+                                       "Profiled photos of the validation identities (stage profile)"),
+                                      ("heldout_profiled_box_nme_percent", "Profiled held-out photos (stage profile)"))
+                   if key in s],
                  *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
                  f"- Shipped cascade iterations: {keep.get(kind, 'all')}; final 2D stages: "
@@ -281,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
+                 *_profile_lines(stage),
                  *common]
         title = f"{kind.upper()} descent directions (`descent_{kind}.npz`)"
         (cards / f"descent_{kind}.md").write_text(_card(title, lines))

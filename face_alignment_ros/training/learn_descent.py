@@ -20,6 +20,7 @@ from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
     FIT_STAGE,
     FITS_FILE,
+    PROFILE_STAGE,
     SYNTHESIZE_STAGE,
     TRAIN_DFF_STAGE,
     YAW_BIN_NAMES,
@@ -96,18 +97,31 @@ def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
             for x in [sample.state.landmarks, *final.history]]
 
 
-def evaluate_large_pose(cascade, backend, descent, data: dict) -> dict:
-    """Box-normalised NME (%) per yaw bin on held-out identities' renders."""
+def evaluate_large_pose(cascade, backend, descent, data: dict, rows: np.ndarray | None = None) -> dict:
+    """Box-normalised NME (%) per yaw bin on held-out identities' renders (or on ``rows`` of
+    ``data``, e.g. profiled views of the validation identities)."""
     bins = np.asarray(data["yaw_bin"])
+    among = np.ones(len(bins), bool) if rows is None else np.isin(np.arange(len(bins)), rows)
     out = {}
     for b, name in enumerate(YAW_BIN_NAMES):
-        rows = np.flatnonzero(bins == b)
+        rows = np.flatnonzero((bins == b) & among)
         rows = rows[:: max(1, len(rows) // LARGE_POSE_EVAL_PER_BIN)]  # evenly spaced: every identity
         errors = np.array([run_cascade_errors(cascade, descent, s)
                            for s in tqdm(synthetic_samples(cascade, backend, data, rows), desc=f"yaw {name}",
                                          leave=False, mininterval=10)]) * 100
+        if not len(rows):
+            continue
         out[name] = {"count": len(rows), "nme_per_iteration": errors.mean(axis=0).round(3).tolist()}
     return out
+
+
+def evaluate_profiled(cascade, backend, descent, profiled: dict, val_identity: np.ndarray) -> dict:
+    """Box NME (%) per yaw bin on profiled views (stage ``profile``) of the validation identities
+    (a large-pose validation figure, for choices) and of the held-out photos (reported only)."""
+    val_rows = np.flatnonzero(val_identity[np.asarray(profiled["train"]["identity"])])
+    return {"validation_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["train"],
+                                                                       val_rows),
+            "heldout_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["heldout"])}
 
 
 def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
@@ -143,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
     parser.add_argument("--synthetic", type=int, default=4000,
                         help="large-pose renders of training identities added to the training samples")
+    parser.add_argument("--profiled", type=int, default=0,
+                        help="profiled views of training photos (stage profile, 300W-LP style) added to the "
+                             "training samples, beside --synthetic")
     stages = parser.add_argument_group("final 2D stages (DFF; core/landmark_stages.py)")
     stages.add_argument("--landmark-stages", type=int, default=0,
                         help="learn up to N final 2D stages after the DFF cascade (the count is chosen on validation)")
@@ -187,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
     fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
     val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
+    profiled = None
+    if args.profiled:
+        stage.input(PROFILE_STAGE, split_file_name("train", "images"))
+        profiled = {split: load_outputs(args.work, split, PROFILE_STAGE) for split in ("train", "heldout")}
     summary = {}
     for kind in kinds:
         if kind == "dff":
@@ -207,6 +228,10 @@ def run(args: argparse.Namespace) -> int:
             rows = [i for i in rng.permutation(len(synth["train"]["images"]))
                     if not val_identity[synth["train"]["identity"][i]]][: args.synthetic]
             train_samples += synthetic_samples(cascade, backend, synth["train"], np.sort(rows))
+        if profiled is not None:
+            rows = [i for i in rng.permutation(len(profiled["train"]["images"]))
+                    if not val_identity[profiled["train"]["identity"][i]]][: args.profiled]
+            train_samples += synthetic_samples(cascade, backend, profiled["train"], np.sort(rows))
 
         def report(rec, kind=kind):
             stage.log.info("%s iteration %d: lambda %s, train NME %.2f%%, validation NME %.2f%%", kind,
@@ -229,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         if synth is not None:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
+        if profiled is not None:
+            summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity))
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
         if args.landmark_stages:
             start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])

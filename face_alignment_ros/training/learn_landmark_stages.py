@@ -332,6 +332,18 @@ def run(stage, args, records, priors, start_from) -> dict:
     samples = build_samples(train, priors, rng, args.perturbations, args.augmented, args.jitter, backend.crop_size,
                             val, heldout, renders, render_rows, heldout_renders, heldout_render_rows,
                             mirror=args.mirror)
+    profiled_rows = []
+    if getattr(args, "profiled", 0):  # profiled views (stage profile) of training identities, beside the renders
+        from face_alignment_ros.common.render_format import PROFILE_STAGE
+
+        fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
+        val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
+        profiled = load_outputs(args.work, "train", PROFILE_STAGE)
+        profiled_rows = np.sort([i for i in rng.permutation(len(profiled["images"]))
+                                 if not val_identity[profiled["identity"][i]]][: args.profiled])
+        for i in profiled_rows:
+            target = np.asarray(profiled["landmarks"][i], np.float32)
+            samples.add(np.asarray(profiled["images"][i]), target, box_size(target), "train")
     data = samples.arrays()
     stage.log.info("landmark stages: %d samples %s (crops %.0f s)", len(data["groups"]),
                    {g: int(np.sum(data["groups"] == g)) for g in np.unique(data["groups"])}, samples.elapsed)
@@ -363,7 +375,8 @@ def run(stage, args, records, priors, start_from) -> dict:
                                              provenance={"landmark_stages": {
                                                  "variant": variant, "lambda": chosen["lambda"][:n_stages],
                                                  "perturbations": args.perturbations, "augmented": args.augmented,
-                                                 "synthetic": int(len(render_rows)), "start_from": str(start_from)}})
+                                                 "synthetic": int(len(render_rows)),
+                                                 "profiled": int(len(profiled_rows)), "start_from": str(start_from)}})
     sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     after = chosen["nme"][: n_stages + 1]  # after the cascade, then after each shipped 2D stage
