@@ -150,13 +150,18 @@ def test_malformed_model_file_fails_configure_with_its_reason(ros, tmp_path):
 
 # --- A2: invalid lifecycle requests ------------------------------------------------------------
 
-def test_invalid_lifecycle_requests_are_refused_and_the_executor_survives(ros, tmp_path):
+def model_node_with_client(ros, tmp_path, name: str, node_class=DescentModelNode):
+    """A descent model node on a good (stand-in) model file, and a lifecycle client for it."""
     path = tmp_path / "good.npz"
     stand_in_descent().save(path)
-    node = ros.add(DescentModelNode("model_node_requests", context=ros.context,
-                                    cli_args=node_args(overrides={"model_file": str(path)})))
+    node = ros.add(node_class(name, context=ros.context, cli_args=node_args(overrides={"model_file": str(path)})))
     client = LifecycleClient(ros.probe, node.get_fully_qualified_name())
     assert client.wait_for_services(TIMEOUT)
+    return node, client
+
+
+def test_invalid_lifecycle_requests_are_refused_and_the_executor_survives(ros, tmp_path):
+    node, client = model_node_with_client(ros, tmp_path, "model_node_requests")
     assert client.change_state("configure") and client.change_state("activate")
     name = "model_node_requests: descent model"
 
@@ -179,12 +184,7 @@ class _ActivateRaises(DescentModelNode):
 
 
 def test_an_exception_in_a_transition_callback_is_reported_with_its_reason(ros, tmp_path):
-    path = tmp_path / "good.npz"
-    stand_in_descent().save(path)
-    node = ros.add(_ActivateRaises("model_node_raises", context=ros.context,
-                                   cli_args=node_args(overrides={"model_file": str(path)})))
-    client = LifecycleClient(ros.probe, node.get_fully_qualified_name())
-    assert client.wait_for_services(TIMEOUT)
+    node, client = model_node_with_client(ros, tmp_path, "model_node_raises", _ActivateRaises)
     assert client.change_state("configure")
     assert client.change_state("activate") is False
     assert client.get_state() == "unconfigured"  # on_error released the model

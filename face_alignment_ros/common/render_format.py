@@ -12,6 +12,7 @@ in bin 0, as the names "[0,30]" say), the bins of the paper's Tables I-II.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,31 @@ def split_file_name(split: str, key: str) -> str:
 def split_file(folder: Path, split: str, key: str) -> Path:
     """The ``.npy`` file of array ``key`` of ``split`` in a synthesize folder."""
     return Path(folder) / split_file_name(split, key)
+
+
+def start_or_resume(stage, config: dict, totals: dict[str, int], size: int, restart: bool):
+    """Memory maps per split for a stage that writes renders (``training.stage_io.Stage``), and
+    how many sources per split are done: resumed when the stage's progress file was written with
+    ``config``, started afresh (earlier outputs deleted) when there is none or ``restart``.
+    Returns ``(done, outputs)``, or None after logging why when the outputs were made with other
+    settings."""
+    progress = stage.path(SYNTH_PROGRESS_FILE)
+    done = {s: 0 for s in totals}
+    fresh = restart or not progress.exists()
+    if fresh:
+        for p in list(stage.dir.glob("*.npy")) + [progress, stage.path("metrics.jsonl")]:
+            p.unlink(missing_ok=True)
+    else:
+        prev = json.loads(progress.read_text())
+        if prev.get("config") != config:
+            stage.log.error("outputs in %s were made with other settings (%s); rerun with --restart to discard them",
+                            stage.dir, prev.get("config"))
+            return None
+        done = prev["done"]
+    outputs = {s: open_outputs(stage.dir, s, n, size, "w+" if fresh else "r+") for s, n in totals.items()}
+    if fresh:
+        stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+    return done, outputs
 
 
 def open_outputs(folder: Path, split: str, n: int, size: int, mode: str) -> dict:

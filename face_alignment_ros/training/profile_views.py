@@ -42,7 +42,7 @@ from face_alignment_ros.common.render_format import (
     SYNTH_PROGRESS_FILE,
     YAW_BINS_DEG,
     load_outputs,
-    open_outputs,
+    start_or_resume,
     yaw_bin,
 )
 from face_alignment_ros.core import camera as cam
@@ -171,23 +171,11 @@ def run(args: argparse.Namespace) -> int:
     config = {"fits": fits.fingerprint(), "size": args.size, "seed": stage.seed, "views": views,
               "views_per_bin": args.heldout_views_per_bin, "yaw": [args.min_yaw, args.max_yaw],
               "mirror": args.mirror, "photos": {s: len(r) for s, r in rows.items()}, "version": 1}
-    progress = stage.path(SYNTH_PROGRESS_FILE)
-    done = {s: 0 for s in SPLITS}
-    fresh = args.restart or not progress.exists()
-    if not fresh:
-        prev = json.loads(progress.read_text())
-        if prev.get("config") != config:
-            log.error("outputs in %s were made with other settings (%s); rerun with --restart", stage.dir,
-                      prev.get("config"))
-            return 2
-        done = prev["done"]
-    else:
-        for p in list(stage.dir.glob("*.npy")) + [progress, stage.path("metrics.jsonl")]:
-            p.unlink(missing_ok=True)
     totals = {s: len(rows[s]) * views[s] for s in SPLITS}
-    outputs = {s: open_outputs(stage.dir, s, totals[s], args.size, "w+" if fresh else "r+") for s in SPLITS}
-    if fresh:
-        stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+    resumed = start_or_resume(stage, config, totals, args.size, args.restart)
+    if resumed is None:
+        return 2
+    done, outputs = resumed
     log.info("profile: %s photos, %s views each -> %s samples at %d px; resuming at %s",
              config["photos"], views, totals, args.size, done)
 

@@ -65,7 +65,7 @@ from face_alignment_ros.common.render_format import (
     SYNTHESIZE_STAGE,
     YAW_BINS_DEG,
     load_outputs,
-    open_outputs,
+    start_or_resume,
 )
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core.threads import limit_blas_threads
@@ -179,25 +179,11 @@ def run(args: argparse.Namespace) -> int:
     config = {"fits": fits.fingerprint(), "size": args.size, "seed": stage.seed, "views": views,
               "views_per_bin": args.heldout_views_per_bin, "identities": {s: len(r) for s, r in rows.items()},
               "version": 1}
-    progress_path = stage.path(SYNTH_PROGRESS_FILE)
-    done = {s: 0 for s in SPLITS}
-    if progress_path.exists() and not args.restart:
-        import json
-
-        prev = json.loads(progress_path.read_text())
-        if prev.get("config") != config:
-            log.error("outputs in %s were made with other settings (%s); rerun with --restart to discard them",
-                      stage.dir, prev.get("config"))
-            return 2
-        done = prev["done"]
-    fresh = not progress_path.exists() or args.restart
-    if fresh and args.restart:
-        for p in list(stage.dir.glob("*.npy")) + [progress_path, stage.path("metrics.jsonl")]:
-            p.unlink(missing_ok=True)
     totals = {s: len(rows[s]) * views[s] for s in SPLITS}
-    outputs = {s: open_outputs(stage.dir, s, totals[s], args.size, "w+" if fresh else "r+") for s in SPLITS}
-    if fresh:
-        stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+    resumed = start_or_resume(stage, config, totals, args.size, args.restart)
+    if resumed is None:
+        return 2
+    done, outputs = resumed
     log.info("synthesize: %s identities, %s views each -> %s samples at %dx%d (fits %s); resuming at %s",
              {s: len(r) for s, r in rows.items()}, views, totals, args.size, args.size, fits_path, done)
 
