@@ -103,6 +103,14 @@ def start_or_resume(stage, config: dict, totals: dict[str, int], size: int, rest
     return done, outputs
 
 
+def save_progress(stage, outputs: dict, config: dict, done: dict) -> None:
+    """Checkpoint of ``start_or_resume``'s outputs: the memory maps flushed, then the progress."""
+    for arrays in outputs.values():
+        for arr in arrays.values():
+            arr.flush()
+    stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+
+
 def open_outputs(folder: Path, split: str, n: int, size: int, mode: str) -> dict:
     """Memory maps of a split for writing: new (``mode="w+"``) or resumed (``"r+"``)."""
     out = {}

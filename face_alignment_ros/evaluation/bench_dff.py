@@ -161,7 +161,7 @@ def _face_crops(n: int, size: int) -> np.ndarray:
     return np.stack(crops[:n])
 
 
-def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tmp):
+def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tmp, schema_version: int):
     """A callable (B, N, N, 3) uint8 -> (B, N, N, D) for one runtime."""
     from face_alignment_ros.core import threads as thread_policy
 
@@ -171,9 +171,7 @@ def _runner(name: str, graph, weights, threads: int, calibration: np.ndarray, tm
         thread_policy.set_torch_threads(threads)
         extractor = DFFExtractor.from_file(weights, device="cpu")
         # the same work as the graph: up to the head map when the graph ends there (schema 2)
-        from face_alignment_ros.core.dff_runtime import OnnxDffRuntime
-
-        return extractor.head_maps if OnnxDffRuntime(graph, threads=1).schema_version >= 2 else extractor.run_crops
+        return extractor.head_maps if schema_version >= 2 else extractor.run_crops
     if name == "openvino":
         import openvino as ov
 
@@ -230,7 +228,10 @@ def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int =
     graph = onnx_path_for(weights)
     if not graph.is_file():
         raise FileNotFoundError(f"no inference graph {graph}: run `face-align-train export --onnx-only`")
-    import onnxruntime  # noqa: F401  (the reference graph runs on it)
+    import onnxruntime
+
+    schema_version = int(onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+                         .get_modelmeta().custom_metadata_map.get("schema_version", "1"))
 
     crops = _face_crops(max(batches) + 16, 128)
     calibration, timed = crops[:16], crops[16:]
@@ -240,7 +241,7 @@ def benchmark_runtimes(weights=None, threads=(1, 2), batches=(1, 3), runs: int =
         for name in runtimes:
             for th in threads:
                 try:
-                    run = _runner(name, graph, weights, th, calibration, tmp)
+                    run = _runner(name, graph, weights, th, calibration, tmp, schema_version)
                 except Exception as exc:  # a missing package: report, keep going
                     out["results"][f"{name}/threads={th}"] = {"error": f"{type(exc).__name__}: {exc}"}
                     break

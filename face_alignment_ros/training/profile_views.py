@@ -26,9 +26,7 @@ are seeded by (seed, split, photo, view); the run resumes at its last checkpoint
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -39,9 +37,8 @@ from face_alignment_ros.common.render_format import (
     FITS_FILE,
     PROFILE_STAGE,
     SPLITS,
-    SYNTH_PROGRESS_FILE,
     YAW_BINS_DEG,
-    load_outputs,
+    save_progress,
     start_or_resume,
     yaw_bin,
 )
@@ -60,6 +57,7 @@ from face_alignment_ros.training.render_views import (
     visible_surface,
 )
 from face_alignment_ros.training.stage_io import Stage
+from face_alignment_ros.training.synthesize import identity_rows, write_sheets
 
 FRONTAL_DEG = 5.0        # a photo within this of frontal may turn either way
 MAX_TURN_BACK_DEG = 15.0  # held-out bin below a photo's yaw: turn back by at most this
@@ -164,9 +162,7 @@ def run(args: argparse.Namespace) -> int:
     stage = Stage(PROFILE_STAGE, args.work, args.seed)
     log = stage.log
     fits = Fits.load(stage.input(FIT_STAGE, FITS_FILE))
-    rows = {s: np.flatnonzero(fits.split == s) for s in SPLITS}
-    if args.limit:
-        rows = {s: r[: args.limit] for s, r in rows.items()}
+    rows = identity_rows(fits, args.limit)
     views = {"train": args.views, "heldout": args.heldout_views_per_bin * len(YAW_BINS_DEG)}
     config = {"fits": fits.fingerprint(), "size": args.size, "seed": stage.seed, "views": views,
               "views_per_bin": args.heldout_views_per_bin, "yaw": [args.min_yaw, args.max_yaw],
@@ -224,36 +220,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(stage: Stage, outputs: dict, config: dict, done: dict, made: int, t0: float) -> None:
-    for arrays in outputs.values():
-        for arr in arrays.values():
-            arr.flush()
-    stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+    save_progress(stage, outputs, config, done)
     stage.record(views_done=int(sum(done[s] * config["views"][s] for s in SPLITS)),
                  wall_ms_per_view=round(1000 * (time.perf_counter() - t0) / max(made, 1), 1))
-
-
-def write_sheets(stage: Stage, count: int = 48) -> list[Path]:
-    """Contact sheets per split: views sorted by yaw with their 68 landmarks (jaw cyan/magenta,
-    others green; red or magenta = not visible), and image | vertex-id map pairs."""
-    from face_alignment_ros.training.synthesize import _grid, colourise_vertex_ids, draw_sample
-
-    prog = json.loads(stage.path(SYNTH_PROGRESS_FILE).read_text())
-    tools = default_tools()
-    written = []
-    for split in SPLITS:
-        data = load_outputs(stage.root, split, PROFILE_STAGE)
-        n = min(prog["done"][split] * prog["config"]["views"][split], len(data["view"]))
-        if n == 0 or count <= 0:
-            continue
-        idx = np.linspace(0, n - 1, min(count, n)).astype(int)
-        idx = idx[np.argsort(data["camera"][idx, cam.YAW], kind="stable")]
-        tiles = [draw_sample(data["images"][i], data["landmarks"][i], data["landmark_visible"][i]) for i in idx]
-        path = stage.path(f"contact_sheet_{split}.png")
-        cv2.imwrite(str(path), _grid(tiles, 8))
-        written.append(path)
-        pairs = [np.concatenate([data["images"][i], colourise_vertex_ids(data["vertex_ids"][i], tools)], axis=1)
-                 for i in idx[:: max(1, len(idx) // 8)][:8]]
-        path = stage.path(f"vertex_ids_{split}.png")
-        cv2.imwrite(str(path), cv2.resize(_grid(pairs, 4), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
-        written.append(path)
-    return written

@@ -65,6 +65,7 @@ from face_alignment_ros.common.render_format import (
     SYNTHESIZE_STAGE,
     YAW_BINS_DEG,
     load_outputs,
+    save_progress,
     start_or_resume,
 )
 from face_alignment_ros.core import camera as cam
@@ -147,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--sheet-samples", type=int, default=32, help="samples on the contact sheet")
 
 
-def _identity_rows(fits: Fits, limit: int) -> dict:
+def identity_rows(fits: Fits, limit: int) -> dict:
+    """Rows of the fits per split (train, heldout), the first ``limit`` of each when set."""
     rows = {s: np.flatnonzero(fits.split.astype(str) == s) for s in SPLITS}
     if limit:
         rows = {s: r[:limit] for s, r in rows.items()}
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     log = stage.log
     fits_path = Path(args.fits) if getattr(args, "fits", None) else stage.input(FIT_STAGE, FITS_FILE)
     fits = Fits.load(fits_path)
-    rows = _identity_rows(fits, args.limit)
+    rows = identity_rows(fits, args.limit)
     n_train = len(rows["train"])
     views = {"train": args.views or max(1, int(round(args.train_samples / max(n_train, 1)))),
              "heldout": args.heldout_views_per_bin * len(YAW_BINS_DEG)}
@@ -280,10 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(stage, outputs, config, done, chunk_stats, split, views, t_loop) -> None:
-    for arrays in outputs.values():
-        for arr in arrays.values():
-            arr.flush()
-    stage.save_json(SYNTH_PROGRESS_FILE, {"config": config, "done": done})
+    save_progress(stage, outputs, config, done)
     out = outputs[split]
     hi = done[split] * views[split]
     lo = max(0, hi - sum(s["views"] for s in chunk_stats))
@@ -334,8 +333,9 @@ def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
 
 
 def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
-    """Contact sheets: renders with their 68 landmarks (jaw cyan/magenta, others green; red or
-    magenta = not visible), and image | vertex-id map pairs."""
+    """Contact sheets of a stage that writes renders (``synthesize``, ``profile``): samples
+    sorted by yaw with their 68 landmarks (jaw cyan/magenta, others green; red or magenta = not
+    visible), and image | vertex-id map pairs."""
     import json
 
 
@@ -343,7 +343,7 @@ def write_sheets(stage: Stage, count: int = 32) -> list[Path]:
     written = []
     for split in (*SPLITS, *PHOTO_SPLITS):
         try:
-            data = load_outputs(stage.root, split)
+            data = load_outputs(stage.root, split, stage.name)
         except FileNotFoundError:
             continue
         n = len(data["view"])
