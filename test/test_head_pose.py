@@ -73,6 +73,11 @@ def test_geodesic():
     turn = cam.rotation_matrix(0.0, np.radians(12.0), 0.0).astype(np.float64)
     assert head_pose.geodesic_deg(turn @ r, r) == pytest.approx(12.0, abs=1e-3)
     assert head_pose.geodesic_deg(r @ turn, r) == pytest.approx(12.0, abs=1e-3)
+    # float32 matrices, as FaceResult.rotation: an equal pose is 0, a tiny turn is measured
+    r32 = r.astype(np.float32)
+    assert head_pose.geodesic_deg(r32, r32) == 0.0
+    tiny = cam.rotation_matrix(0.0, np.radians(0.005), 0.0).astype(np.float64)
+    assert head_pose.geodesic_deg(tiny @ r, r) == pytest.approx(0.005, abs=2e-4)
 
 
 def _render(model, camera, params):
