@@ -90,7 +90,10 @@ def test_render_samples_start_the_given_share_from_the_detector():
     plain = render_samples(cascade, backend, data, rows, boxes, prior, None, 0.0, 0.0)
     one = render_samples(cascade, backend, data, rows, boxes, prior, None, 1 / 3, 0.0)
     two = render_samples(cascade, backend, data, rows, boxes, prior, None, 2 / 3, 0.0)
-    spans = lambda samples: sorted(round(float(np.ptp(s.target_landmarks[:, 0])), 2) for s in samples)
+
+    def spans(samples):
+        return sorted(round(float(np.ptp(s.target_landmarks[:, 0])), 2) for s in samples)
+
     assert spans(plain) == [28.0, 28.0, 28.0]
     assert len(one) == 3 and spans(one)[0] < 20 and spans(one)[1:] == [28.0, 28.0]
     assert spans(two)[:2] == [spans(one)[0]] * 2 and spans(two)[2] == 28.0
