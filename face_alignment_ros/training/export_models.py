@@ -287,7 +287,13 @@ def run(args: argparse.Namespace) -> int:
                  *[f"- {label}, box-normalised NME (%) per yaw bin: `{json.dumps(s[key])}`"
                    for key, label in (("validation_profiled_box_nme_percent",
                                        "Profiled photos of the validation identities (stage profile)"),
-                                      ("heldout_profiled_box_nme_percent", "Profiled held-out photos (stage profile)"))
+                                      ("heldout_profiled_box_nme_percent", "Profiled held-out photos (stage profile)"),
+                                      ("validation_profiled_detector_box_nme_percent",
+                                       "Profiled photos of the validation identities, from the detector's box"),
+                                      ("heldout_profiled_detector_box_nme_percent",
+                                       "Profiled held-out photos, from the detector's box"),
+                                      ("heldout_renders_detector_box_nme_percent",
+                                       "Held-out identities' renders, from the detector's box"))
                    if key in s],
                  *_landmark_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",

@@ -35,6 +35,7 @@ from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
+from face_alignment_ros.training.detector_starts import cached_detections, recrop_from_detector
 from face_alignment_ros.training.photo_records import (
     fit_box_priors,
     is_validation,
@@ -88,6 +89,20 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
     return samples
 
 
+def render_samples(cascade, backend, data: dict, rows, boxes: np.ndarray | None, prior, rng,
+                   detector_share: float, jitter: float) -> list[TrainingSample]:
+    """Samples from rendered/profiled crops ``rows`` (in the order drawn): the first
+    ``detector_share`` of them start from the detector's box on the crop (through ``prior``,
+    jittered; see detector_starts), the others from the crop as rendered."""
+    rows = list(rows)
+    n_detector = int(round(detector_share * len(rows))) if boxes is not None else 0
+    samples = synthetic_samples(cascade, backend, data, np.sort(rows[n_detector:]))
+    if n_detector:
+        started = recrop_from_detector(data, np.sort(rows[:n_detector]), boxes, prior, rng, jitter)
+        samples += synthetic_samples(cascade, backend, started, np.arange(len(started["images"])))
+    return samples
+
+
 def run_cascade_errors(cascade, descent, sample: TrainingSample) -> list[float]:
     """Normalised landmark error before and after each iteration and each final 2D stage (from
     the run's history)."""
@@ -115,13 +130,23 @@ def evaluate_large_pose(cascade, backend, descent, data: dict, rows: np.ndarray 
     return out
 
 
-def evaluate_profiled(cascade, backend, descent, profiled: dict, val_identity: np.ndarray) -> dict:
+def evaluate_profiled(cascade, backend, descent, profiled: dict, val_identity: np.ndarray,
+                      detections: dict | None = None) -> dict:
     """Box NME (%) per yaw bin on profiled views (stage ``profile``) of the validation identities
-    (a large-pose validation figure, for choices) and of the held-out photos (reported only)."""
+    (a large-pose validation figure, for choices) and of the held-out photos (reported only); with
+    ``detections`` (split -> boxes on the crops) also from the detector's box, as users run it."""
     val_rows = np.flatnonzero(val_identity[np.asarray(profiled["train"]["identity"])])
-    return {"validation_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["train"],
-                                                                       val_rows),
-            "heldout_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["heldout"])}
+    out = {"validation_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["train"],
+                                                                      val_rows),
+           "heldout_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["heldout"])}
+    if detections is not None:
+        prior = descent.box_priors["detector"]
+        val = recrop_from_detector(profiled["train"], val_rows, detections["train"], prior, None, 0.0)
+        held = recrop_from_detector(profiled["heldout"], np.arange(len(detections["heldout"])),
+                                    detections["heldout"], prior, None, 0.0)
+        out["validation_profiled_detector_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent, val)
+        out["heldout_profiled_detector_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent, held)
+    return out
 
 
 def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
@@ -152,6 +177,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="do not add the training photos' mirror images (on by default)")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
+    parser.add_argument("--detector-starts", type=float, default=0.0,
+                        help="share of the --synthetic and --profiled crops started from the detector's box on "
+                             "the crop (through the detector box prior, jittered) instead of the rendered framing")
     parser.add_argument("--regularisation", type=float, default=10.0, help="shape prior weight of eq. 6-8")
     parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP, help="SIFT crop (DFF: the network's input)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
@@ -208,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     if args.profiled:
         stage.input(PROFILE_STAGE, split_file_name("train", "images"))
         profiled = {split: load_outputs(args.work, split, PROFILE_STAGE) for split in ("train", "heldout")}
+    # the detector on the rendered/profiled crops, once (cached beside the photos' detections)
+    detections = {name: {split: cached_detections(stage.path(f"detections_{args.detector}_{name}_{split}.npz"),
+                                                  data[split], args.detector) for split in ("train", "heldout")}
+                  for name, data in (("synthesize", synth), ("profile", profiled)) if data is not None}
     summary = {}
     for kind in kinds:
         if kind == "dff":
@@ -227,11 +259,15 @@ def run(args: argparse.Namespace) -> int:
             # identities of the lambda-validation photos stay out of training here too
             rows = [i for i in rng.permutation(len(synth["train"]["images"]))
                     if not val_identity[synth["train"]["identity"][i]]][: args.synthetic]
-            train_samples += synthetic_samples(cascade, backend, synth["train"], np.sort(rows))
+            train_samples += render_samples(cascade, backend, synth["train"], rows,
+                                            detections["synthesize"]["train"], priors["detector"], rng,
+                                            args.detector_starts, args.jitter)
         if profiled is not None:
             rows = [i for i in rng.permutation(len(profiled["train"]["images"]))
                     if not val_identity[profiled["train"]["identity"][i]]][: args.profiled]
-            train_samples += synthetic_samples(cascade, backend, profiled["train"], np.sort(rows))
+            train_samples += render_samples(cascade, backend, profiled["train"], rows,
+                                            detections["profile"]["train"], priors["detector"], rng,
+                                            args.detector_starts, args.jitter)
 
         def report(rec, kind=kind):
             stage.log.info("%s iteration %d: lambda %s, train NME %.2f%%, validation NME %.2f%%", kind,
@@ -243,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
             descriptor=kind, descriptor_dim=backend.dim, crop_size=crop_size, box_priors=priors,
             provenance={"stage": "descent", "seed": args.seed, "train_photos": len(train),
                         "perturbations": args.perturbations, "mirror": args.mirror, "jitter": args.jitter,
-                        "detector": args.detector, "validation_photos": len(val)},
+                        "detector": args.detector, "validation_photos": len(val),
+                        "detector_starts": args.detector_starts},
             extra=extra)
         sha = descent.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
         descent.save(stage.path(descent_float32_file(kind)), dtype=np.float32)  # export checks float16 against it
@@ -254,8 +291,13 @@ def run(args: argparse.Namespace) -> int:
         if synth is not None:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
+            boxes = detections["synthesize"]["heldout"]
+            summary[kind]["heldout_renders_detector_box_nme_percent"] = evaluate_large_pose(
+                cascade, backend, descent, recrop_from_detector(synth["heldout"], np.arange(len(boxes)), boxes,
+                                                                descent.box_priors["detector"], None, 0.0))
         if profiled is not None:
-            summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity))
+            summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity,
+                                                   detections["profile"]))
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
         if args.landmark_stages:
             start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])
