@@ -120,12 +120,12 @@ def evaluate_large_pose(cascade, backend, descent, data: dict, rows: np.ndarray 
     out = {}
     for b, name in enumerate(YAW_BIN_NAMES):
         rows = np.flatnonzero((bins == b) & among)
+        if not len(rows):
+            continue
         rows = rows[:: max(1, len(rows) // LARGE_POSE_EVAL_PER_BIN)]  # evenly spaced: every identity
         errors = np.array([run_cascade_errors(cascade, descent, s)
                            for s in tqdm(synthetic_samples(cascade, backend, data, rows), desc=f"yaw {name}",
                                          leave=False, mininterval=10)]) * 100
-        if not len(rows):
-            continue
         out[name] = {"count": len(rows), "nme_per_iteration": errors.mean(axis=0).round(3).tolist()}
     return out
 
@@ -253,21 +253,17 @@ def run(args: argparse.Namespace) -> int:
         train_samples = photo_samples(cascade, backend, train, priors, rng, args.perturbations, args.jitter, crop_size,
                                       mirror=args.mirror)
         val_samples = photo_samples(cascade, backend, val, priors, rng, 2, args.jitter, crop_size)
-        if args.synthetic and synth is not None:
-            if synth["train"]["images"].shape[1] != crop_size:
-                raise ValueError(f"renders are {synth['train']['images'].shape[1]} px, the {kind} crop is {crop_size}")
+        for name, data, count in (("synthesize", synth, args.synthetic), ("profile", profiled, args.profiled)):
+            if not count or data is None:
+                continue
+            if data["train"]["images"].shape[1] != crop_size:
+                raise ValueError(f"{name} views are {data['train']['images'].shape[1]} px, the {kind} crop is "
+                                 f"{crop_size}")
             # identities of the lambda-validation photos stay out of training here too
-            rows = [i for i in rng.permutation(len(synth["train"]["images"]))
-                    if not val_identity[synth["train"]["identity"][i]]][: args.synthetic]
-            train_samples += render_samples(cascade, backend, synth["train"], rows,
-                                            detections["synthesize"]["train"], priors["detector"], rng,
-                                            args.detector_starts, args.jitter)
-        if profiled is not None:
-            rows = [i for i in rng.permutation(len(profiled["train"]["images"]))
-                    if not val_identity[profiled["train"]["identity"][i]]][: args.profiled]
-            train_samples += render_samples(cascade, backend, profiled["train"], rows,
-                                            detections["profile"]["train"], priors["detector"], rng,
-                                            args.detector_starts, args.jitter)
+            rows = [i for i in rng.permutation(len(data["train"]["images"]))
+                    if not val_identity[data["train"]["identity"][i]]][:count]
+            train_samples += render_samples(cascade, backend, data["train"], rows, detections[name]["train"],
+                                            priors["detector"], rng, args.detector_starts, args.jitter)
 
         def report(rec, kind=kind):
             stage.log.info("%s iteration %d: lambda %s, train NME %.2f%%, validation NME %.2f%%", kind,

@@ -277,14 +277,18 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
             samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), f"heldout-{kind}")
     for data, rows, group in ((renders, render_rows, "train"), (heldout_renders, heldout_render_rows, "renders")):
-        if data is None:
-            continue
-        for i in rows:
-            target = np.asarray(data["landmarks"][i], np.float32)
-            samples.add(np.asarray(data["images"][i]), target, box_size(target), group,
-                        int(data["yaw_bin"][i]) if group == "renders" else -1)
+        if data is not None:
+            add_render_samples(samples, data, rows, group)
     samples.elapsed = time.perf_counter() - t0
     return samples
+
+
+def add_render_samples(samples, data: dict, rows, group: str) -> None:
+    """Rendered or profiled crops (``render_format`` outputs) as they are, box-normalised."""
+    for i in rows:
+        target = np.asarray(data["landmarks"][i], np.float32)
+        samples.add(np.asarray(data["images"][i]), target, box_size(target), group,
+                    int(data["yaw_bin"][i]) if group == "renders" else -1)
 
 
 def run(stage, args, records, priors, start_from) -> dict:
@@ -319,9 +323,10 @@ def run(stage, args, records, priors, start_from) -> dict:
         train, val, heldout = train[: args.limit], val[: max(2, args.limit // 10)], heldout[: max(2, args.limit // 10)]
     renders = heldout_renders = None
     render_rows = heldout_render_rows = []
-    if args.synthetic:
+    if args.synthetic or getattr(args, "profiled", 0):
         fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
         val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
+    if args.synthetic:
         renders, heldout_renders = (load_outputs(args.work, split) for split in ("train", "heldout"))
         render_rows = np.sort([i for i in rng.permutation(len(renders["images"]))
                                if not val_identity[renders["identity"][i]]][: args.synthetic])
@@ -336,14 +341,10 @@ def run(stage, args, records, priors, start_from) -> dict:
     if getattr(args, "profiled", 0):  # profiled views (stage profile) of training identities, beside the renders
         from face_alignment_ros.common.render_format import PROFILE_STAGE
 
-        fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
-        val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
         profiled = load_outputs(args.work, "train", PROFILE_STAGE)
         profiled_rows = np.sort([i for i in rng.permutation(len(profiled["images"]))
                                  if not val_identity[profiled["identity"][i]]][: args.profiled])
-        for i in profiled_rows:
-            target = np.asarray(profiled["landmarks"][i], np.float32)
-            samples.add(np.asarray(profiled["images"][i]), target, box_size(target), "train")
+        add_render_samples(samples, profiled, profiled_rows, "train")
     data = samples.arrays()
     stage.log.info("landmark stages: %d samples %s (crops %.0f s)", len(data["groups"]),
                    {g: int(np.sum(data["groups"] == g)) for g in np.unique(data["groups"])}, samples.elapsed)
