@@ -124,3 +124,19 @@ def test_head_map_gives_the_networks_full_map_and_its_samples(stride):
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.abs(got - want).max() < 1e-5
     assert np.array_equal(got == 0, want == 0)  # the same points outside
+
+
+def test_torch_runtime_samples_from_head_maps_as_the_full_map_gives():
+    """The torch runtime finishes the descriptor at the sampled points too (as ONNX Runtime
+    with a schema-2 graph): the same samples as its full maps, for a batch of crops."""
+    from face_alignment_ros.core.dff_extractor import HeadDescriptorMap
+
+    torch.manual_seed(0)
+    extractor = DFFExtractor(DFFNet(DFFConfig(input_size=32, base_width=4, depth=3, decoder_stride=2)), device="cpu")
+    crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    maps = extractor.descriptor_maps(list(crops))
+    assert all(isinstance(m, HeadDescriptorMap) for m in maps)
+    full = extractor.run_crops(crops)
+    points = np.random.default_rng(1).uniform(0, 31, (50, 2))
+    for m, f in zip(maps, full):
+        assert np.abs(m.sample(points) - DescriptorMap(f.transpose(2, 0, 1)).sample(points)).max() < 1e-5

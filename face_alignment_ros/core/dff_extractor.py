@@ -248,6 +248,13 @@ class DFFExtractor(DescriptorRunner):
         x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr))))
         return self._run(x)
 
+    def descriptor_maps(self, crops_bgr) -> list[DescriptorMap | HeadDescriptorMap]:
+        """As ``DescriptorRunner.descriptor_maps``, from the head maps finished at the points
+        sampled (``HeadDescriptorMap``), as ONNX Runtime runs a schema-2 graph."""
+        if self.config.decoder_stride == 1 or not len(crops_bgr):
+            return super().descriptor_maps(crops_bgr)
+        return [HeadDescriptorMap(h, self.input_size) for h in self.head_maps(np.stack(crops_bgr))]
+
     def head_maps(self, crops_bgr: np.ndarray) -> np.ndarray:
         """(B, M, M, D) head maps (``DFFNet.head_map``): what a schema-2 inference graph returns."""
         import torch
