@@ -19,6 +19,13 @@ def _model(descriptor="dff", dim=4, k=2):
                         provenance={"command": "test"})
 
 
+def _assert_refused(path, match: str, **changes):
+    """``_rewrite`` the file, then loading it fails with a ModelFileError matching ``match``."""
+    _rewrite(path, **changes)
+    with pytest.raises(ModelFileError, match=match):
+        DescentModel.load(path)
+
+
 def _rewrite(path, **changes):
     """Re-save the file with some arrays or metadata fields replaced."""
     with np.load(path) as npz:
@@ -59,9 +66,7 @@ def test_truncated_file(tmp_path):
 def test_wrong_shape_names_the_field(tmp_path):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, R_w=np.zeros((2, 5, 640), np.float16))
-    with pytest.raises(ModelFileError, match="'R_w' has shape"):
-        DescentModel.load(path)
+    _assert_refused(path, "'R_w' has shape", R_w=np.zeros((2, 5, 640), np.float16))
 
 
 def test_nan_names_the_field(tmp_path):
@@ -69,9 +74,7 @@ def test_nan_names_the_field(tmp_path):
     _model().save(path)
     bad = np.zeros((2, 136), np.float32)
     bad[1, 3] = np.nan
-    _rewrite(path, b_X=bad)
-    with pytest.raises(ModelFileError, match="'b_X' holds NaN"):
-        DescentModel.load(path)
+    _assert_refused(path, "'b_X' holds NaN", b_X=bad)
 
 
 def test_wrong_descriptor_kind(tmp_path):
@@ -79,20 +82,14 @@ def test_wrong_descriptor_kind(tmp_path):
     _model(descriptor="sift").save(path)
     with pytest.raises(ModelFileError, match="'descriptor' is 'sift', expected 'dff'"):
         DescentModel.load(path, expect_descriptor="dff")
-    _rewrite(path, descriptor="hog")
-    with pytest.raises(ModelFileError, match="'descriptor' is 'hog'"):
-        DescentModel.load(path)
+    _assert_refused(path, "'descriptor' is 'hog'", descriptor="hog")
 
 
 def test_missing_and_inconsistent_metadata(tmp_path):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, iterations=3)
-    with pytest.raises(ModelFileError, match="'iterations' says 3"):
-        DescentModel.load(path)
-    _rewrite(path, iterations=2, schema_version=99)
-    with pytest.raises(ModelFileError, match="schema_version"):
-        DescentModel.load(path)
+    _assert_refused(path, "'iterations' says 3", iterations=3)
+    _assert_refused(path, "schema_version", iterations=2, schema_version=99)
     with pytest.raises(ModelFileError, match="not found"):
         DescentModel.load(tmp_path / "absent.npz")
     with pytest.raises(ModelFileError, match="cannot be read"):
@@ -145,9 +142,7 @@ def _write_raw_metadata(path, text: str):
 def test_non_finite_or_negative_regularisation_is_refused(tmp_path, field, value):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, **{field: value})
-    with pytest.raises(ModelFileError, match="'regularisation'"):
-        DescentModel.load(path)
+    _assert_refused(path, "'regularisation'", **{field: value})
 
 
 @pytest.mark.parametrize("entry, value", [("dx", float("nan")), ("log_scale", float("-inf")), ("std_dy", -0.1),
@@ -157,9 +152,7 @@ def test_bad_box_prior_is_refused(tmp_path, entry, value):
     model = _model()
     model.save(path)
     prior = dict(model.box_priors["detector"].to_dict(), **{entry: value})
-    _rewrite(path, box_priors={"detector": prior})
-    with pytest.raises(ModelFileError, match=r"box_priors\.detector"):
-        DescentModel.load(path)
+    _assert_refused(path, r"box_priors\.detector", box_priors={"detector": prior})
 
 
 def test_validate_refuses_a_nan_prior_before_saving(tmp_path):
@@ -188,9 +181,7 @@ def test_metadata_of_the_wrong_json_type_names_the_field(tmp_path, text):
 def test_fields_of_the_wrong_json_type_name_the_field(tmp_path, field, value):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, **{field: value})
-    with pytest.raises(ModelFileError, match=f"'{field}"):
-        DescentModel.load(path)
+    _assert_refused(path, f"'{field}", **{field: value})
 
 
 def test_shipped_model_with_null_metadata_gives_model_file_error():
@@ -215,9 +206,7 @@ def test_shipped_model_with_null_metadata_gives_model_file_error():
 def test_non_float_arrays_are_refused(tmp_path, name, bad):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, **{name: bad})
-    with pytest.raises(ModelFileError, match=f"'{name}' has dtype"):
-        DescentModel.load(path)
+    _assert_refused(path, f"'{name}' has dtype", **{name: bad})
 
 
 def test_metadata_stored_as_numbers_is_refused(tmp_path):
@@ -233,12 +222,8 @@ def test_metadata_stored_as_numbers_is_refused(tmp_path):
 def test_sizes_beyond_bounds_are_refused_from_the_metadata(tmp_path):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, descriptor_dim=100_000)
-    with pytest.raises(ModelFileError, match="'descriptor_dim' is 100000"):
-        DescentModel.load(path)
-    _rewrite(path, descriptor_dim=4, iterations=10_000)
-    with pytest.raises(ModelFileError, match="'iterations' is 10000"):
-        DescentModel.load(path)
+    _assert_refused(path, "'descriptor_dim' is 100000", descriptor_dim=100_000)
+    _assert_refused(path, "'iterations' is 10000", descriptor_dim=4, iterations=10_000)
 
 
 def test_a_wrong_shape_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
@@ -306,31 +291,21 @@ def test_file_without_the_landmark_stage_field_loads_with_none(tmp_path):
     arrays["metadata_json"] = np.array(json.dumps(meta))
     np.savez(path, **arrays)
     assert DescentModel.load(path).landmark_iterations == 0
-    _rewrite(path, landmark_iterations=None)
-    with pytest.raises(ModelFileError, match="'landmark_iterations' is NoneType None, expected an integer"):
-        DescentModel.load(path)
+    _assert_refused(path, "'landmark_iterations' is NoneType None, expected an integer", landmark_iterations=None)
 
 
 def test_landmark_stage_count_must_match_the_arrays(tmp_path):
     path = tmp_path / "m.npz"
     _with_stages(_model()).save(path)
-    _rewrite(path, landmark_iterations=3)
-    with pytest.raises(ModelFileError, match="'landmark_iterations' says 3 but 'R_L' holds 2"):
-        DescentModel.load(path)
-    _rewrite(path, landmark_iterations=2, R_L=np.zeros((2, 136, 68 * 5), np.float16))
-    with pytest.raises(ModelFileError, match="'R_L' has shape"):
-        DescentModel.load(path)
-    _rewrite(path, R_L=np.full((2, 136, 68 * 4), np.nan, np.float32))
-    with pytest.raises(ModelFileError, match="'R_L' holds NaN"):
-        DescentModel.load(path)
+    _assert_refused(path, "'landmark_iterations' says 3 but 'R_L' holds 2", landmark_iterations=3)
+    _assert_refused(path, "'R_L' has shape", landmark_iterations=2, R_L=np.zeros((2, 136, 68 * 5), np.float16))
+    _assert_refused(path, "'R_L' holds NaN", R_L=np.full((2, 136, 68 * 4), np.nan, np.float32))
 
 
 def test_landmark_stage_arrays_missing(tmp_path):
     path = tmp_path / "m.npz"
     _model().save(path)
-    _rewrite(path, landmark_iterations=1)
-    with pytest.raises(ModelFileError, match="lacks field 'R_L'"):
-        DescentModel.load(path)
+    _assert_refused(path, "lacks field 'R_L'", landmark_iterations=1)
 
 
 def test_first_drops_the_2d_stages_of_a_cut_cascade():
