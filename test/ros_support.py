@@ -2,6 +2,7 @@
 ``face_alignment_ros.ros.waiting``; models are ``common.stand_in_models.trained_or_stand_in_files``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -35,3 +36,30 @@ class StampedCollector:
         with self.lock:
             for t in msg.transforms:
                 self.tf.setdefault(key(t.header.stamp), {})[t.child_frame_id] = t
+
+
+@contextlib.contextmanager
+def running_graph(tmp, offset: int, image_topic: str, client_name: str, aligner_overrides: dict, **graph_kwargs):
+    """The one-process graph on the trained (or stand-in) models in ``tmp``, in its own context
+    and domain (``domain_id(offset)``), started with a client node of ``client_name`` on its
+    executor. Yields (graph, client node, context, (descent, weights, trained)); shuts all down."""
+    import rclpy
+
+    from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files
+    from face_alignment_ros.ros.graph import Graph
+
+    files = descent, weights, _ = trained_or_stand_in_files(tmp / "models")
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(offset))
+    graph = Graph(image_topic, None, context=context,
+                  aligner_overrides={"dff_weights": str(weights), **aligner_overrides},
+                  model_overrides={"model_file": str(descent)}, **graph_kwargs)
+    client_node = rclpy.create_node(client_name, context=context)
+    graph.executor.add_node(client_node)
+    graph.start()
+    try:
+        yield graph, client_node, context, files
+    finally:
+        graph.shutdown()
+        client_node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -16,20 +16,18 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_support import StampedCollector, domain_id, key  # noqa: E402
+from ros_support import StampedCollector, key, running_graph  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.core.descent_model import DescentModel  # noqa: E402
 from face_alignment_ros.core.face_detector import create_detector  # noqa: E402
 from face_alignment_ros.msg import FaceMeshArray, LandmarksArray, MeshTopology  # noqa: E402
 from face_alignment_ros.ros.bag_io import BagReplayer, write_sample_bag  # noqa: E402
 from face_alignment_ros.ros.diagnostics import NO_CAMERA_INFO, WAITING_FOR_MODEL, values_of  # noqa: E402
 from face_alignment_ros.ros.face_ids import hri_id  # noqa: E402
-from face_alignment_ros.ros.graph import Graph  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS, TF_QOS  # noqa: E402
 from face_alignment_ros.ros.waiting import wait_until  # noqa: E402
@@ -100,22 +98,13 @@ class Probe(StampedCollector):
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros_graph")
-    descent, weights, trained = trained_or_stand_in_files(tmp / "models")
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(1))
-    g = Graph("/cam/image", None, context=context, camera_info_topic="/cam/camera_info",
-              aligner_overrides={"dff_weights": str(weights), "diagnostics_period": 0.1, "publish_gaze": True,
-                                 "publish_debug_image": True, "publish_markers": True},
-              model_overrides={"model_file": str(descent)})
-    probe_node = rclpy.create_node("graph_test_probe", context=context)
-    probe = Probe(probe_node)
-    g.executor.add_node(probe_node)
-    g.start()
-    frames = list(sample_frames(3, W, H, FACE_PX))
-    yield {"graph": g, "probe": probe, "tmp": tmp, "descent": descent, "frames": frames, "trained": trained}
-    g.shutdown()
-    probe_node.destroy_node()
-    rclpy.shutdown(context=context)
+    overrides = {"diagnostics_period": 0.1, "publish_gaze": True, "publish_debug_image": True,
+                 "publish_markers": True}
+    with running_graph(tmp, 1, "/cam/image", "graph_test_probe", overrides,
+                       camera_info_topic="/cam/camera_info") as (g, probe_node, _, (descent, _, trained)):
+        probe = Probe(probe_node)
+        frames = list(sample_frames(3, W, H, FACE_PX))
+        yield {"graph": g, "probe": probe, "tmp": tmp, "descent": descent, "frames": frames, "trained": trained}
 
 
 def test_waiting_for_descent_model_then_bring_up(graph):

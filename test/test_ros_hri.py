@@ -18,18 +18,17 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from hri_msgs.msg import FacialLandmarks, IdsList, NormalizedRegionOfInterest2D  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
-from ros_support import StampedCollector, domain_id, key  # noqa: E402
+from ros_support import StampedCollector, key, running_graph  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from face_alignment_ros.common.samples import sample_frames  # noqa: E402
-from face_alignment_ros.common.stand_in_models import trained_or_stand_in_files  # noqa: E402
 from face_alignment_ros.core import face_views  # noqa: E402
 from face_alignment_ros.msg import LandmarksArray  # noqa: E402
 from face_alignment_ros.ros.face_alignment_node import FaceAlignmentNode  # noqa: E402
 from face_alignment_ros.ros.face_ids import FaceIds, hri_id  # noqa: E402
-from face_alignment_ros.ros.graph import Graph, node_args  # noqa: E402
+from face_alignment_ros.ros.graph import node_args  # noqa: E402
 from face_alignment_ros.ros.hri import HriFacePublisher  # noqa: E402
 from face_alignment_ros.ros.image_conversion import bgr_to_image_fields, image_to_bgr  # noqa: E402
 from face_alignment_ros.ros.qos import OUTPUT_QOS, TF_QOS  # noqa: E402
@@ -107,27 +106,16 @@ class HriClient(StampedCollector):
 @pytest.fixture(scope="module")
 def hri(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros_hri")
-    descent, weights, _ = trained_or_stand_in_files(tmp / "models")
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(2))
     # redetect_every 1: the detector runs on every frame, so a face leaves with the first empty frame
-    g = Graph("/hri_cam/image", None, context=context,
-              aligner_overrides={"dff_weights": str(weights), "publish_gaze": True, "redetect_every": 1,
-                                 "use_camera_info": False},
-              model_overrides={"model_file": str(descent)})
-    client_node = rclpy.create_node("hri_test_client", context=context)
-    client = HriClient(client_node)
-    g.executor.add_node(client_node)
-    g.start()
-    assert g.bring_up(TIMEOUT)
-    wait_until(lambda: g.aligner.pipeline.ready, TIMEOUT, what="descent model in use")  # earlier frames are dropped
-    wait_until(lambda: client.camera.get_subscription_count() >= 1, TIMEOUT, what="image subscriber")
-    frames = list(sample_frames(4, W, H, FACE_PX))
-    yield {"graph": g, "client": client, "frames": frames, "empty": np.full((H, W, 3), 90, np.uint8),
-           "context": context}
-    g.shutdown()
-    client_node.destroy_node()
-    rclpy.shutdown(context=context)
+    overrides = {"publish_gaze": True, "redetect_every": 1, "use_camera_info": False}
+    with running_graph(tmp, 2, "/hri_cam/image", "hri_test_client", overrides) as (g, client_node, context, _):
+        client = HriClient(client_node)
+        assert g.bring_up(TIMEOUT)
+        wait_until(lambda: g.aligner.pipeline.ready, TIMEOUT, what="descent model in use")  # earlier frames dropped
+        wait_until(lambda: client.camera.get_subscription_count() >= 1, TIMEOUT, what="image subscriber")
+        frames = list(sample_frames(4, W, H, FACE_PX))
+        yield {"graph": g, "client": client, "frames": frames, "empty": np.full((H, W, 3), 90, np.uint8),
+               "context": context}
 
 
 def test_installed_hri_msgs_have_the_official_type_hashes():
