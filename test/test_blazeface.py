@@ -77,7 +77,7 @@ def test_bad_runtime_is_refused():
 @pytest.mark.parametrize("model", ["short", "full"])
 def test_detections_reproduce_mediapipes_own_graph_on_the_whole_frame(model, runtime):
     """Our letterbox (and, on LiteRT, our decoding and NMS) against MediaPipe's graph run the
-    old way, letterboxing the whole frame itself: the same boxes and scores."""
+    old way, letterboxing the whole frame itself: the same boxes, keypoints and scores."""
     import cv2
     from mediapipe.python.solutions import face_detection as mp_face
 
@@ -93,11 +93,14 @@ def test_detections_reproduce_mediapipes_own_graph_on_the_whole_frame(model, run
         want = []
         for d in graph.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).detections or ():
             rb = d.location_data.relative_bounding_box
-            want.append(((rb.xmin * w, rb.ymin * h, (rb.xmin + rb.width) * w, (rb.ymin + rb.height) * h), d.score[0]))
+            keypoints = [(k.x * w, k.y * h) for k in d.location_data.relative_keypoints]
+            want.append(((rb.xmin * w, rb.ymin * h, (rb.xmin + rb.width) * w, (rb.ymin + rb.height) * h),
+                         d.score[0], keypoints))
         got = ours.detect(frame)
         assert len(got) == len(want)
-        for d, (box, score) in zip(got, sorted(want, key=lambda x: -x[1])):
+        for d, (box, score, keypoints) in zip(got, sorted(want, key=lambda x: -x[1])):
             np.testing.assert_allclose(d.box, box, atol=1e-3)
+            np.testing.assert_allclose(d.keypoints, keypoints, atol=1e-3)
             assert abs(d.score - score) < 1e-5
         found += len(got)
     graph.close()

@@ -155,6 +155,34 @@ def test_bad_box_prior_is_refused(tmp_path, entry, value):
     _assert_refused(path, r"box_priors\.detector", box_priors={"detector": prior})
 
 
+def _keypoint_prior(width=18):
+    return dict(BoxPrior(0.01, -0.02, 0.3).to_dict(), keypoint_intercept=[0.0, -0.05, 0.3],
+                keypoint_coef=[[0.1] * width, [0.0] * width, [-0.2] * width])
+
+
+def test_keypoint_prior_round_trip(tmp_path):
+    model = _model()
+    model.box_priors = {"detector": BoxPrior(**_keypoint_prior())}
+    model.save(tmp_path / "m.npz")
+    loaded = DescentModel.load(tmp_path / "m.npz").box_priors["detector"]
+    assert loaded == model.box_priors["detector"] and loaded.keypoint_count == 6
+
+
+@pytest.mark.parametrize("changes", [
+    {"keypoint_intercept": [0.0, 0.1]},                                   # 2 intercepts
+    {"keypoint_coef": [[0.1] * 18, [0.0] * 18]},                          # 2 rows
+    {"keypoint_coef": [[0.1] * 18, [0.0] * 17, [0.0] * 18]},              # ragged
+    {"keypoint_coef": [[0.1] * 4, [0.0] * 4, [0.0] * 4]},                 # not 3k wide
+    {"keypoint_coef": [[0.1] * 18, [float("nan")] * 18, [0.0] * 18]},     # NaN
+    {"keypoint_intercept": "wide"},
+    {"keypoint_coef": [[0.1] * 18, 3, [0.0] * 18]},
+])
+def test_bad_keypoint_prior_is_refused(tmp_path, changes):
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    _assert_refused(path, r"box_priors\.detector", box_priors={"detector": dict(_keypoint_prior(), **changes)})
+
+
 def test_validate_refuses_a_nan_prior_before_saving(tmp_path):
     from face_alignment_ros.core.face_crop import BoxPrior
 

@@ -6,7 +6,7 @@ import pytest
 from face_alignment_ros.core import camera as cam
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.face_detector import Detection, FaceDetector
-from face_alignment_ros.training.detector_starts import detect_crops, recrop_from_detector
+from face_alignment_ros.training.detector_starts import CropDetections, detect_crops, recrop_from_detector
 
 
 def _crops(n=3, size=64):
@@ -24,6 +24,13 @@ def _crops(n=3, size=64):
             "yaw_bin": np.array([0, 1, 2][:n], np.int8), "identity": np.arange(n, dtype=np.int32)}
 
 
+def _found(boxes, keypoints=None):
+    """Detections with these boxes (and keypoints; none by default)."""
+    boxes = np.asarray(boxes, np.float32)
+    return CropDetections(boxes, np.full((len(boxes), 6, 2), np.nan, np.float32) if keypoints is None
+                          else np.asarray(keypoints, np.float32))
+
+
 class _FixedDetector(FaceDetector):
     """Returns the given boxes for every image."""
 
@@ -38,10 +45,12 @@ def test_detect_crops_keeps_the_matching_box_and_marks_misses():
     data = _crops(2)
     gt = face_crop.landmark_box(data["landmarks"][0])
     far = (0.0, 0.0, 5.0, 5.0)
-    boxes = detect_crops(data["images"], data["landmarks"], _FixedDetector([far, tuple(gt + 1)]))
-    assert np.allclose(boxes[0], gt + 1)  # the overlapping detection, not the far one
-    assert np.allclose(boxes[1], gt + 1)  # still IoU >= 0.3 with the shifted square
-    assert np.isnan(detect_crops(data["images"], data["landmarks"], _FixedDetector([far]))).all()
+    found = detect_crops(data["images"], data["landmarks"], _FixedDetector([far, tuple(gt + 1)]))
+    assert np.allclose(found.boxes[0], gt + 1)  # the overlapping detection, not the far one
+    assert np.allclose(found.boxes[1], gt + 1)  # still IoU >= 0.3 with the shifted square
+    assert np.isnan(found.keypoints).all() and found.keypoints_of(0) is None  # this detector gives none
+    missed = detect_crops(data["images"], data["landmarks"], _FixedDetector([far]))
+    assert np.isnan(missed.boxes).all() and not missed.found(0)
 
 
 def test_recrop_moves_image_landmarks_and_camera_together():
@@ -49,7 +58,7 @@ def test_recrop_moves_image_landmarks_and_camera_together():
     boxes = np.stack([face_crop.landmark_box(lm) for lm in data["landmarks"]]).astype(np.float32)
     boxes[1] = np.nan  # a miss: left out
     prior = face_crop.BoxPrior(dx=0.1, dy=-0.05, log_scale=0.5)
-    out = recrop_from_detector(data, [0, 1, 2], boxes, prior, None, 0.0)
+    out = recrop_from_detector(data, [0, 1, 2], _found(boxes), prior, None, 0.0)
     assert out["images"].shape == (2, 64, 64, 3) and list(out["identity"]) == [0, 2]
     assert list(out["yaw_bin"]) == [0, 2]
     for j, i in enumerate([0, 2]):
@@ -69,9 +78,9 @@ def test_recrop_jitters_only_with_a_generator():
     data = _crops(1)
     boxes = face_crop.landmark_box(data["landmarks"][0])[None].astype(np.float32)
     prior = face_crop.BoxPrior(log_scale=0.3, std_dx=0.05, std_dy=0.05, std_log_scale=0.05)
-    plain = recrop_from_detector(data, [0], boxes, prior, None, 1.0)
-    again = recrop_from_detector(data, [0], boxes, prior, None, 1.0)
-    jittered = recrop_from_detector(data, [0], boxes, prior, np.random.default_rng(0), 1.0)
+    plain = recrop_from_detector(data, [0], _found(boxes), prior, None, 1.0)
+    again = recrop_from_detector(data, [0], _found(boxes), prior, None, 1.0)
+    jittered = recrop_from_detector(data, [0], _found(boxes), prior, np.random.default_rng(0), 1.0)
     assert np.array_equal(plain["landmarks"], again["landmarks"])
     assert not np.allclose(plain["landmarks"], jittered["landmarks"], atol=0.1)
 
@@ -87,9 +96,9 @@ def test_render_samples_start_the_given_share_from_the_detector():
     cascade = SimpleNamespace(initial_state=lambda size: None)
     backend = SimpleNamespace(prepare=lambda crop: None)
     rows = [2, 0, 1]  # drawn order: row 2 (and, with 2/3, row 0) from the detector
-    plain = render_samples(cascade, backend, data, rows, boxes, prior, None, 0.0, 0.0)
-    one = render_samples(cascade, backend, data, rows, boxes, prior, None, 1 / 3, 0.0)
-    two = render_samples(cascade, backend, data, rows, boxes, prior, None, 2 / 3, 0.0)
+    plain = render_samples(cascade, backend, data, rows, _found(boxes), prior, None, 0.0, 0.0)
+    one = render_samples(cascade, backend, data, rows, _found(boxes), prior, None, 1 / 3, 0.0)
+    two = render_samples(cascade, backend, data, rows, _found(boxes), prior, None, 2 / 3, 0.0)
 
     def spans(samples):
         return sorted(round(float(np.ptp(s.target_landmarks[:, 0])), 2) for s in samples)

@@ -1,5 +1,5 @@
-"""Stage descent's data: the mirror image of a training photo and its annotation agree; profiled views are
-scored per yaw bin on the rows asked for."""
+"""Stage descent's data: the mirror image of a training photo and its annotation (and detector
+keypoints) agree; profiled views are scored per yaw bin on the rows asked for."""
 import numpy as np
 import pytest
 
@@ -23,6 +23,22 @@ def test_mirror_record_keeps_annotation_on_the_mirrored_face(morphable_model):
     assert np.median(np.linalg.norm(reprojected - mirrored.landmarks, axis=1)) < 2.0
     assert mirrored.landmarks[36, 0] < mirrored.landmarks[45, 0]  # the right eye stays on the image left
     assert np.allclose(mirror_record(mirrored, flipped)[0].landmarks, landmarks)
+
+
+def test_mirror_record_mirrors_the_detector_keypoints():
+    # right eye, left eye, nose, mouth, right ear, left ear of a face turned to the image right
+    keypoints = np.array([[80, 60], [120, 62], [115, 90], [105, 110], [55, 70], [140, 72]], np.float32)
+    record = PhotoRecord("x.png", "afw", "x", "train", np.zeros((68, 2), np.float32), np.zeros(6, np.float32),
+                         np.array([40, 20, 160, 140], np.float32), keypoints)
+    mirrored, _ = mirror_record(record, np.zeros((200, 260, 3), np.uint8))
+    # the right eye is still the right eye: now the mirror image of the left one
+    assert np.allclose(mirrored.detector_keypoints[0], [259 - 120, 62])
+    assert np.allclose(mirrored.detector_keypoints[2], [259 - 115, 90])
+    assert np.allclose(mirrored.detector_keypoints[5], [259 - 55, 70])
+    assert np.allclose(mirror_record(mirrored, np.zeros((200, 260, 3), np.uint8))[0].detector_keypoints, keypoints)
+    assert mirror_record(PhotoRecord("x.png", "afw", "x", "train", np.zeros((68, 2), np.float32),
+                                     np.zeros(6, np.float32), None), np.zeros((5, 5, 3), np.uint8))[0] \
+        .detector_keypoints is None
 
 
 def test_profiled_views_are_scored_per_yaw_bin_on_their_own_rows(monkeypatch):

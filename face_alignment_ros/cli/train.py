@@ -30,6 +30,7 @@ STAGE_MODULES = {
     "segment": "face_alignment_ros.training.segmentation",
     "train-dff": "face_alignment_ros.training.train_dff",
     "descent": "face_alignment_ros.training.learn_descent",
+    "box-prior": "face_alignment_ros.training.keypoint_box_prior",
     "export": "face_alignment_ros.training.export_models",
 }
 assert set(STAGE_MODULES) == set(STAGES)
@@ -41,6 +42,7 @@ STAGE_HELP = {
     "segment": "100 random 500-patch segmentations of the mean face -> segment/segmentations.npz",
     "train-dff": "train the DFF network on the synthesized renders -> train-dff/",
     "descent": "learn the cascade's descent directions (DFF and SIFT) -> descent/",
+    "box-prior": "fit the detector's box prior on its keypoints (the framing of turned faces) -> box-prior/",
     "export": "copy the trained models into the package with model cards",
     "all": "run " + ", ".join(STAGES) + " in order with default options",
 }

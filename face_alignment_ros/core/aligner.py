@@ -97,6 +97,11 @@ class AlignRequest:
     box_kind: str = "detector"
     score: float = 1.0
     previous: FaceResult | None = None
+    keypoints: object = None  # the detector's keypoints, for a keypoint box prior
+
+    @classmethod
+    def from_detection(cls, detection: Detection) -> AlignRequest:
+        return cls(detection.box, "detector", detection.score, keypoints=detection.keypoints)
 
 
 class FaceAligner:
@@ -195,10 +200,11 @@ class FaceAligner:
 
     def detect_and_align(self, image_bgr: np.ndarray) -> list[FaceResult]:
         """Every detected face, aligned, in detector-score order."""
-        return self.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d in self.detect(image_bgr)])
+        return self.align_many(image_bgr, [AlignRequest.from_detection(d) for d in self.detect(image_bgr)])
 
-    def crop_box(self, box, box_kind: str = "detector") -> np.ndarray:
-        """The canonical crop predicted from a box of the given kind."""
+    def crop_box(self, box, box_kind: str = "detector", keypoints=None) -> np.ndarray:
+        """The canonical crop predicted from a box of the given kind (and, for a detector box,
+        the detector's keypoints, which the prior may read: ``face_crop.BoxPrior``)."""
         if box_kind not in BOX_KINDS:
             raise ValueError(f"box_kind must be one of {BOX_KINDS}, not {box_kind!r}")
         box = np.asarray(box, np.float32).reshape(-1)
@@ -206,13 +212,14 @@ class FaceAligner:
             raise ValueError(f"box must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box.tolist()}")
         priors = self._descent.box_priors
         prior = priors.get(box_kind) or priors.get("detector") or priors["landmarks"]
-        return prior.crop_box(box)
+        return prior.crop_box(box, keypoints)
 
     def align(self, image_bgr: np.ndarray, box, box_kind: str = "detector", score: float = 1.0,
-              previous: FaceResult | None = None) -> FaceResult:
+              previous: FaceResult | None = None, keypoints=None) -> FaceResult:
         """Fit one face inside ``box``. With ``previous`` (video), start from that result's
-        pose and shape instead of the mean face: the crop follows the previous camera."""
-        return self.align_many(image_bgr, [AlignRequest(box, box_kind, score, previous)])[0]
+        pose and shape instead of the mean face: the crop follows the previous camera.
+        ``keypoints``: the detector's, with a detector box (``Detection.keypoints``)."""
+        return self.align_many(image_bgr, [AlignRequest(box, box_kind, score, previous, keypoints)])[0]
 
     def align_many(self, image_bgr: np.ndarray, requests: list[AlignRequest]) -> list[FaceResult]:
         """Fit several faces of one image: their crops go through the descriptor network as one
@@ -221,7 +228,7 @@ class FaceAligner:
         descent = self._descent  # one model for the whole frame, even if swapped meanwhile
         n = descent.crop_size
         crop_boxes = [face_crop.canonical_crop_box(r.previous.camera) if r.previous is not None
-                      else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind)
+                      else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind, r.keypoints)
                       for r in requests]
         crops = [crop_image(image_bgr, b, n)[0] for b in crop_boxes]
         samplers = self.backend.prepare_many(crops)

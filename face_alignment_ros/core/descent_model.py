@@ -246,9 +246,7 @@ class DescentModel:
         if "detector" not in self.box_priors and "landmarks" not in self.box_priors:
             raise ModelFileError(f"{source}: field 'box_priors' names neither 'detector' nor 'landmarks'")
         for kind, prior in self.box_priors.items():
-            for name, value in prior.to_dict().items():
-                _check_number(source, f"box_priors.{kind}.{name}", value,
-                              low=0.0 if name.startswith("std_") else None)
+            _check_box_prior(source, kind, prior.to_dict())
 
 
 def _describe(value) -> str:
@@ -264,6 +262,30 @@ def _check_number(source: str, name: str, value, low: float | None = None) -> No
         raise ModelFileError(f"{source}: field '{name}' is {value}, expected a finite number")
     if low is not None and value < low:
         raise ModelFileError(f"{source}: field '{name}' is {value}, expected at least {low}")
+
+
+def _check_box_prior(source: str, kind: str, prior: dict) -> None:
+    """A box prior's numbers; its keypoint term, where present, 3 intercepts and 3 rows of 3k
+    coefficients (``face_crop.keypoint_features`` of k keypoints)."""
+    for name, value in prior.items():
+        if name.startswith("keypoint_"):
+            continue
+        _check_number(source, f"box_priors.{kind}.{name}", value, low=0.0 if name.startswith("std_") else None)
+    intercept, coef = prior.get("keypoint_intercept", ()), prior.get("keypoint_coef", ())
+    _check_type(source, f"box_priors.{kind}.keypoint_intercept", intercept, (list, tuple), "a list")
+    _check_type(source, f"box_priors.{kind}.keypoint_coef", coef, (list, tuple), "a list")
+    rows = [row for row in coef if isinstance(row, (list, tuple))]
+    width = len(rows[0]) if rows else 0
+    if (intercept or coef) and (len(intercept) != 3 or len(rows) != 3 or len(coef) != 3 or width == 0
+                                or width % 3 or any(len(r) != width for r in rows)):
+        raise ModelFileError(f"{source}: field 'box_priors.{kind}' has a keypoint term of shapes "
+                             f"{len(intercept)} and {[len(r) if isinstance(r, (list, tuple)) else r for r in coef]}, "
+                             "expected 3 intercepts and 3 rows of 3k coefficients")
+    for i, value in enumerate(intercept):
+        _check_number(source, f"box_priors.{kind}.keypoint_intercept[{i}]", value)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            _check_number(source, f"box_priors.{kind}.keypoint_coef[{i}][{j}]", value)
 
 
 def _check_int(source: str, name: str, value, low: int, high: int) -> None:
@@ -359,6 +381,5 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
         unknown = sorted(set(prior) - known)
         if unknown:
             raise ModelFileError(f"{src}: field 'box_priors.{kind}' has unknown entries {unknown}")
-        for name, value in prior.items():
-            _check_number(src, f"box_priors.{kind}.{name}", value, low=0.0 if name.startswith("std_") else None)
+        _check_box_prior(src, kind, prior)
     return meta

@@ -8,7 +8,12 @@ its size and place in the image: the cascade therefore starts from one fixed cam
 A detector (or landmark) box predicts the canonical crop through ``BoxPrior``: the crop centre
 is the box centre plus (dx, dy) box sides, and the crop side is the box side times
 exp(log_scale). The priors are means over training photos and are stored with each descent
-model, because they depend on the detector that made the boxes.
+model, because they depend on the detector that made the boxes. A detector that also gives
+facial keypoints (BlazeFace's six) can have the offsets predicted from them instead: a turned
+face's box sits differently on it (smaller, higher, off-centre: docs/training.md, round 7), and
+the keypoints' layout says how far and which way it turns. That prior is linear in
+``keypoint_features`` (``keypoint_intercept`` + ``keypoint_coef`` @ features, ridge-fitted by
+``training/keypoint_box_prior.py``); without keypoints the constant offsets apply.
 
 Crop convention (the one place it is written): the square box (x0, y0, x1, y1) in image pixels
 (pixel centres at integer coordinates) maps affinely onto the N x N crop so that image point
@@ -37,6 +42,22 @@ FACE_SPAN_MM = 200.0
 MIN_BOX_SIDE_PX = 8.0
 
 
+def box_side(box) -> float:
+    """The geometric mean of a box's width and height: the unit of the prior's offsets."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return float(np.sqrt(max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6)))
+
+
+def keypoint_features(box, keypoints) -> np.ndarray:
+    """(3k,) features of k detector keypoints in their box: each point's offset from the box
+    centre in box sides, x then y, then the x offsets' magnitudes (how far the face turns,
+    whichever way: a turned face's box is smaller on it either way)."""
+    kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    rel = (kp - [0.5 * (x0 + x1), 0.5 * (y0 + y1)]) / box_side(box)
+    return np.concatenate([rel[:, 0], rel[:, 1], np.abs(rel[:, 0])])
+
+
 @dataclass(frozen=True)
 class BoxPrior:
     dx: float = 0.0
@@ -46,14 +67,38 @@ class BoxPrior:
     std_dx: float = 0.0
     std_dy: float = 0.0
     std_log_scale: float = 0.0
+    # (dx, dy, log_scale) = keypoint_intercept + keypoint_coef @ keypoint_features, where the
+    # detector gave keypoints; empty: the constant offsets above everywhere
+    keypoint_intercept: tuple[float, ...] = ()
+    keypoint_coef: tuple[tuple[float, ...], ...] = ()
 
-    def crop_box(self, box) -> np.ndarray:
-        """Square crop box (x0, y0, x1, y1) predicted from a box."""
+    def __post_init__(self):
+        # JSON gives lists; a frozen prior holds tuples
+        object.__setattr__(self, "keypoint_intercept", tuple(float(v) for v in self.keypoint_intercept))
+        object.__setattr__(self, "keypoint_coef", tuple(tuple(float(v) for v in row) for row in self.keypoint_coef))
+
+    @property
+    def keypoint_count(self) -> int:
+        """How many detector keypoints the keypoint term reads (0: none)."""
+        return len(self.keypoint_coef[0]) // 3 if self.keypoint_coef else 0
+
+    def offsets(self, box, keypoints=None) -> np.ndarray:
+        """(dx, dy, log_scale) for a box, from its keypoints where the prior has a keypoint term
+        and the detector gave as many keypoints as it reads; the constant offsets otherwise."""
+        if keypoints is not None and self.keypoint_count and np.size(keypoints) == 2 * self.keypoint_count \
+                and np.all(np.isfinite(keypoints)):
+            features = keypoint_features(box, keypoints)
+            return np.asarray(self.keypoint_intercept) + np.asarray(self.keypoint_coef) @ features
+        return np.array([self.dx, self.dy, self.log_scale])
+
+    def crop_box(self, box, keypoints=None) -> np.ndarray:
+        """Square crop box (x0, y0, x1, y1) predicted from a box (and the detector's keypoints)."""
         x0, y0, x1, y1 = (float(v) for v in box)
-        side = np.sqrt(max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6))
-        cx = 0.5 * (x0 + x1) + self.dx * side
-        cy = 0.5 * (y0 + y1) + self.dy * side
-        half = 0.5 * side * np.exp(self.log_scale)
+        side = box_side(box)
+        dx, dy, log_scale = self.offsets(box, keypoints)
+        cx = 0.5 * (x0 + x1) + dx * side
+        cy = 0.5 * (y0 + y1) + dy * side
+        half = 0.5 * side * np.exp(log_scale)
         return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
 
     def to_dict(self) -> dict:
@@ -63,14 +108,21 @@ class BoxPrior:
     def fit(cls, boxes: np.ndarray, cameras: np.ndarray) -> BoxPrior:
         """Mean and spread of the box -> canonical-crop offsets over (n, 4) boxes and their
         (n, 6) ground-truth image cameras."""
-        boxes = np.asarray(boxes, np.float64)
-        cameras = np.asarray(cameras, np.float64)
-        side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        dx = (cameras[:, cam.TX] - 0.5 * (boxes[:, 0] + boxes[:, 2])) / side
-        dy = (cameras[:, cam.TY] - 0.5 * (boxes[:, 1] + boxes[:, 3])) / side
-        log_scale = np.log(cameras[:, cam.S] * FACE_SPAN_MM / side)
+        dx, dy, log_scale = box_offsets(boxes, cameras).T
         return cls(float(dx.mean()), float(dy.mean()), float(log_scale.mean()),
                    float(dx.std()), float(dy.std()), float(log_scale.std()))
+
+
+def box_offsets(boxes: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    """(n, 3) true (dx, dy, log_scale) of the canonical crops of (n, 6) image cameras from
+    (n, 4) boxes: what a prior predicts."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cameras = np.asarray(cameras, np.float64).reshape(-1, 6)
+    side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    dx = (cameras[:, cam.TX] - 0.5 * (boxes[:, 0] + boxes[:, 2])) / side
+    dy = (cameras[:, cam.TY] - 0.5 * (boxes[:, 1] + boxes[:, 3])) / side
+    log_scale = np.log(cameras[:, cam.S] * FACE_SPAN_MM / side)
+    return np.stack([dx, dy, log_scale], axis=1)
 
 
 def box_problem(box, image_shape: tuple[int, ...]) -> str | None:

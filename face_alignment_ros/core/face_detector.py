@@ -34,15 +34,25 @@ from face_alignment_ros.core.face_crop import validate_image
 Box = tuple[float, float, float, float]
 
 
+# BlazeFace's six keypoints, in its output order ("right" is the person's right, on the image's
+# left in a frontal face), and each one's mirror image (a flipped photo's keypoints are
+# ``kp[BLAZEFACE_KEYPOINT_MIRROR]`` with x mirrored).
+BLAZEFACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear", "left_ear")
+BLAZEFACE_KEYPOINT_MIRROR = (1, 0, 2, 3, 5, 4)
+
+
 @dataclass(frozen=True)
 class Detection:
-    """One detected face: ``box`` = (x0, y0, x1, y1) pixels, ``score`` = detector confidence.
+    """One detected face: ``box`` = (x0, y0, x1, y1) pixels, ``score`` = detector confidence,
+    ``keypoints`` = the detector's facial keypoints ((x, y) pixels, ``BLAZEFACE_KEYPOINTS``
+    for BlazeFace) or None where the detector gives none.
 
     Scores are comparable only within one detector.
     """
 
     box: Box
     score: float
+    keypoints: tuple[tuple[float, float], ...] | None = None
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -54,6 +64,12 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def matched_detection(detections: Sequence[Detection], box: Sequence[float], min_iou: float = 0.3) -> Detection | None:
+    """The detection that overlaps a known face box best, if by at least ``min_iou``."""
+    best = max(detections, key=lambda d: box_iou(d.box, box), default=None)
+    return best if best is not None and box_iou(best.box, box) >= min_iou else None
 
 
 def non_max_suppression(detections: Sequence[Detection], iou_threshold: float = 0.3,
@@ -173,7 +189,8 @@ def blazeface_letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, n
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted non-maximum suppression (its face detection graphs use it): the best
     remaining box takes every remaining box with IoU above the threshold (itself included) and
-    becomes their score-weighted mean; it keeps its own score. boxes (n, 4) x0, y0, x1, y1."""
+    becomes their score-weighted mean; it keeps its own score. boxes (n, 4 + k): x0, y0, x1, y1,
+    then k more columns (the keypoints) that are averaged with the same weights."""
     order = np.argsort(-scores, kind="stable")
     kept_boxes, kept_scores = [], []
     while len(order):
@@ -190,7 +207,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
         kept_boxes.append((rest[group] * weights[:, None]).sum(0) / weights.sum())
         kept_scores.append(scores[order[0]])
         order = order[~group]
-    return np.array(kept_boxes, np.float64).reshape(-1, 4), np.array(kept_scores, np.float64)
+    return np.array(kept_boxes, np.float64).reshape(-1, boxes.shape[1]), np.array(kept_scores, np.float64)
 
 
 class _LiteRtBlazeFace:
@@ -217,7 +234,8 @@ class _LiteRtBlazeFace:
         self._lock = threading.Lock()  # one interpreter, one input buffer: one frame at a time
 
     def __call__(self, rgb_square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(boxes (n, 4) in [0, 1] square coordinates, scores (n,)), after weighted NMS."""
+        """(boxes (n, 16) in [0, 1] square coordinates: x0, y0, x1, y1 and the six keypoints'
+        (x, y), scores (n,)), after weighted NMS."""
         with self._lock:
             np.multiply(rgb_square, np.float32(2.0 / 255.0), out=self._tensor[0])  # [-1, 1] as trained
             self._tensor -= np.float32(1.0)
@@ -225,11 +243,13 @@ class _LiteRtBlazeFace:
             self._interpreter.invoke()
             logits = self._interpreter.get_tensor(self._classifiers).reshape(-1)
             hits = np.flatnonzero(logits >= self._min_logit)
-            raw = self._interpreter.get_tensor(self._regressors)[0, hits, :4].astype(np.float64) / self.spec.size
+            raw = self._interpreter.get_tensor(self._regressors)[0, hits, :16].astype(np.float64) / self.spec.size
         if not len(hits):
-            return np.zeros((0, 4)), np.zeros(0)
-        centre = raw[:, :2] + self._anchors[hits]
-        boxes = np.concatenate([centre - raw[:, 2:] / 2, centre + raw[:, 2:] / 2], axis=1)
+            return np.zeros((0, 16)), np.zeros(0)
+        anchors = self._anchors[hits]
+        centre = raw[:, :2] + anchors
+        keypoints = raw[:, 4:].reshape(-1, 6, 2) + anchors[:, None, :]  # offsets from the anchor, as the box's
+        boxes = np.concatenate([centre - raw[:, 2:4] / 2, centre + raw[:, 2:4] / 2, keypoints.reshape(-1, 12)], axis=1)
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits[hits].astype(np.float64), -100.0, 100.0)))
         return weighted_nms(boxes, scores, BlazeFaceDetector.MEDIAPIPE_NMS_IOU)
 
@@ -252,9 +272,10 @@ class _GraphBlazeFace:
         boxes, scores = [], []
         for d in result.detections or ():
             rb = d.location_data.relative_bounding_box
-            boxes.append((rb.xmin, rb.ymin, rb.xmin + rb.width, rb.ymin + rb.height))
+            keypoints = [v for k in d.location_data.relative_keypoints for v in (k.x, k.y)]
+            boxes.append((rb.xmin, rb.ymin, rb.xmin + rb.width, rb.ymin + rb.height, *keypoints))
             scores.append(d.score[0])
-        return np.array(boxes, np.float64).reshape(-1, 4), np.array(scores, np.float64)
+        return np.array(boxes, np.float64).reshape(-1, 16), np.array(scores, np.float64)
 
     def close(self) -> None:
         self._graph.close()
@@ -330,14 +351,16 @@ class BlazeFaceDetector(FaceDetector):
     def _run(self, model: str, image_bgr: np.ndarray) -> list[Detection]:
         net = self._nets[model]
         square, (x0, y0, side) = blazeface_letterbox(image_bgr, net.spec.size)
-        boxes, scores = net(square)
-        boxes = boxes * side + np.array([x0, y0, x0, y0])
-        if model == "full" and self.model == "both":
+        rows, scores = net(square)
+        rows = rows * side + np.tile([x0, y0], rows.shape[1] // 2)
+        boxes, keypoints = rows[:, :4], rows[:, 4:].reshape(-1, 6, 2)
+        if model == "full" and self.model == "both":  # the box only: keypoints are the same points
             dy, sw, sh = self.FULL_TO_SHORT
             w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
             cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2 + dy * h
             boxes = np.stack([cx - w * sw / 2, cy - h * sh / 2, cx + w * sw / 2, cy + h * sh / 2], axis=1)
-        return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
+        return [Detection(tuple(float(v) for v in b), float(s), tuple((float(x), float(y)) for x, y in k))
+                for b, s, k in zip(boxes, scores, keypoints)]
 
     def _detect(self, image_bgr: np.ndarray) -> list[Detection]:
         if self.model != "both":

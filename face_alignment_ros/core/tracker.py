@@ -46,6 +46,7 @@ class TrackedFace:
     box_kind: str = "detector"  # kind of face.box, the box this frame's fit started from
     rest_box: np.ndarray | None = None  # landmark box the face's motion is measured from
     detection: Detection | None = None  # came to rest: its detection, next frame's start while still
+    keypoints: object = None  # a detector start's keypoints (Detection.keypoints), kept with its box
 
 
 def landmarks_inside(face: FaceResult, image_shape: tuple) -> float:
@@ -108,13 +109,13 @@ class FaceTracker:
             self._image_size = size
         starts = [self._start(track) for track in self.tracks]
         # the followed faces go through the descriptor network as one batch
-        faces = self.aligner.align_many(image_bgr, [AlignRequest(box, kind, score)
-                                                    for box, kind, score, _, _ in starts])
+        faces = self.aligner.align_many(image_bgr, [AlignRequest(box, kind, score, keypoints=keypoints)
+                                                    for box, kind, score, keypoints, _, _ in starts])
         followed, settling = [], set()
-        for track, face, (_, kind, _, rest_box, still) in zip(self.tracks, faces, starts):
+        for track, face, (_, kind, _, keypoints, rest_box, still) in zip(self.tracks, faces, starts):
             if track.detection is not None and kind == "detector":  # its first fit from its detection
                 rest_box = landmark_box(face.landmarks)
-            followed.append(TrackedFace(track.face_id, face, track.age + 1, kind, rest_box))
+            followed.append(TrackedFace(track.face_id, face, track.age + 1, kind, rest_box, keypoints=keypoints))
             if still and kind == "landmarks":  # came to rest, not yet started from a detection
                 settling.add(track.face_id)
         self.last_frame_detected = (not followed or bool(settling) or self._since_detection >= self.redetect_every
@@ -135,16 +136,18 @@ class FaceTracker:
                            for t in self.tracks}
         return [replace(t, face=self._smoothers[t.face_id](stamp_s, t.face)) for t in self.tracks]
 
-    def _start(self, track: TrackedFace) -> tuple[np.ndarray, str, float, np.ndarray, bool]:
-        """Where a track's fit starts this frame: (box, its kind, its score, the rest box, still).
+    def _start(self, track: TrackedFace) -> tuple[np.ndarray, str, float, object, np.ndarray, bool]:
+        """Where a track's fit starts this frame: (box, its kind, its score, its detector
+        keypoints, the rest box, still).
         A still face keeps its start, or takes the detection it came to rest at; a moving one
         starts from its last landmark box, its new rest box."""
         box = landmark_box(track.face.landmarks)
         if is_still(box, track.rest_box, self.still_box_fraction):
             if track.detection is not None:
-                return track.detection.box, "detector", track.detection.score, track.rest_box, True
-            return track.face.box, track.box_kind, track.face.score, track.rest_box, True
-        return box, "landmarks", track.face.score, box, False
+                det = track.detection
+                return det.box, "detector", det.score, det.keypoints, track.rest_box, True
+            return track.face.box, track.box_kind, track.face.score, track.keypoints, track.rest_box, True
+        return box, "landmarks", track.face.score, None, box, False
 
     def _detect_and_match(self, image_bgr: np.ndarray, followed: list[TrackedFace],
                           settling: set[int]) -> list[TrackedFace]:
@@ -171,9 +174,9 @@ class FaceTracker:
             face_id, age = (best.face_id, best.age) if best is not None else (self._new_id(), 0)
             starts.append((det, face_id, age, len(out)))
             out.append(None)
-        faces = self.aligner.align_many(image_bgr, [AlignRequest(d.box, "detector", d.score) for d, *_ in starts])
-        for (_, face_id, age, i), face in zip(starts, faces):
-            out[i] = TrackedFace(face_id, face, age, "detector", landmark_box(face.landmarks))
+        faces = self.aligner.align_many(image_bgr, [AlignRequest.from_detection(d) for d, *_ in starts])
+        for (det, face_id, age, i), face in zip(starts, faces):
+            out[i] = TrackedFace(face_id, face, age, "detector", landmark_box(face.landmarks), keypoints=det.keypoints)
         return out
 
     def _new_id(self) -> int:

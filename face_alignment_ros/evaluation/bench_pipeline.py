@@ -52,7 +52,7 @@ def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmu
             with t("detector"):
                 det = aligner.detect(image)[0]
             with t("crop"):
-                crop_box = aligner.crop_box(det.box)
+                crop_box = aligner.crop_box(det.box, "detector", det.keypoints)
                 crop = crop_image(image, crop_box, n)[0]
             with t(f"descriptor ({aligner.descriptor})"):
                 sampler = aligner.backend.prepare(crop)
@@ -60,7 +60,7 @@ def time_pipeline(aligner: FaceAligner, image: np.ndarray, runs: int = 30, warmu
             with t("visibility (alone)"):
                 cascade.visibility.visible(state.camera, state.shape_params, cascade.dense_points(state))
     # video mode: the face starts from the previous frame's result, no detector
-    previous = aligner.align(image, detections[0].box)
+    previous = aligner.align(image, detections[0].box, keypoints=detections[0].keypoints)
     for i in range(warmup + runs):
         t = timer if i >= warmup else StageTimer()
         with t("tracked frame (video mode, no detector)"):

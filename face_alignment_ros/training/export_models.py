@@ -30,6 +30,8 @@ from face_alignment_ros.core import resources
 from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import check_dff_pairing
 from face_alignment_ros.core.dff_network import load_dff_weights
+from face_alignment_ros.core.face_crop import BoxPrior
+from face_alignment_ros.training.photo_records import KEYPOINT_PRIOR_STAGE
 from face_alignment_ros.training.stage_io import Stage
 
 SIZE_LIMIT_MB = 25.0
@@ -121,6 +123,29 @@ def _profile_lines(stage: Stage) -> list[str]:
     config = json.loads(progress.read_text())["config"]
     return [f"- Profiled photos (stage profile, 300W-LP-style face profiling): `{json.dumps(config)}`",
             *_commands(stage, (PROFILE_STAGE,))]
+
+
+def _box_prior_lines(stage: Stage, descent: DescentModel) -> list[str]:
+    """Card lines of the detector prior's keypoint terms (stage box-prior), when the model has them."""
+    report = stage.root / KEYPOINT_PRIOR_STAGE / "report.json"
+    if not descent.box_priors.get("detector", BoxPrior()).keypoint_count or not report.exists():
+        return []
+    r = json.loads(report.read_text())
+    cascade = {prior: {"validation photos, inter-pupil": v["validation_photos_detector"]["nme_per_iteration"][-1],
+                       **{f"validation profiled {b}, box": x["nme_per_iteration"][-1]
+                          for b, x in v["validation_profiled_detector"].items()}}
+               for prior, v in r.get("cascade", {}).items()}
+    return [f"- Detector box prior read from BlazeFace's keypoints (stage box-prior; lambda {r['lambda']}, photo "
+            f"weight {r['photo_weight']}). Offset errors on the validation identities, constant -> keypoint prior: "
+            f"`{json.dumps(_offset_summary(r['validation']))}`; the cascade from the detector's box, NME (%) with "
+            f"either prior: `{json.dumps(cascade)}`",
+            *_commands(stage, (KEYPOINT_PRIOR_STAGE,))]
+
+
+def _offset_summary(part: dict) -> dict:
+    return {key: f"centre {c['centre_rms']} -> {part['keypoints'][key]['centre_rms']}, "
+                 f"log scale {c['log_scale_rms']} -> {part['keypoints'][key]['log_scale_rms']}"
+            for key, c in part["constant"].items()}
 
 
 def unchanged(src: Path, shipped: Path, card: Path) -> bool:
@@ -303,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
                  f"- File size: {sizes[resources.DESCENT_MODEL_FILES[kind]]:.2f} MB; sha256 of the trained file "
                  f"{s.get('sha256')}.",
                  *_commands(stage, ("descent",), contains=f"--descriptor {kind}"),
+                 *_box_prior_lines(stage, DescentModel.load(descent_src[kind])),
                  *_profile_lines(stage),
                  *common]
         title = f"{kind.upper()} descent directions (`descent_{kind}.npz`)"

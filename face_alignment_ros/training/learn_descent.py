@@ -35,13 +35,16 @@ from face_alignment_ros.core.face_crop import crop_image
 from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
-from face_alignment_ros.training.detector_starts import cached_detections, recrop_from_detector
+from face_alignment_ros.training.detector_starts import CropDetections, cached_detections, recrop_from_detector
 from face_alignment_ros.training.photo_records import (
     fit_box_priors,
     is_validation,
+    keypoint_terms,
     load_photo_records,
     mirror_record,
     perturbed_start,
+    record_crop_box,
+    with_keypoint_terms,
 )
 from face_alignment_ros.training.stage_io import Stage
 
@@ -89,16 +92,16 @@ def synthetic_samples(cascade, backend, data: dict, rows: np.ndarray) -> list[Tr
     return samples
 
 
-def render_samples(cascade, backend, data: dict, rows, boxes: np.ndarray | None, prior, rng,
+def render_samples(cascade, backend, data: dict, rows, detections: CropDetections | None, prior, rng,
                    detector_share: float, jitter: float) -> list[TrainingSample]:
     """Samples from rendered/profiled crops ``rows`` (in the order drawn): the first
     ``detector_share`` of them start from the detector's box on the crop (through ``prior``,
     jittered; see detector_starts), the others from the crop as rendered."""
     rows = list(rows)
-    n_detector = int(round(detector_share * len(rows))) if boxes is not None else 0
+    n_detector = int(round(detector_share * len(rows))) if detections is not None else 0
     samples = synthetic_samples(cascade, backend, data, np.sort(rows[n_detector:]))
     if n_detector:
-        started = recrop_from_detector(data, np.sort(rows[:n_detector]), boxes, prior, rng, jitter)
+        started = recrop_from_detector(data, np.sort(rows[:n_detector]), detections, prior, rng, jitter)
         samples += synthetic_samples(cascade, backend, started, np.arange(len(started["images"])))
     return samples
 
@@ -134,7 +137,8 @@ def evaluate_profiled(cascade, backend, descent, profiled: dict, val_identity: n
                       detections: dict | None = None) -> dict:
     """Box NME (%) per yaw bin on profiled views (stage ``profile``) of the validation identities
     (a large-pose validation figure, for choices) and of the held-out photos (reported only); with
-    ``detections`` (split -> boxes on the crops) also from the detector's box, as users run it."""
+    ``detections`` (split -> the detector on the crops) also from the detector's box, as users
+    run it."""
     val_rows = np.flatnonzero(val_identity[np.asarray(profiled["train"]["identity"])])
     out = {"validation_profiled_box_nme_percent": evaluate_large_pose(cascade, backend, descent, profiled["train"],
                                                                       val_rows),
@@ -155,11 +159,10 @@ def evaluate_split(cascade, backend, descent, records, box_kind: str) -> dict:
 
     errors = []
     for r in tqdm(records, desc=f"eval {box_kind}", unit="photo", leave=False):
-        box = r.detector_box if box_kind == "detector" else face_crop.landmark_box(r.landmarks)
-        if box is None:
+        crop_box = record_crop_box(r, descent.box_priors[box_kind], box_kind)
+        if crop_box is None:
             continue
         image = cv2.imread(r.image_path)
-        crop_box = descent.box_priors[box_kind].crop_box(box)
         sample = make_sample(cascade, backend, image, crop_box, r.landmarks, r.camera, descent.crop_size)
         errors.append(run_cascade_errors(cascade, descent, sample))
     errors = np.array(errors) * 100
@@ -176,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starts per training photo (and per mirror image)")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="do not add the training photos' mirror images (on by default)")
+    parser.add_argument("--no-keypoint-prior", action="store_true",
+                        help="keep the constant detector prior even where stage box-prior has run")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
     parser.add_argument("--detector-starts", type=float, default=0.0,
                         help="share of the --synthetic and --profiled crops started from the detector's box on "
@@ -210,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
     cascade = Cascade(model)
     records = load_photo_records(stage, args.detector)
     priors = fit_box_priors(records)
+    terms = None if args.no_keypoint_prior else keypoint_terms(stage.root)
+    if terms is not None:  # the detector's keypoints frame its starts, as at test time
+        priors["detector"] = with_keypoint_terms(priors["detector"], terms)
+    stage.log.info("detector prior: %s", "with keypoint terms from stage box-prior" if terms else "constant offsets")
     stage.save_json("box_priors.json", {k: v.to_dict() for k, v in priors.items()})
     train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
     val = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
@@ -287,9 +296,9 @@ def run(args: argparse.Namespace) -> int:
         if synth is not None:
             summary[kind]["heldout_renders_box_nme_percent"] = evaluate_large_pose(cascade, backend, descent,
                                                                                    synth["heldout"])
-            boxes = detections["synthesize"]["heldout"]
+            found = detections["synthesize"]["heldout"]
             summary[kind]["heldout_renders_detector_box_nme_percent"] = evaluate_large_pose(
-                cascade, backend, descent, recrop_from_detector(synth["heldout"], np.arange(len(boxes)), boxes,
+                cascade, backend, descent, recrop_from_detector(synth["heldout"], np.arange(len(found)), found,
                                                                 descent.box_priors["detector"], None, 0.0))
         if profiled is not None:
             summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity,

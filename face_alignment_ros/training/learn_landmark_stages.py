@@ -246,7 +246,7 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     boxes through the box priors, jittered, as stage ``descent`` makes them."""
     import cv2
 
-    from face_alignment_ros.training.photo_records import mirror_record, perturbed_start
+    from face_alignment_ros.training.photo_records import mirror_record, perturbed_start, record_crop_box
 
     samples = SampleSet()
     t0 = time.perf_counter()
@@ -270,10 +270,9 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     for r in heldout_records:  # reported only: one start per photo and box kind, no jitter
         image = cv2.imread(r.image_path)
         for kind in ("detector", "landmarks"):
-            box = r.detector_box if kind == "detector" else face_crop.landmark_box(r.landmarks)
-            if box is None:
+            crop_box = record_crop_box(r, priors[kind], kind)
+            if crop_box is None:
                 continue
-            crop_box = priors[kind].crop_box(box)
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
             samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), f"heldout-{kind}")
     for data, rows, group in ((renders, render_rows, "train"), (heldout_renders, heldout_render_rows, "renders")):

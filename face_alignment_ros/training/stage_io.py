@@ -16,7 +16,7 @@ import numpy as np
 
 from face_alignment_ros.core import resources
 
-STAGES = ("fit", "synthesize", "profile", "segment", "train-dff", "descent", "export")
+STAGES = ("fit", "synthesize", "profile", "segment", "train-dff", "box-prior", "descent", "export")
 COMMANDS_FILE = "commands.txt"
 
 
