@@ -128,7 +128,8 @@ def test_stage_box_prior_terms_reach_the_descent_stage_prior(tmp_path):
         json.dumps({"keypoint_intercept": [0.0, -0.1, 0.5], "keypoint_coef": coef.tolist(), "lambda": 1e-6}))
     prior = with_keypoint_terms(BoxPrior(0.01, 0.02, 0.3, 0.05, 0.03, 0.05), keypoint_terms(tmp_path))
     assert (prior.dx, prior.std_dx) == (0.01, 0.05)  # the constant part stays, for detections without keypoints
-    np.testing.assert_allclose(prior.offsets(BOX, KEYPOINTS), [0.0, -0.1, 0.5] + coef @ keypoint_features(BOX, KEYPOINTS))
+    expected = [0.0, -0.1, 0.5] + coef @ keypoint_features(BOX, KEYPOINTS)
+    np.testing.assert_allclose(prior.offsets(BOX, KEYPOINTS), expected)
 
 
 def test_each_source_weighs_as_a_whole():

@@ -131,8 +131,9 @@ def _box_prior_lines(stage: Stage, descent: DescentModel) -> list[str]:
     if not descent.box_priors.get("detector", BoxPrior()).keypoint_count or not report.exists():
         return []
     r = json.loads(report.read_text())
-    cascade = {prior: {"validation photos, inter-pupil": v["validation_photos_detector"]["nme_per_iteration"][-1],
-                       **{f"validation profiled {b}, box": x["nme_per_iteration"][-1]
+    cascade = {prior: {"validation photos, inter-pupil":
+                       round(v["validation_photos_detector"]["nme_per_iteration"][-1], 3),
+                       **{f"validation profiled {b}, box": round(x["nme_per_iteration"][-1], 3)
                           for b, x in v["validation_profiled_detector"].items()}}
                for prior, v in r.get("cascade", {}).items()}
     return [f"- Detector box prior read from BlazeFace's keypoints (stage box-prior; lambda {r['lambda']}, photo "

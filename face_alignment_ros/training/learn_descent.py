@@ -179,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starts per training photo (and per mirror image)")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
                         help="do not add the training photos' mirror images (on by default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="DFF network threads of the feature passes (default: the thread policy's, all cores up "
+                             "to 2); 1 when two runs share the CPU")
     parser.add_argument("--no-keypoint-prior", action="store_true",
                         help="keep the constant detector prior even where stage box-prior has run")
     parser.add_argument("--jitter", type=float, default=1.0, help="box jitter, in units of the prior's spread")
@@ -253,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     for kind in kinds:
         if kind == "dff":
             weights = args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)
-            backend = DffBackend.from_file(weights)
+            backend = DffBackend.from_file(weights, threads=args.threads)
             extra = {"dff_weights": str(weights), "dff_weights_sha256": resources.file_sha256(weights)}
         else:
             backend = SiftBackend(args.crop_size)

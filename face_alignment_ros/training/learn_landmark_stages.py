@@ -313,7 +313,8 @@ def run(stage, args, records, priors, start_from) -> dict:
     descent = DescentModel.load(start_from)
     kind = descent.descriptor
     weights = (args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)) if kind == "dff" else None
-    backend = create_backend(descent, dff_weights=weights, device="cpu")  # refuses unpaired DFF weights
+    # refuses unpaired DFF weights
+    backend = create_backend(descent, dff_weights=weights, device="cpu", threads=args.threads)
     descent = descent.first(descent.iterations, 0)  # its own 2D stages, if any, are replaced
     train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
     val = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
