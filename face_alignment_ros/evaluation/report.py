@@ -210,6 +210,9 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
               "points). Peers without a pose get one from a rigid fit of the mean face to their inner points "
               "(`peers.mean_face_rotation`).", ""]
         L += format_3d_tables(syn, "given_box")
+        L += ["", "Same data, detector protocol (each method's own detector on the render, as users run it; "
+              "ours frames the crop from BlazeFace's box and keypoints, docs/detector.md):", ""]
+        L += format_3d_tables(syn, "detector")
     prof = by_kind.get("profiled")
     if prof:
         L += ["## Large poses on real photos (proxy): held-out photos profiled", "",
@@ -221,6 +224,10 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
         L += _yaw_table(prof, "given_box", "yaw_bins_box", None)
         L += [""]
         L += format_3d_tables(prof, "given_box")
+        L += ["", "Same data, detector protocol (each method's own detector on the crop):", ""]
+        L += _yaw_table(prof, "detector", "yaw_bins_box", None)
+        L += [""]
+        L += format_3d_tables(prof, "detector")
     real = by_kind.get("300w")
     if real:
         L += ["## 300-W photos", "",
