@@ -139,3 +139,39 @@ def test_each_source_weighs_as_a_whole():
     rows = OffsetRows(np.zeros((7, 18)), np.zeros((7, 3)), source, np.zeros(7, int), np.full(7, "train"))
     w = source_weights(rows, 3.0)
     assert [w[source == s].sum() for s in range(3)] == pytest.approx([3.0, 1.0, 1.0])
+
+
+def test_a_turned_face_is_aligned_again_from_its_own_landmark_box(keypoint_aligner, monkeypatch):
+    from dataclasses import replace
+
+    from face_alignment_ros.common.samples import demo_image
+    from face_alignment_ros.core import camera as cam
+    from face_alignment_ros.core.aligner import REFRAME_YAW_DEG, AlignRequest
+
+    batch = keypoint_aligner._align_batch
+    calls, faces = [], []
+
+    def fitted_at(yaw_deg):
+        """The real batch, its fits reported turned by ``yaw_deg``."""
+        def run(image, requests, descent):
+            calls.extend((r.box_kind, np.asarray(r.box, np.float32)) for r in requests)
+            fits = batch(image, requests, descent)
+            out = [replace(f, camera=np.where(np.arange(6) == cam.YAW, np.radians(yaw_deg), f.camera)) for f in fits]
+            faces.extend(out)
+            return out
+        return run
+
+    detection = keypoint_aligner.detect(demo_image())[0]
+    for yaw, reframe, expected in ((REFRAME_YAW_DEG + 5, True, ["detector", "landmarks"]),
+                                   (REFRAME_YAW_DEG - 5, True, ["detector"]),
+                                   (REFRAME_YAW_DEG + 5, False, ["detector"])):
+        calls.clear()
+        faces.clear()
+        monkeypatch.setattr(keypoint_aligner, "_align_batch", fitted_at(yaw))
+        monkeypatch.setattr(keypoint_aligner, "reframe", reframe)
+        face = keypoint_aligner.align_many(demo_image(), [AlignRequest.from_detection(detection)])[0]
+        assert [kind for kind, _ in calls] == expected
+        np.testing.assert_array_equal(face.box, np.asarray(detection.box, np.float32))  # the detection stays its box
+        if len(expected) == 2:  # the second start is the first fit's landmark box, its result returned
+            np.testing.assert_array_equal(calls[1][1], face_crop.landmark_box(faces[0].landmarks))
+            np.testing.assert_array_equal(face.landmarks, faces[1].landmarks)

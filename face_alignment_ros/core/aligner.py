@@ -104,6 +104,11 @@ class AlignRequest:
         return cls(detection.box, "detector", detection.score, keypoints=detection.keypoints)
 
 
+# A face whose first fit from a detector box turns further than this is aligned again from its
+# own landmark box: chosen on the validation identities (docs/training.md, round 7).
+REFRAME_YAW_DEG = 40.0
+
+
 class FaceAligner:
     """Detect faces and fit the 3DMM with the DFF (or SIFT) cascade.
 
@@ -113,9 +118,13 @@ class FaceAligner:
 
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
                  detector: FaceDetector | str | None = "default", output: str = "regressed",
-                 detector_threads: int | None = None, refine_pose: bool | None = None, flip_average: bool = False):
+                 detector_threads: int | None = None, refine_pose: bool | None = None, flip_average: bool = False,
+                 reframe: bool | None = None):
         """``flip_average``: also align the mirrored crop and average the two sets of output
-        landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's)."""
+        landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's).
+        ``reframe``: a face aligned from a detector box whose fit turns more than
+        ``REFRAME_YAW_DEG`` is aligned a second time from that fit's landmark box (None: on for
+        the DFF, where validation chose it, off for the SIFT ablation)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -130,6 +139,7 @@ class FaceAligner:
         self.backend = backend
         self.output = output
         self.flip_average = bool(flip_average)
+        self.reframe = descent.descriptor == "dff" if reframe is None else bool(reframe)
         self._detector_spec = detector
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
         self._detector_threads = detector_threads
@@ -226,6 +236,24 @@ class FaceAligner:
         batch, then each face runs its own cascade. Same results as ``align`` one by one."""
         image_bgr = validate_image(image_bgr)
         descent = self._descent  # one model for the whole frame, even if swapped meanwhile
+        results = self._align_batch(image_bgr, requests, descent)
+        if self.reframe:
+            # The detector's box frames a profile worse than the face's own fit does
+            # (docs/training.md, round 7): such faces start again from their landmark box.
+            boxes = {i: face_crop.landmark_box(f.landmarks) for i, (r, f) in enumerate(zip(requests, results))
+                     if r.previous is None and r.box_kind == "detector"
+                     and abs(np.degrees(f.camera[cam.YAW])) > REFRAME_YAW_DEG}
+            turned = [i for i, box in boxes.items() if face_crop.box_problem(box, image_bgr.shape) is None]
+            again = self._align_batch(image_bgr, [AlignRequest(boxes[i], "landmarks", requests[i].score)
+                                                  for i in turned], descent)
+            for i, face in zip(turned, again):
+                results[i] = replace(face, box=np.asarray(requests[i].box, np.float32))
+        return results
+
+    def _align_batch(self, image_bgr: np.ndarray, requests: list[AlignRequest],
+                     descent: DescentModel) -> list[FaceResult]:
+        if not requests:
+            return []
         n = descent.crop_size
         crop_boxes = [face_crop.canonical_crop_box(r.previous.camera) if r.previous is not None
                       else self.crop_box(face_crop.check_box(r.box, image_bgr.shape), r.box_kind, r.keypoints)
