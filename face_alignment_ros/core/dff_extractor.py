@@ -13,8 +13,6 @@ import numpy as np
 from numba import njit
 
 if TYPE_CHECKING:  # torch is imported only by the torch runtime (the ONNX path never needs it)
-    import torch
-
     from face_alignment_ros.core.dff_network import DFFConfig, DFFNet
 
 
@@ -243,10 +241,7 @@ class DFFExtractor(DescriptorRunner):
         return x.transpose(0, 3, 1, 2)
 
     def run_crops(self, crops_bgr: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr))))
-        return self._run(x)
+        return self._run(crops_bgr, self.model)
 
     def descriptor_maps(self, crops_bgr) -> list[DescriptorMap | HeadDescriptorMap]:
         """As ``DescriptorRunner.descriptor_maps``, from the head maps finished at the points
@@ -257,22 +252,16 @@ class DFFExtractor(DescriptorRunner):
 
     def head_maps(self, crops_bgr: np.ndarray) -> np.ndarray:
         """(B, M, M, D) head maps (``DFFNet.head_map``): what a schema-2 inference graph returns."""
+        return self._run(crops_bgr, self.model.head_map)
+
+    def _run(self, crops_bgr: np.ndarray, forward) -> np.ndarray:
+        """``forward`` (the network, or its head map) on the crops, as (B, H, W, D) float32
+        C-contiguous (a channels-last net already produces it)."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(self._normalise(np.asarray(crops_bgr)))).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            y = self.model.head_map(x)
-        return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-    def _run(self, x: torch.Tensor) -> np.ndarray:
-        """(B, N, N, D) float32 C-contiguous (a channels-last net already produces it)."""
-        import torch
-
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            y = self.model(x)
+            y = forward(x)
         return y.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
