@@ -26,8 +26,6 @@ from tqdm import tqdm
 
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
-    FIT_STAGE,
-    FITS_FILE,
     PROFILE_STAGE,
     SYNTHESIZE_STAGE,
     TRAIN_DFF_STAGE,
@@ -48,6 +46,7 @@ from face_alignment_ros.training.photo_records import (
     is_validation,
     load_photo_records,
     mirror_record,
+    validation_identities,
     with_keypoint_terms,
 )
 from face_alignment_ros.training.stage_io import Stage
@@ -153,7 +152,8 @@ def with_keypoint_prior(descent: DescentModel, terms: dict) -> DescentModel:
     return dataclasses.replace(descent, box_priors=priors, provenance=provenance)
 
 
-def cascade_validation(stage: Stage, work, descent_paths: dict, detector: str) -> dict:
+def cascade_validation(stage: Stage, work, descent_paths: dict, detector: str, records: list,
+                       val_identity: np.ndarray) -> dict:
     """The DFF cascade's NME from the detector's box on the validation photos (inter-pupil) and
     the validation identities' profiled views (box NME per yaw bin), for each descent model."""
     from face_alignment_ros.core.cascade import Cascade
@@ -164,10 +164,7 @@ def cascade_validation(stage: Stage, work, descent_paths: dict, detector: str) -
 
     cascade = Cascade(MorphableModel.load())
     backend = DffBackend.from_file(stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE))
-    records = [r for r in load_photo_records(stage, detector)
-               if r.split == "train" and is_validation(r.subset, r.name)]
-    fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
-    val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
+    records = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
     profiled = load_outputs(work, "train", PROFILE_STAGE)
     found = cached_detections(stage.path(f"detections_{detector}_{PROFILE_STAGE}_train.npz"), profiled, detector)
     val_rows = np.flatnonzero(val_identity[np.asarray(profiled["identity"])])
@@ -196,8 +193,7 @@ def run(args: argparse.Namespace) -> int:
     stage = Stage(STAGE, args.work, args.seed)
     records = load_photo_records(stage, args.detector)
     constant = fit_box_priors(records)["detector"]  # as stage descent fits it
-    fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
-    val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
+    val_identity = validation_identities(stage)
     parts = [photo_rows(records)]
     for name, source in ((SYNTHESIZE_STAGE, 1), (PROFILE_STAGE, 2)):
         stage.input(name, split_file_name("train", "images"))
@@ -239,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         dff = DescentModel.load(validate_with)
         report["cascade"] = cascade_validation(stage, args.work, {"constant": dff,
                                                                   "keypoints": with_keypoint_prior(dff, terms)},
-                                               args.detector)
+                                               args.detector, records, val_identity)
         stage.save_json("report.json", report)
     for path in map(Path, args.write_into):
         descent = DescentModel.load(path)

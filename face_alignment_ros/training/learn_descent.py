@@ -18,8 +18,6 @@ from tqdm import tqdm
 from face_alignment_ros.common.metrics import box_size, inter_pupil
 from face_alignment_ros.common.render_format import (
     DESCENT_STAGE,
-    FIT_STAGE,
-    FITS_FILE,
     PROFILE_STAGE,
     SYNTHESIZE_STAGE,
     TRAIN_DFF_STAGE,
@@ -44,6 +42,7 @@ from face_alignment_ros.training.photo_records import (
     mirror_record,
     perturbed_start,
     record_crop_box,
+    validation_identities,
     with_keypoint_terms,
 )
 from face_alignment_ros.training.stage_io import Stage
@@ -242,8 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         stage.input(SYNTHESIZE_STAGE, split_file_name("train", "images"))
         synth = {split: load_outputs(args.work, split) for split in ("train", "heldout")}
-    fit_rows = np.load(stage.input(FIT_STAGE, FITS_FILE))
-    val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fit_rows["subset"], fit_rows["name"])])
+    val_identity = validation_identities(stage)
     profiled = None
     if args.profiled:
         stage.input(PROFILE_STAGE, split_file_name("train", "images"))

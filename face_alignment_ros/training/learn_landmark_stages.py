@@ -296,8 +296,6 @@ def run(stage, args, records, priors, start_from) -> dict:
     import json
 
     from face_alignment_ros.common.render_format import (
-        FIT_STAGE,
-        FITS_FILE,
         TRAIN_DFF_STAGE,
         descent_float32_file,
         load_outputs,
@@ -307,7 +305,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     from face_alignment_ros.core.descent_model import DescentModel
     from face_alignment_ros.core.descriptors import create_backend
     from face_alignment_ros.core.morphable_model import MorphableModel
-    from face_alignment_ros.training.photo_records import is_validation
+    from face_alignment_ros.training.photo_records import is_validation, validation_identities
 
     rng = stage.rng(1)
     descent = DescentModel.load(start_from)
@@ -324,8 +322,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     renders = heldout_renders = None
     render_rows = heldout_render_rows = []
     if args.synthetic or getattr(args, "profiled", 0):
-        fits = np.load(stage.input(FIT_STAGE, FITS_FILE))
-        val_identity = np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
+        val_identity = validation_identities(stage)
     if args.synthetic:
         renders, heldout_renders = (load_outputs(args.work, split) for split in ("train", "heldout"))
         render_rows = np.sort([i for i in rng.permutation(len(renders["images"]))

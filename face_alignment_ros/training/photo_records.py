@@ -3,7 +3,9 @@ detector box; the validation part of the training identities (lambda and stage c
 box priors; perturbed crop boxes and mirror images (the starts a descent learns to correct)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -35,6 +37,13 @@ class PhotoRecord:
     camera: np.ndarray      # (6,) fitted, image px
     detector_box: np.ndarray | None
     detector_keypoints: np.ndarray | None = None  # (6, 2) BlazeFace's, with its box
+
+
+def validation_identities(stage: Stage) -> np.ndarray:
+    """(n,) bool per fitted photo (the identity index of renders and profiled views): whether it
+    belongs to the validation part of the training identities."""
+    fits = np.load(stage.input(FIT_STAGE, FITS_FILE), allow_pickle=False)
+    return np.array([is_validation(str(a), str(b)) for a, b in zip(fits["subset"], fits["name"])])
 
 
 def load_photo_records(stage: Stage, detector_name: str) -> list[PhotoRecord]:
@@ -83,9 +92,6 @@ def fit_box_priors(records: list[PhotoRecord]) -> dict[str, face_crop.BoxPrior]:
 def keypoint_terms(work_root) -> dict | None:
     """The detector prior's keypoint terms that stage box-prior wrote into the work folder; None
     where it has not run."""
-    import json
-    from pathlib import Path
-
     path = Path(work_root) / KEYPOINT_PRIOR_STAGE / KEYPOINT_PRIOR_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
