@@ -344,3 +344,56 @@ def test_first_drops_the_2d_stages_of_a_cut_cascade():
     assert cut.landmark_iterations == 0 and cut.provenance["truncated_from_iterations"] == 3
     with pytest.raises(ValueError, match="landmark_iterations"):
         model.first(2, 1)  # learned after 3 iterations: meaningless after 2
+
+
+def _with_fine_stages(model, n=2, rank=8, shift=0.5):
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+
+    layout = HistogramLayout(crop_size=model.crop_size, cell=4, grid=2, bins=4)
+    rng = np.random.default_rng(2)
+    r = rng.normal(size=(n, 136, 68 * layout.dim)).astype(np.float32)
+    return model.with_fine_stages(r, np.full((n, 136), shift, np.float32), layout, rank,
+                                  provenance={"fine_stages": {"test": True}}), r
+
+
+def test_fine_stages_round_trip_as_a_low_rank_product(tmp_path):
+    model, r = _with_fine_stages(_with_stages(_model()))
+    assert model.fine_iterations == 2 and model.fine_rank == 8 and model.U_F.shape == (2, 136, 8)
+    h = np.random.default_rng(3).normal(size=68 * model.fine_layout.dim)
+    # the best rank-8 approximation: its residual is orthogonal to the kept part
+    full, kept = r[0] @ h, model.U_F[0] @ (model.V_F[0] @ h)
+    u, sv, vt = np.linalg.svd(r[0].astype(np.float64))
+    np.testing.assert_allclose(kept, (u[:, :8] * sv[:8]) @ (vt[:8] @ h), rtol=1e-4, atol=1e-3)
+    assert np.linalg.norm(full - kept) < np.linalg.norm(full)
+    path = tmp_path / "m.npz"
+    model.save(path, dtype=np.float32)
+    loaded = DescentModel.load(path)
+    assert (loaded.fine_iterations, loaded.fine_rank, loaded.fine_layout) == (2, 8, model.fine_layout)
+    np.testing.assert_allclose(loaded.fine_step(1, h), model.fine_step(1, h), rtol=1e-5, atol=1e-4)
+    assert loaded.landmark_iterations == 2  # the DFF 2D stages stay
+    assert _model().fine_iterations == 0  # files without fine stages load as before
+
+
+def test_bad_fine_stage_files_are_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _with_fine_stages(_model())[0].save(path)
+    _assert_refused(path, "'fine_iterations' says 3 but 'U_F' holds 2", fine_iterations=3)
+    _rewrite(path, fine_iterations=2)
+    _assert_refused(path, "'fine_rank' is NoneType None", fine_rank=None)
+    _rewrite(path, fine_rank=8)
+    _assert_refused(path, "'V_F' holds NaN", V_F=np.full((2, 8, 68 * 16), np.nan, np.float32))
+    _rewrite(path, V_F=np.zeros((2, 8, 68 * 16), np.float16))
+    _assert_refused(path, "'fine_layout' has entries", fine_layout={"cell": 4})
+    _assert_refused(path, "'fine_layout.cell' is 0", fine_layout={"crop_size": 64, "cell": 0, "grid": 2, "bins": 4})
+    _assert_refused(path, "'U_F' has shape", fine_layout={"crop_size": 64, "cell": 4, "grid": 2, "bins": 4},
+                    fine_rank=9)
+
+
+def test_first_keeps_fine_stages_only_after_everything_they_were_learned_on():
+    model = _with_fine_stages(_with_stages(_model(k=3)))[0]
+    assert model.first(3).fine_iterations == 2
+    assert model.first(3, 2, 1).fine_iterations == 1
+    assert model.first(3, 1).fine_iterations == 0  # a DFF stage cut: the fine stages go too
+    assert model.first(2).fine_iterations == 0
+    with pytest.raises(ValueError, match="fine_iterations"):
+        model.first(3, 1, 1)

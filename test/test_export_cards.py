@@ -1,5 +1,5 @@
 """Export: cards of unchanged files are kept; DFF cards describe the final 2D stages."""
-from face_alignment_ros.training.export_models import _landmark_stage_lines, unchanged
+from face_alignment_ros.training.export_models import _fine_stage_lines, _landmark_stage_lines, unchanged
 
 
 def test_a_file_shipped_unchanged_keeps_its_card(tmp_path):
@@ -20,6 +20,15 @@ def test_landmark_stage_lines():
                                    "variants": {"clean": {"lambda": [10.0], "nme_after_stage": after}}}}
     lines = _landmark_stage_lines(summary)
     assert "1 learned, variant 'clean'" in lines[0] and "lambda per stage [10.0]" in lines[1]
+
+
+def test_fine_stage_lines():
+    assert _fine_stage_lines({}) == []
+    summary = {"fine_stages": {"chosen": 1, "layout": {"crop_size": 128, "cell": 4, "grid": 3, "bins": 8},
+                               "rank": 64, "lambda": [3.0, 100.0], "validation_nme_full_rank": [5.39, 5.39],
+                               "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.4}}]}}
+    (line,) = _fine_stage_lines(summary)
+    assert "1 shipped" in line and "rank 64" in line and '"cell": 4' in line and "[3.0, 100.0]" in line
 
 
 def test_kind_counts_are_checked():

@@ -75,3 +75,55 @@ def test_flip_average_cancels_a_left_right_bias(astronaut):
     np.testing.assert_array_equal(a.camera, aligner.align(astronaut, box).camera)
     unflipped = cls(_shifting_stages(aligner.descent, [4.0]), aligner.backend, model=aligner.model, detector=None)
     assert np.abs(unflipped.align(astronaut, box).landmarks[:, 0] - b.landmarks[:, 0]).mean() > 1.0
+
+
+def _shifting_fine_stages(descent, shift_px, crop_size=None):
+    """Fine stages that ignore the histograms and move every landmark right by ``shift_px``."""
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+
+    layout = HistogramLayout(crop_size=crop_size or 2 * descent.crop_size)
+    b = np.zeros((1, 136), np.float32)
+    b[:, 0::2] = shift_px
+    return descent.with_fine_stages(np.zeros((1, 136, 68 * layout.dim), np.float32), b, layout, rank=4)
+
+
+def test_fine_crop_covers_the_same_box_at_its_own_size(astronaut):
+    import cv2
+
+    from face_alignment_ros.core.face_crop import crop_image
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+    from face_alignment_ros.core.landmark_stages import fine_crop
+
+    box = np.array([150, 30, 250, 130], np.float32)
+    crop = crop_image(astronaut, box, 64)[0]
+    fine = fine_crop(astronaut, box, HistogramLayout(crop_size=128), crop)
+    assert fine.shape == (128, 128) and fine.dtype == np.uint8
+    same = fine_crop(astronaut, box, HistogramLayout(crop_size=64), crop)  # the crop itself, in grey
+    np.testing.assert_array_equal(same, cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
+    assert abs(float(fine.astype(float).mean()) - float(same.astype(float).mean())) < 3.0
+
+
+def test_mirrored_fine_crop_matches_the_mirrored_crop():
+    """Crop x -> n - 1 - x must hold in the fine crop too: a mark at crop x lands, in the mirrored
+    fine crop, where the mirrored crop's x maps to."""
+    from face_alignment_ros.core.landmark_stages import mirror_fine_crop
+
+    n, side = 64, 128
+    fine = np.zeros((side, side), np.uint8)
+    x_crop = 20.0
+    fine[:, int(x_crop * side / n)] = 255  # a line at crop x = 20 (fine x = 40)
+    mirrored = mirror_fine_crop(fine, n)
+    expected = (n - 1 - x_crop) * side / n  # the mirrored crop's x, in fine pixels
+    assert abs(float(np.argmax(mirrored[0])) - expected) < 1e-6
+
+
+def test_aligner_applies_fine_stages_after_the_dff_ones(astronaut):
+    aligner = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    before = aligner.align(astronaut, box)
+    aligner.set_descent_model(_shifting_fine_stages(_shifting_stages(aligner.descent, [4.0]), 2.0))
+    after = aligner.align(astronaut, box)
+    crop_px = (after.crop_box[2] - after.crop_box[0]) / aligner.descent.crop_size
+    np.testing.assert_allclose(after.landmarks[:, 0], before.landmarks[:, 0] + 6.0 * crop_px, atol=1e-3)
+    np.testing.assert_array_equal(after.camera, before.camera)
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 2

@@ -16,7 +16,7 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.face_crop import crop_image, validate_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
-from face_alignment_ros.core.landmark_stages import refine_landmarks
+from face_alignment_ros.core.landmark_stages import fine_crop, mirror_fine_crop, refine_fine, refine_landmarks
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
 
@@ -268,19 +268,23 @@ class FaceAligner:
             else:
                 init = self.cascade.initial_state(n)
             state = self.cascade.run(descent, sampler, init)
-            refined = refine_landmarks(descent, sampler, state)
+            fine = fine_crop(image_bgr, crop_box, descent.fine_layout, crop) if descent.fine_iterations else None
+            refined = refine_fine(descent, fine, refine_landmarks(descent, sampler, state))
             if self.flip_average:
-                mirrored = self._mirrored_landmarks(descent, crop)
+                mirrored = self._mirrored_landmarks(descent, crop, fine)
                 refined = replace(refined, landmarks=0.5 * (refined.landmarks + mirrored))
             results.append(self._result(state, refined, crop_box, n, r.box, r.score, descent))
         return results
 
-    def _mirrored_landmarks(self, descent: DescentModel, crop: np.ndarray) -> np.ndarray:
-        """The output landmarks of the mirrored crop, mapped back (x -> n - 1 - x, left <-> right)."""
+    def _mirrored_landmarks(self, descent: DescentModel, crop: np.ndarray, fine: np.ndarray | None) -> np.ndarray:
+        """The output landmarks of the mirrored crop (and fine crop), mapped back
+        (x -> n - 1 - x, left <-> right)."""
         n = descent.crop_size
         sampler = self.backend.prepare(np.ascontiguousarray(crop[:, ::-1]))
         state = self.cascade.run(descent, sampler, self.cascade.initial_state(n))
-        x = refine_landmarks(descent, sampler, state).landmarks[IBUG68_MIRROR].copy()
+        mirrored_fine = None if fine is None else mirror_fine_crop(fine, n)
+        refined = refine_fine(descent, mirrored_fine, refine_landmarks(descent, sampler, state))
+        x = refined.landmarks[IBUG68_MIRROR].copy()
         x[:, 0] = n - 1.0 - x[:, 0]
         return x
 

@@ -14,11 +14,21 @@ free of the shape model:
 
 They move only the 68 output landmarks; the 3DMM fit (pose, shape, mesh) stays the cascade's.
 
+Optional fine 2D stages (``fine_iterations`` M >= 0) come last, the same regression on
+gradient-orientation histograms read from the image at a finer crop (``fine_layout``,
+core/gradient_histograms.py):
+
+    Delta X = U_F[m] (V_F[m] h) + b_F[m]   (h: the histograms at the 68 current landmarks)
+
+stored as a rank-r product (``fine_rank``): the truncated SVD of the learned regressor keeps
+its accuracy at a fraction of the size.
+
 File: one ``.npz`` holding the arrays ``R_X`` (K, 136, D), ``b_X`` (K, 136), ``R_w`` (K, 6, D),
 ``b_w`` (K, 6), when L > 0 ``R_L`` (L, 136, 68 D) and ``b_L`` (L, 136), and ``metadata_json``:
 schema version, descriptor kind and dimension, landmark counts, iteration count, landmark-stage
 count (optional, default 0), crop size, shape regularisation, box priors per box kind and the
-training provenance.
+training provenance. When M > 0 it also holds ``U_F`` (M, 136, r), ``V_F`` (M, r, 68 H) and
+``b_F`` (M, 136), with ``fine_iterations``, ``fine_rank`` and ``fine_layout`` in the metadata.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ import numpy as np
 
 from face_alignment_ros.core.camera import CAMERA_SIZE
 from face_alignment_ros.core.face_crop import BoxPrior
+from face_alignment_ros.core.gradient_histograms import HistogramLayout
 from face_alignment_ros.core.morphable_model import N_DENSE, N_LANDMARKS, ModelFileError
 
 SCHEMA_VERSION = 1
@@ -45,6 +56,7 @@ REQUIRED_METADATA = ("schema_version", "descriptor", "descriptor_dim", "n_landma
 MAX_DESCRIPTOR_DIM = 512
 MAX_ITERATIONS = 16
 CROP_SIZE_RANGE = (16, 1024)
+FINE_LAYOUT_RANGES = {"crop_size": CROP_SIZE_RANGE, "cell": (1, 64), "grid": (1, 8), "bins": (1, 16)}
 
 
 @dataclass
@@ -62,11 +74,20 @@ class DescentModel:
     extra: dict = field(default_factory=dict)  # e.g. descriptor settings (SIFT patch size)
     R_L: np.ndarray | None = None  # (L, 136, 68 D) final 2D stages; None: none
     b_L: np.ndarray | None = None  # (L, 136)
+    U_F: np.ndarray | None = None  # (M, 136, r) fine 2D stages, R_F = U_F V_F; None: none
+    V_F: np.ndarray | None = None  # (M, r, 68 H)
+    b_F: np.ndarray | None = None  # (M, 136)
+    fine_layout: HistogramLayout | None = None
 
     def __post_init__(self):
         if self.R_L is None and self.b_L is None:
             self.R_L = np.zeros((0, 2 * N_LANDMARKS, N_LANDMARKS * self.descriptor_dim), np.float32)
             self.b_L = np.zeros((0, 2 * N_LANDMARKS), np.float32)
+        if self.U_F is None and self.V_F is None and self.b_F is None:
+            layout = self.fine_layout or HistogramLayout()
+            self.U_F = np.zeros((0, 2 * N_LANDMARKS, 1), np.float32)
+            self.V_F = np.zeros((0, 1, N_LANDMARKS * layout.dim), np.float32)
+            self.b_F = np.zeros((0, 2 * N_LANDMARKS), np.float32)
 
     @property
     def iterations(self) -> int:
@@ -83,6 +104,29 @@ class DescentModel:
     @property
     def landmark_feature_dim(self) -> int:
         return N_LANDMARKS * self.descriptor_dim
+
+    @property
+    def fine_iterations(self) -> int:
+        return self.U_F.shape[0] if self.U_F is not None and self.U_F.ndim == 3 else 0
+
+    @property
+    def fine_rank(self) -> int:
+        return self.U_F.shape[2] if self.U_F is not None and self.U_F.ndim == 3 else 0
+
+    def fine_step(self, k: int, histograms: np.ndarray) -> np.ndarray:
+        """Fine 2D stage k: Delta X (68, 2) from the histograms at the 68 current landmarks."""
+        h = np.asarray(histograms, np.float32).reshape(-1)
+        return (self.U_F[k] @ (self.V_F[k] @ h) + self.b_F[k]).reshape(N_LANDMARKS, 2)
+
+    def with_fine_stages(self, R_F: np.ndarray, b_F: np.ndarray, layout: HistogramLayout, rank: int,
+                         provenance: dict | None = None) -> DescentModel:
+        """This model followed by the given fine 2D stages (replacing any it had), their
+        regressors ``R_F`` (M, 136, 68 H) cut to ``rank`` by truncated SVD."""
+        u, v = low_rank_factors(R_F, rank)
+        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout,
+                        provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
 
     def landmark_step(self, k: int, features: np.ndarray) -> np.ndarray:
         """Final 2D stage k: Delta X (68, 2) from the descriptors at the 68 current landmarks."""
@@ -103,11 +147,13 @@ class DescentModel:
         dw = self.R_w[k] @ phi + self.b_w[k]
         return dx.reshape(N_LANDMARKS, 2), dw
 
-    def first(self, iterations: int, landmark_iterations: int | None = None) -> DescentModel:
+    def first(self, iterations: int, landmark_iterations: int | None = None,
+              fine_iterations: int | None = None) -> DescentModel:
         """The cascade cut after ``iterations`` steps: each step's regressor was learned on the
         states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one.
         The final 2D stages were learned after all iterations: a cut cascade drops them, and
-        ``landmark_iterations`` keeps the first few of them (default: all, or none when cut)."""
+        ``landmark_iterations`` keeps the first few of them (default: all, or none when cut), and
+        ``fine_iterations`` likewise the fine stages, learned after all of those."""
         if not 1 <= iterations <= self.iterations:
             raise ValueError(f"iterations must be in 1..{self.iterations}, got {iterations}")
         keep_l = (self.landmark_iterations if iterations == self.iterations else 0) \
@@ -115,16 +161,23 @@ class DescentModel:
         if not 0 <= keep_l <= (self.landmark_iterations if iterations == self.iterations else 0):
             raise ValueError(f"landmark_iterations must be in 0..{self.landmark_iterations} "
                              f"(and 0 for a cut cascade), got {landmark_iterations}")
-        if iterations == self.iterations and keep_l == self.landmark_iterations:
+        whole = iterations == self.iterations and keep_l == self.landmark_iterations
+        keep_f = (self.fine_iterations if whole else 0) if fine_iterations is None else fine_iterations
+        if not 0 <= keep_f <= (self.fine_iterations if whole else 0):
+            raise ValueError(f"fine_iterations must be in 0..{self.fine_iterations} "
+                             f"(and 0 when anything before them is cut), got {fine_iterations}")
+        if whole and keep_f == self.fine_iterations:
             return self
         provenance = dict(self.provenance)
         if iterations < self.iterations:
             provenance["truncated_from_iterations"] = int(self.iterations)
         if keep_l < self.landmark_iterations:
             provenance["truncated_from_landmark_iterations"] = int(self.landmark_iterations)
+        if keep_f < self.fine_iterations:
+            provenance["truncated_from_fine_iterations"] = int(self.fine_iterations)
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
                        b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
-                       provenance=provenance)
+                       U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f], provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -135,6 +188,8 @@ class DescentModel:
             "n_dense": N_DENSE,
             "iterations": int(self.iterations),
             "landmark_iterations": int(self.landmark_iterations),
+            **({"fine_iterations": int(self.fine_iterations), "fine_rank": int(self.fine_rank),
+                "fine_layout": self.fine_layout.to_dict()} if self.fine_iterations else {}),
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -147,6 +202,8 @@ class DescentModel:
         self.validate()
         buf = io.BytesIO()
         stages = {"R_L": self.R_L.astype(dtype), "b_L": self.b_L.astype(np.float32)} if self.landmark_iterations else {}
+        if self.fine_iterations:
+            stages.update(U_F=self.U_F.astype(dtype), V_F=self.V_F.astype(dtype), b_F=self.b_F.astype(np.float32))
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
                             R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
@@ -201,6 +258,11 @@ class DescentModel:
             if n_l:
                 shapes.update(R_L=(n_l, 2 * N_LANDMARKS, N_LANDMARKS * meta["descriptor_dim"]),
                               b_L=(n_l, 2 * N_LANDMARKS))
+            layout = HistogramLayout(**meta["fine_layout"]) if meta["fine_iterations"] else None
+            if layout is not None:
+                n_f, rank = meta["fine_iterations"], meta["fine_rank"]
+                shapes.update(U_F=(n_f, 2 * N_LANDMARKS, rank), V_F=(n_f, rank, N_LANDMARKS * layout.dim),
+                              b_F=(n_f, 2 * N_LANDMARKS))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -210,7 +272,10 @@ class DescentModel:
                     box_priors={kind: BoxPrior(**v) for kind, v in meta["box_priors"].items()},
                     provenance=meta["provenance"], extra=meta.get("extra", {}),
                     R_L=arrays["R_L"].astype(np.float32) if "R_L" in arrays else None,
-                    b_L=arrays["b_L"].astype(np.float32) if "b_L" in arrays else None)
+                    b_L=arrays["b_L"].astype(np.float32) if "b_L" in arrays else None,
+                    U_F=arrays["U_F"].astype(np.float32) if "U_F" in arrays else None,
+                    V_F=arrays["V_F"].astype(np.float32) if "V_F" in arrays else None,
+                    b_F=arrays["b_F"].astype(np.float32) if "b_F" in arrays else None, fine_layout=layout)
         model.validate(f"descent model {source}")
         return model
 
@@ -230,10 +295,14 @@ class DescentModel:
             if not np.all(np.isfinite(arr)):
                 raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
         n_l = self.R_L.shape[0] if isinstance(self.R_L, np.ndarray) and self.R_L.ndim == 3 else -1
-        stages = {"R_L": (n_l, 2 * N_LANDMARKS, self.landmark_feature_dim), "b_L": (n_l, 2 * N_LANDMARKS)}
+        n_f = self.U_F.shape[0] if isinstance(self.U_F, np.ndarray) and self.U_F.ndim == 3 else -1
+        rank = self.U_F.shape[2] if n_f >= 0 else -1
+        fine_dim = N_LANDMARKS * (self.fine_layout or HistogramLayout()).dim
+        stages = {"R_L": (n_l, 2 * N_LANDMARKS, self.landmark_feature_dim), "b_L": (n_l, 2 * N_LANDMARKS),
+                  "U_F": (n_f, 2 * N_LANDMARKS, rank), "V_F": (n_f, rank, fine_dim), "b_F": (n_f, 2 * N_LANDMARKS)}
         for name, shape in stages.items():
             arr = getattr(self, name)
-            if not isinstance(arr, np.ndarray) or arr.shape != shape or n_l > MAX_ITERATIONS:
+            if not isinstance(arr, np.ndarray) or arr.shape != shape or shape[0] > MAX_ITERATIONS:
                 raise ModelFileError(f"{source}: field '{name}' has shape {getattr(arr, 'shape', None)}, expected "
                                      f"{shape} (descriptor_dim {self.descriptor_dim} x {N_LANDMARKS} landmarks, "
                                      f"at most {MAX_ITERATIONS} stages)")
@@ -241,12 +310,21 @@ class DescentModel:
                 raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
             if not np.all(np.isfinite(arr)):
                 raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
+        if n_f > 0 and self.fine_layout is None:
+            raise ModelFileError(f"{source}: fine 2D stages without a 'fine_layout'")
         _check_number(source, "regularisation", self.regularisation, low=0.0)
         _check_int(source, "crop_size", self.crop_size, *CROP_SIZE_RANGE)
         if "detector" not in self.box_priors and "landmarks" not in self.box_priors:
             raise ModelFileError(f"{source}: field 'box_priors' names neither 'detector' nor 'landmarks'")
         for kind, prior in self.box_priors.items():
             _check_box_prior(source, kind, prior.to_dict())
+
+
+def low_rank_factors(matrices: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(..., m, n) matrices -> (..., m, rank) and (..., rank, n) float32 factors whose product is
+    their best rank-``rank`` approximation (truncated SVD)."""
+    u, sv, vt = np.linalg.svd(np.asarray(matrices, np.float64), full_matrices=False)
+    return (u[..., :rank] * sv[..., None, :rank]).astype(np.float32), vt[..., :rank, :].astype(np.float32)
 
 
 def _describe(value) -> str:
@@ -288,6 +366,15 @@ def _check_box_prior(source: str, kind: str, prior: dict) -> None:
             _check_number(source, f"box_priors.{kind}.keypoint_coef[{i}][{j}]", value)
 
 
+def _check_fine_layout(source: str, layout) -> None:
+    _check_type(source, "fine_layout", layout, dict, "a JSON object")
+    fields = set(HistogramLayout.__dataclass_fields__)
+    if set(layout) != fields:
+        raise ModelFileError(f"{source}: field 'fine_layout' has entries {sorted(layout)}, expected {sorted(fields)}")
+    for name, (low, high) in FINE_LAYOUT_RANGES.items():
+        _check_int(source, f"fine_layout.{name}", layout[name], low, high)
+
+
 def _check_int(source: str, name: str, value, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ModelFileError(f"{source}: field '{name}' is {_describe(value)}, expected an integer")
@@ -326,13 +413,14 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
     if dtype.kind != "f":  # integer, bool, complex, string or object arrays are not weights
         raise ModelFileError(f"descent model {source}: field '{name}' has dtype {dtype}, expected floating point")
     if len(got) == len(shape) and got[0] != shape[0]:
-        count = "landmark_iterations" if name in ("R_L", "b_L") else "iterations"
+        count = {"R_L": "landmark_iterations", "b_L": "landmark_iterations", "U_F": "fine_iterations",
+                 "V_F": "fine_iterations", "b_F": "fine_iterations"}.get(name, "iterations")
         raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
         raise ModelFileError(f"descent model {source}: field '{name}' has shape {got}, expected {shape} "
                              f"(descriptor_dim {meta['descriptor_dim']} x "
-                             f"{N_LANDMARKS if name in ('R_L', 'b_L') else N_DENSE} points)")
+                             f"{N_DENSE if name in ARRAYS else N_LANDMARKS} points)")
     with _open_member(archive, name, source) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 
@@ -366,6 +454,10 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
     _check_int(src, "iterations", meta["iterations"], 1, MAX_ITERATIONS)
     _check_int(src, "landmark_iterations", meta.setdefault("landmark_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "crop_size", meta["crop_size"], *CROP_SIZE_RANGE)
+    _check_int(src, "fine_iterations", meta.setdefault("fine_iterations", 0), 0, MAX_ITERATIONS)
+    if meta["fine_iterations"]:
+        _check_fine_layout(src, meta.get("fine_layout"))
+        _check_int(src, "fine_rank", meta.get("fine_rank"), 1, 2 * N_LANDMARKS)
     _check_number(src, "regularisation", meta["regularisation"], low=0.0)
     _check_type(src, "provenance", meta["provenance"], dict, "a JSON object")
     _check_type(src, "extra", meta.setdefault("extra", {}), dict, "a JSON object")

@@ -5,15 +5,22 @@ what the model cannot express (e.g. 300-W's hand-placed jaw line) stays in the o
 stage regresses a 2D displacement of the 68 landmarks from the descriptors sampled *at those
 landmarks*, SDM-style, with the same ridge regression as the cascade. It moves only the output
 landmarks: camera, shape, mesh and ``landmarks_3d`` stay the cascade's fit.
+
+Fine 2D stages follow, the same regression on gradient-orientation histograms read at the
+landmarks from a finer crop of the image over the same box (core/gradient_histograms.py): they
+see detail the 128 px crop and the DFF's resolution lose.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 
 from face_alignment_ros.core.cascade import CascadeState, Sampler
 from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.face_crop import crop_image
+from face_alignment_ros.core.gradient_histograms import HistogramLayout, histograms_at, orientation_channels
 
 
 def landmark_features(sampler: Sampler, landmarks: np.ndarray, camera: np.ndarray) -> np.ndarray:
@@ -28,5 +35,43 @@ def refine_landmarks(descent: DescentModel, sampler: Sampler, state: CascadeStat
     n = descent.landmark_iterations if stages is None else min(stages, descent.landmark_iterations)
     for k in range(n):
         x = state.landmarks + descent.landmark_step(k, landmark_features(sampler, state.landmarks, state.camera))
+        state = replace(state, landmarks=x.astype(np.float32), history=state.history + [x])
+    return state
+
+
+def fine_crop(image_bgr: np.ndarray, crop_box, layout: HistogramLayout, crop: np.ndarray | None = None) -> np.ndarray:
+    """The grey fine crop of the same box as the cascade's crop (``layout.crop_size`` px); the
+    cascade's own ``crop`` serves where it has that size."""
+    if crop is None or crop.shape[0] != layout.crop_size:
+        crop = crop_image(image_bgr, crop_box, layout.crop_size)[0]
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+
+
+def mirror_fine_crop(gray_fine: np.ndarray, crop_size: int) -> np.ndarray:
+    """The fine crop of the mirrored crop: crop x -> crop_size - 1 - x is, in fine pixels,
+    u -> (crop_size - 1) s - u (s = fine / crop size), not the fine crop's own flip."""
+    side = gray_fine.shape[1]
+    flip = np.float32([[-1, 0, (crop_size - 1) * side / crop_size], [0, 1, 0]])
+    return cv2.warpAffine(gray_fine, flip, (side, gray_fine.shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def fine_features(channels: np.ndarray, landmarks: np.ndarray, crop_size: int, layout: HistogramLayout) -> np.ndarray:
+    """h: the histograms at the 68 landmarks (given in the cascade's crop pixels), flattened, from
+    ``orientation_channels`` of the fine crop. Both crops map the same box linearly onto their
+    pixels, so points just scale."""
+    points = np.asarray(landmarks, np.float64) * (layout.crop_size / crop_size)
+    return histograms_at(channels, points, layout).reshape(-1)
+
+
+def refine_fine(descent: DescentModel, gray_fine: np.ndarray, state: CascadeState,
+                stages: int | None = None) -> CascadeState:
+    """Apply the descent model's fine 2D stages (all, or the first ``stages``) to the state's
+    landmarks, reading ``gray_fine`` (``fine_crop`` of the face's crop box)."""
+    n = descent.fine_iterations if stages is None else min(stages, descent.fine_iterations)
+    channels = orientation_channels(gray_fine, descent.fine_layout) if n else None
+    for k in range(n):
+        h = fine_features(channels, state.landmarks, descent.crop_size, descent.fine_layout)
+        x = state.landmarks + descent.fine_step(k, h)
         state = replace(state, landmarks=x.astype(np.float32), history=state.history + [x])
     return state

@@ -39,6 +39,7 @@ CARDS_DIR = "model_cards"
 
 
 STAGES_NOTE = " (here: after the whole cascade, then after each final 2D stage)"
+FINE_STAGES_NOTE = " (here: after the cascade and its DFF 2D stages, then after each fine 2D stage)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
@@ -168,6 +169,18 @@ def _landmark_stage_lines(summary: dict) -> list[str]:
         lines.append(f"  - variant '{name}': lambda per stage {v['lambda']}; NME (%) after the cascade, then after "
                      f"each 2D stage, with per landmark group: `{json.dumps(v['nme_after_stage'])}`")
     return lines
+
+
+def _fine_stage_lines(summary: dict) -> list[str]:
+    """Card lines for a descent model's fine 2D stages (``descent --fine-stages``)."""
+    fine = summary.get("fine_stages")
+    if not fine:
+        return []
+    return [f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} "
+            f"shipped, layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "
+            f"stage {fine['lambda']} and the count chosen on the validation part of the training identities "
+            f"(validation NME at full rank {fine['validation_nme_full_rank']}). NME (%) before the fine stages, "
+            f"then after each, with per landmark group: `{json.dumps(fine['nme_after_stage'])}`"]
 
 
 def _card(title: str, lines: list[str]) -> str:
@@ -306,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
                  " plus large-pose renders; lambda chosen per iteration on a validation part of the training"
                  " identities).",
                  f"- Held-out ({SPLIT_NAME}) inter-pupil NME (%) per cascade iteration"
-                 f"{STAGES_NOTE if 'landmark_stages' in s else ''}: "
+                 f"{FINE_STAGES_NOTE if 'fine_stages' in s else STAGES_NOTE if 'landmark_stages' in s else ''}: "
                  f"`{json.dumps(s.get('heldout_inter_pupil_nme_percent'))}`",
                  f"- Held-out identities' renders, box-normalised NME (%) per yaw bin: "
                  f"`{json.dumps(s.get('heldout_renders_box_nme_percent'))}`",
@@ -322,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
                                        "Held-out identities' renders, from the detector's box"))
                    if key in s],
                  *_landmark_stage_lines(s),
+                 *_fine_stage_lines(s),
                  f"- float16 storage check (held-out inter-pupil NME %, landmark boxes): `{json.dumps(checks[kind])}`",
                  f"- Shipped cascade iterations: {keep.get(kind, 'all')}; final 2D stages: "
                  f"{keep_stages.get(kind, 'all')} (the NME lists above start before iteration 1: entry k is after "

@@ -30,6 +30,7 @@ from face_alignment_ros.core import face_crop, resources
 from face_alignment_ros.core.cascade import Cascade
 from face_alignment_ros.core.descriptors import SIFT_PATCH_MM, DffBackend, SiftBackend
 from face_alignment_ros.core.face_crop import crop_image
+from face_alignment_ros.core.gradient_histograms import HistogramLayout
 from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
@@ -208,6 +209,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out renders per yaw bin evaluated with the 2D stages")
     stages.add_argument("--workers", type=int, default=1, help="processes computing the 2D stages' features")
     stages.add_argument("--resume", action="store_true", help="reuse the saved passes of an interrupted 2D-stage run")
+    fine = parser.add_argument_group("fine 2D stages (gradient-orientation histograms; core/gradient_histograms.py)")
+    fine.add_argument("--fine-stages", type=int, default=0,
+                      help="learn up to N fine 2D stages last (the count is chosen on validation)")
+    default = HistogramLayout()
+    fine.add_argument("--fine-crop", type=int, default=default.crop_size,
+                      help="side (px) of the crop the histograms are read from, over the cascade's crop box")
+    fine.add_argument("--fine-cell", type=int, default=default.cell, help="histogram cell side (fine-crop px)")
+    fine.add_argument("--fine-grid", type=int, default=default.grid, help="cells per side around each landmark")
+    fine.add_argument("--fine-bins", type=int, default=default.bins, help="orientation bins over 360 degrees")
+    fine.add_argument("--fine-rank", type=int, default=64,
+                      help="rank each fine stage's regressor is stored at (truncated SVD; at most 136)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,10 +242,10 @@ def run(args: argparse.Namespace) -> int:
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
     if args.start_from:
-        if args.descriptor == "both" or args.landmark_stages < 1:
+        if args.descriptor == "both" or (args.landmark_stages < 1 and args.fine_stages < 1):
             raise ValueError("--start-from learns final 2D stages: "
-                             "it needs --descriptor dff|sift and --landmark-stages N")
-        stages = _landmark_stages(stage, args, records, priors, args.start_from)
+                             "it needs --descriptor dff|sift and --landmark-stages N or --fine-stages N")
+        stages = _landmark_stages(stage, args, records, priors, args.start_from, args.descriptor)
         _merge_summary(stage, {args.descriptor: stages}, replace=False)
         return 0
     kinds = ("dff", "sift") if args.descriptor == "both" else (args.descriptor,)
@@ -305,17 +317,25 @@ def run(args: argparse.Namespace) -> int:
             summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity,
                                                    detections["profile"]))
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-        if args.landmark_stages:
+        if args.landmark_stages or args.fine_stages:
             start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])
-            summary[kind].update(_landmark_stages(stage, args, records, priors, start_from))
+            summary[kind].update(_landmark_stages(stage, args, records, priors, start_from, kind))
     _merge_summary(stage, summary)
     return 0
 
 
-def _landmark_stages(stage: Stage, args, records, priors, start_from) -> dict:
-    from face_alignment_ros.training import learn_landmark_stages
+def _landmark_stages(stage: Stage, args, records, priors, start_from, kind: str) -> dict:
+    """The DFF 2D stages on ``start_from``, then the fine stages on what they leave."""
+    from face_alignment_ros.training import learn_fine_stages, learn_landmark_stages
 
-    return learn_landmark_stages.run(stage, args, records, priors, start_from)
+    summary = {}
+    if args.landmark_stages:
+        summary = learn_landmark_stages.run(stage, args, records, priors, start_from)
+        start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])  # the model just written
+    if args.fine_stages:
+        fine = learn_fine_stages.run(stage, args, records, priors, start_from)
+        summary = {**summary, **fine, "fine_stages": fine["fine_stages"]}
+    return summary
 
 
 def _merge_summary(stage: Stage, summary: dict, replace: bool = True) -> None:

@@ -22,7 +22,8 @@ from face_alignment_ros.common.metrics import REGIONS, box_size, inter_pupil
 from face_alignment_ros.common.render_format import YAW_BIN_NAMES
 from face_alignment_ros.core import face_crop
 from face_alignment_ros.core.face_crop import crop_image
-from face_alignment_ros.core.landmark_stages import landmark_features
+from face_alignment_ros.core.gradient_histograms import HistogramLayout
+from face_alignment_ros.core.landmark_stages import fine_crop, landmark_features
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
 from face_alignment_ros.training.descent_regression import DEFAULT_LAMBDAS
 
@@ -39,9 +40,23 @@ class SampleSet:
     groups: list = field(default_factory=list)
     yaw_bins: list = field(default_factory=list)
     elapsed: float = 0.0  # seconds spent making the crops
+    # with a layout, also the grey fine crop of each sample's box (fine 2D stages)
+    fine_layout: HistogramLayout | None = None
+    fine: list = field(default_factory=list)
 
-    def add(self, crop: np.ndarray, target: np.ndarray, normaliser: float, group: str, yaw_bin: int = -1) -> None:
+    def add(self, crop: np.ndarray, target: np.ndarray, normaliser: float, group: str, yaw_bin: int = -1,
+            source: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``source``: (image, crop box) the crop was cut from, for its fine crop; without it
+        (renders, which exist only at the crop's size) the crop itself is enlarged."""
         self.crops.append(np.ascontiguousarray(crop, np.uint8))
+        if self.fine_layout is not None:
+            import cv2
+
+            if source is not None:
+                self.fine.append(fine_crop(*source, self.fine_layout, crop))
+            else:  # renders exist at the crop's size only
+                self.fine.append(cv2.resize(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), (self.fine_layout.crop_size,) * 2,
+                                            interpolation=cv2.INTER_LINEAR))
         self.targets.append(np.asarray(target, np.float32))
         self.normalisers.append(float(normaliser))
         self.groups.append(group)
@@ -188,7 +203,7 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
         starts, cameras = saved["starts"], saved.get("cameras")
         feats = {v: saved.get("psi", saved.get(f"psi_{v}")) for v in variants}
     current = {v: starts.copy() for v in variants}
-    out = {v: {"R": [], "b": [], "lambda": [], "nme": [_evaluate(current[v], data, eval_rows)]} for v in variants}
+    out = {v: {"R": [], "b": [], "lambda": [], "nme": [evaluate_groups(current[v], data, eval_rows)]} for v in variants}
     for k in range(stages):
         for v in variants:
             rows = train_rows[v]
@@ -204,7 +219,7 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
             out[v]["R"].append(r)
             out[v]["b"].append(b)
             out[v]["lambda"].append(lam)
-            out[v]["nme"].append(_evaluate(current[v], data, eval_rows))
+            out[v]["nme"].append(evaluate_groups(current[v], data, eval_rows))
             if report:
                 report(v, k + 1, lam, out[v]["nme"][-1])
         if k + 1 < stages:
@@ -221,7 +236,7 @@ def learn_stages(ctx: dict, data: dict, stages: int, workers: int, lambdas=DEFAU
     return out
 
 
-def _evaluate(landmarks: np.ndarray, data: dict, rows: np.ndarray) -> dict:
+def evaluate_groups(landmarks: np.ndarray, data: dict, rows: np.ndarray) -> dict:
     """NME (%) per evaluation group (and per yaw bin for renders), with per landmark group."""
     groups, out = data["groups"], {}
     for g in np.unique(groups[rows]):
@@ -241,14 +256,15 @@ def _evaluate(landmarks: np.ndarray, data: dict, rows: np.ndarray) -> dict:
 
 def build_samples(records, priors, rng, perturbations: int, augmented: int, jitter: float, crop_size: int,
                   val_records, heldout_records, renders: dict | None, render_rows, heldout_renders: dict | None,
-                  heldout_render_rows, mirror: bool = True) -> SampleSet:
+                  heldout_render_rows, mirror: bool = True, fine_layout: HistogramLayout | None = None) -> SampleSet:
     """Crops of every group (see ``SampleSet``); training starts alternate detector and landmark
-    boxes through the box priors, jittered, as stage ``descent`` makes them."""
+    boxes through the box priors, jittered, as stage ``descent`` makes them. With ``fine_layout``
+    each sample also keeps the grey fine crop of its box (renders: their crop, enlarged)."""
     import cv2
 
     from face_alignment_ros.training.photo_records import mirror_record, perturbed_start, record_crop_box
 
-    samples = SampleSet()
+    samples = SampleSet(fine_layout=fine_layout)
     t0 = time.perf_counter()
     for r in tqdm(records, desc="training crops", unit="photo", mininterval=30):
         image = cv2.imread(r.image_path)
@@ -258,15 +274,16 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
                 crop = crop_image(img, crop_box, crop_size)[0]
                 target = face_crop.image_to_crop(rec.landmarks, crop_box, crop_size)
                 if k < perturbations:
-                    samples.add(crop, target, inter_pupil(target), "train")
-                else:
+                    samples.add(crop, target, inter_pupil(target), "train", source=(img, crop_box))
+                elif fine_layout is None:  # augmented copies serve the DFF stages' variant only
                     samples.add(augment_crop(crop, rng), target, inter_pupil(target), "train-aug")
     for r in val_records:  # as stage descent validates: 2 jittered starts per photo
         image = cv2.imread(r.image_path)
         for k in range(2):
             crop_box = perturbed_start(r, k, priors, rng, jitter)
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
-            samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), "val")
+            samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), "val",
+                        source=(image, crop_box))
     for r in heldout_records:  # reported only: one start per photo and box kind, no jitter
         image = cv2.imread(r.image_path)
         for kind in ("detector", "landmarks"):
@@ -274,7 +291,8 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
             if crop_box is None:
                 continue
             target = face_crop.image_to_crop(r.landmarks, crop_box, crop_size)
-            samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), f"heldout-{kind}")
+            samples.add(crop_image(image, crop_box, crop_size)[0], target, inter_pupil(target), f"heldout-{kind}",
+                        source=(image, crop_box))
     for data, rows, group in ((renders, render_rows, "train"), (heldout_renders, heldout_render_rows, "renders")):
         if data is not None:
             add_render_samples(samples, data, rows, group)
@@ -290,21 +308,15 @@ def add_render_samples(samples, data: dict, rows, group: str) -> None:
                     int(data["yaw_bin"][i]) if group == "renders" else -1)
 
 
-def run(stage, args, records, priors, start_from) -> dict:
-    """Stage ``descent --landmark-stages N``: learn the 2D stages on top of the descent model
-    ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
-    import json
-
-    from face_alignment_ros.common.render_format import (
-        TRAIN_DFF_STAGE,
-        descent_float32_file,
-        load_outputs,
-    )
+def stage_inputs(stage, args, records, priors, start_from, fine_layout: HistogramLayout | None = None):
+    """What the 2D stages learn from: the descent model ``start_from`` (its own 2D stages of the
+    kind being learned are the caller's to drop), its descriptor backend and the samples of
+    every group (``build_samples``, plus profiled views). Returns (descent, backend, samples,
+    render rows, profiled rows)."""
+    from face_alignment_ros.common.render_format import PROFILE_STAGE, TRAIN_DFF_STAGE, load_outputs
     from face_alignment_ros.core import resources
-    from face_alignment_ros.core.cascade import Cascade
     from face_alignment_ros.core.descent_model import DescentModel
     from face_alignment_ros.core.descriptors import create_backend
-    from face_alignment_ros.core.morphable_model import MorphableModel
     from face_alignment_ros.training.photo_records import is_validation, validation_identities
 
     rng = stage.rng(1)
@@ -313,7 +325,6 @@ def run(stage, args, records, priors, start_from) -> dict:
     weights = (args.dff_weights or stage.input(TRAIN_DFF_STAGE, resources.DFF_WEIGHTS_FILE)) if kind == "dff" else None
     # refuses unpaired DFF weights
     backend = create_backend(descent, dff_weights=weights, device="cpu", threads=args.threads)
-    descent = descent.first(descent.iterations, 0)  # its own 2D stages, if any, are replaced
     train = [r for r in records if r.split == "train" and not is_validation(r.subset, r.name)]
     val = [r for r in records if r.split == "train" and is_validation(r.subset, r.name)]
     heldout = [r for r in records if r.split == "heldout"]
@@ -333,18 +344,33 @@ def run(stage, args, records, priors, start_from) -> dict:
                                               for b in range(len(YAW_BIN_NAMES))])
     samples = build_samples(train, priors, rng, args.perturbations, args.augmented, args.jitter, backend.crop_size,
                             val, heldout, renders, render_rows, heldout_renders, heldout_render_rows,
-                            mirror=args.mirror)
+                            mirror=args.mirror, fine_layout=fine_layout)
     profiled_rows = []
     if getattr(args, "profiled", 0):  # profiled views (stage profile) of training identities, beside the renders
-        from face_alignment_ros.common.render_format import PROFILE_STAGE
-
         profiled = load_outputs(args.work, "train", PROFILE_STAGE)
         profiled_rows = np.sort([i for i in rng.permutation(len(profiled["images"]))
                                  if not val_identity[profiled["identity"][i]]][: args.profiled])
         add_render_samples(samples, profiled, profiled_rows, "train")
     data = samples.arrays()
-    stage.log.info("landmark stages: %d samples %s (crops %.0f s)", len(data["groups"]),
+    stage.log.info("2D stages: %d samples %s (crops %.0f s)", len(data["groups"]),
                    {g: int(np.sum(data["groups"] == g)) for g in np.unique(data["groups"])}, samples.elapsed)
+    return descent, backend, samples, render_rows, profiled_rows
+
+
+def run(stage, args, records, priors, start_from) -> dict:
+    """Stage ``descent --landmark-stages N``: learn the 2D stages on top of the descent model
+    ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
+    import json
+
+    from face_alignment_ros.common.render_format import descent_float32_file
+    from face_alignment_ros.core import resources
+    from face_alignment_ros.core.cascade import Cascade
+    from face_alignment_ros.core.morphable_model import MorphableModel
+
+    descent, backend, samples, render_rows, profiled_rows = stage_inputs(stage, args, records, priors, start_from)
+    kind = descent.descriptor
+    descent = descent.first(descent.iterations, 0)  # its own 2D stages, if any, are replaced
+    data = samples.arrays()
     ctx = {"backend": backend, "cascade": Cascade(MorphableModel.load()), "descent": descent,
            "crops": samples.crops}
 

@@ -1,0 +1,43 @@
+"""Learning the fine 2D stages on a toy problem: the histograms must tell where a blob is."""
+import numpy as np
+
+from face_alignment_ros.core.gradient_histograms import HistogramLayout
+from face_alignment_ros.training.learn_fine_stages import learn_fine_stages
+
+
+def _toy(n=360, seed=0):
+    """Each fine crop (64 px over a 32 px crop) holds one blob; all 68 targets sit on it, and the
+    starts miss it by up to 1.5 crop px."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(12, 20, (n, 2))  # crop px
+    targets = np.repeat(centres[:, None, :], 68, axis=1).astype(np.float32)
+    starts = (targets + rng.uniform(-1.5, 1.5, (n, 1, 2))).astype(np.float32)
+    y, x = np.mgrid[:64, :64].astype(np.float32)
+    fine = [(20 + 200 * np.exp(-((x - 2 * cx) ** 2 + (y - 2 * cy) ** 2) / (2 * 4.0 ** 2))).astype(np.uint8)
+            for cx, cy in centres]
+    groups = np.array(["train"] * 280 + ["val"] * 40 + ["heldout-detector"] * 40)
+    data = {"targets": targets, "normalisers": np.full(n, 10.0, np.float32), "groups": groups,
+            "yaw_bins": np.full(n, -1)}
+    return fine, starts, data
+
+
+def test_a_fine_stage_learns_where_the_blob_is():
+    fine, starts, data = _toy()
+    layout = HistogramLayout(crop_size=64, cell=6, grid=2, bins=4)  # 1088 features: a quick ridge
+    reports = []
+    out = learn_fine_stages(fine, starts, data, 32, layout, stages=2, rank=16,
+                            report=lambda k, lam, nme: reports.append(k))
+    before, after = out["nme"][0], out["nme"][1]
+    assert after["val"]["all"] < 0.4 * before["val"]["all"]
+    assert after["heldout-detector"]["all"] < 0.4 * before["heldout-detector"]["all"]
+    assert len(out["nme"]) == 3 and reports == [1, 2] and len(out["val_full_rank"]) == 2
+    assert np.linalg.matrix_rank(out["R"][0].astype(np.float64), tol=1e-4) <= 16  # kept as it ships
+
+
+def test_a_stage_ships_only_if_it_gains_on_validation():
+    from face_alignment_ros.training.learn_fine_stages import chosen_stage_count
+
+    assert chosen_stage_count([5.83, 5.40, 5.396]) == 1  # 0.004 is not worth a stage
+    assert chosen_stage_count([5.83, 5.40, 5.35]) == 2
+    assert chosen_stage_count([5.83, 5.90, 5.10]) == 0  # a later gain does not rescue a loss
+    assert chosen_stage_count([5.83]) == 0
