@@ -127,3 +127,20 @@ def test_aligner_applies_fine_stages_after_the_dff_ones(astronaut):
     np.testing.assert_allclose(after.landmarks[:, 0], before.landmarks[:, 0] + 6.0 * crop_px, atol=1e-3)
     np.testing.assert_array_equal(after.camera, before.camera)
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 2
+
+
+def test_pose_refinement_fits_the_output_landmarks(astronaut):
+    """With refine_pose the camera is refitted to the landmarks after the 2D stages: moving them
+    all right moves the fitted head right by as much."""
+    from face_alignment_ros.core import camera as cam
+
+    base = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    cls = type(base)
+    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
+    shifted = cls(_shifting_fine_stages(base.descent, 3.0), base.backend, model=base.model, detector=None,
+                  refine_pose=True)
+    a, b = plain.align(astronaut, box), shifted.align(astronaut, box)
+    crop_px = (a.crop_box[2] - a.crop_box[0]) / base.descent.crop_size
+    assert abs((b.camera[cam.TX] - a.camera[cam.TX]) - 3.0 * crop_px) < 0.3 * crop_px
+    assert abs(b.camera[cam.TY] - a.camera[cam.TY]) < 0.3 * crop_px

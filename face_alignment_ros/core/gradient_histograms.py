@@ -54,9 +54,7 @@ def orientation_channels(gray: np.ndarray, layout: HistogramLayout) -> np.ndarra
         distance = np.abs(position - b)
         distance = np.minimum(distance, layout.bins - distance)
         channels[..., b] = magnitude * np.maximum(0.0, 1.0 - distance)
-    # cv2.blur takes at most 4 channels at a time
-    return np.dstack([cv2.blur(channels[..., i:i + 4], (layout.cell, layout.cell))
-                      for i in range(0, layout.bins, 4)])
+    return cv2.blur(channels, (layout.cell, layout.cell))
 
 
 def histograms_at(channels: np.ndarray, points: np.ndarray, layout: HistogramLayout) -> np.ndarray:
@@ -68,12 +66,10 @@ def histograms_at(channels: np.ndarray, points: np.ndarray, layout: HistogramLay
     offsets = (np.arange(layout.grid) - (layout.grid - 1) / 2) * layout.cell + centring
     oy, ox = np.meshgrid(offsets, offsets, indexing="ij")
     p = np.asarray(points, np.float64).reshape(-1, 1, 2) + np.stack([ox.ravel(), oy.ravel()], 1)[None]
-    x = np.clip(np.nan_to_num(p[..., 0]), 0, w - 1.001)
-    y = np.clip(np.nan_to_num(p[..., 1]), 0, h - 1.001)
-    x0, y0 = x.astype(np.intp), y.astype(np.intp)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    v = (channels[y0, x0] * (1 - fx) * (1 - fy) + channels[y0, x0 + 1] * fx * (1 - fy)
-         + channels[y0 + 1, x0] * (1 - fx) * fy + channels[y0 + 1, x0 + 1] * fx * fy)
+    x = np.clip(np.nan_to_num(p[..., 0]), 0, w - 1).astype(np.float32).reshape(1, -1)
+    y = np.clip(np.nan_to_num(p[..., 1]), 0, h - 1).astype(np.float32).reshape(1, -1)
+    # bilinear, at OpenCV's 1/32 px; all channels at once (numpy indexing costs 10x more)
+    v = cv2.remap(channels, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     v = v.reshape(len(p), -1)
     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
     v = np.minimum(v, _CLIP)
