@@ -4,7 +4,7 @@ After the cascade and its DFF 2D stage, the DFF at the landmarks carries little 
 information about the error left (docs/training.md, rounds 4 and 8): the network resolves a face
 to about 4-5 px of its 128 px crop, and it has seen the training photos, so regressions learn
 on better descriptors than they meet. Hand-made edge histograms have neither limit. This one
-is a dense SIFT-like descriptor costing about a millisecond for 68 points at 128 px
+is a dense SIFT-like descriptor costing about half a millisecond for 68 points at 128 px
 (OpenCV's SIFT ``compute`` builds a scale-space pyramid per call: 6.5 ms at 128 px here).
 
 Per point: a ``grid`` x ``grid`` array of ``cell`` px cells centred on it, each holding the

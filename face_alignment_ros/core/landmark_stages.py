@@ -7,8 +7,8 @@ landmarks*, SDM-style, with the same ridge regression as the cascade. It moves o
 landmarks: camera, shape, mesh and ``landmarks_3d`` stay the cascade's fit.
 
 Fine 2D stages follow, the same regression on gradient-orientation histograms read at the
-landmarks from a finer crop of the image over the same box (core/gradient_histograms.py): they
-see detail the 128 px crop and the DFF's resolution lose.
+landmarks from a grey crop of the image over the same box (core/gradient_histograms.py; 128 px
+by default, the cascade's own crop): edges locate what the DFF's resolution no longer does.
 """
 from __future__ import annotations
 

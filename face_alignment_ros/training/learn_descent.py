@@ -334,7 +334,7 @@ def _landmark_stages(stage: Stage, args, records, priors, start_from, kind: str)
         start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])  # the model just written
     if args.fine_stages:
         fine = learn_fine_stages.run(stage, args, records, priors, start_from)
-        summary = {**summary, **fine, "fine_stages": fine["fine_stages"]}
+        summary = {**summary, **fine}
     return summary
 
 

@@ -12,6 +12,7 @@ regression learns on descriptors as good as the ones it meets on new faces.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -91,6 +92,16 @@ def learn_fine_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int
     return out
 
 
+def _starts_key(descent, data: dict) -> str:
+    """What the saved cascade outputs depend on: the cascade and DFF stages, and the samples."""
+    digest = hashlib.sha256()
+    for name in ("R_X", "b_X", "R_w", "b_w", "R_L", "b_L"):
+        digest.update(np.ascontiguousarray(getattr(descent, name), np.float32).tobytes())
+    digest.update(json.dumps({k: v.to_dict() for k, v in descent.box_priors.items()}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(data["targets"], np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def run(stage, args, records, priors, start_from) -> dict:
     """Stage ``descent --fine-stages N``: learn the fine stages on top of the descent model
     ``start_from`` (its cascade and DFF 2D stages; any fine stages replaced) and write
@@ -106,12 +117,14 @@ def run(stage, args, records, priors, start_from) -> dict:
     descent = descent.first(descent.iterations, descent.landmark_iterations, 0)
     data = samples.arrays()
     saved = stage.path(f"fine_stage_{kind}_starts.npz")  # the long part: reused by --resume
-    if args.resume and saved.exists() and len(np.load(saved)["starts"]) == len(samples.crops):
-        starts = np.load(saved)["starts"]
+    key = _starts_key(descent, data)
+    previous = np.load(saved) if args.resume and saved.exists() else {}
+    if "key" in previous and str(previous["key"]) == key:
+        starts = previous["starts"]
         stage.log.info("fine stages: cascade outputs from %s", saved)
     else:
         starts = cascade_outputs(backend, Cascade(MorphableModel.load()), descent, samples.crops)
-        np.savez(saved, starts=starts)
+        np.savez(saved, starts=starts, key=np.array(key))
 
     def report(k, lam, nme):
         stage.log.info("fine stage %d: lambda %s, NME %s", k, lam, json.dumps(nme))
