@@ -41,3 +41,41 @@ def test_a_stage_ships_only_if_it_gains_on_validation():
     assert chosen_stage_count([5.83, 5.40, 5.35]) == 2
     assert chosen_stage_count([5.83, 5.90, 5.10]) == 0  # a later gain does not rescue a loss
     assert chosen_stage_count([5.83]) == 0
+
+
+def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_outputs(tmp_path, monkeypatch):
+    """``run`` end to end on the toy samples: the model file carries the stage at the asked rank,
+    the summary names it, and --resume skips the cascade when nothing it depends on changed."""
+    from types import SimpleNamespace
+
+    from face_alignment_ros.common.stand_in_models import stand_in_descent
+    from face_alignment_ros.core.descent_model import DescentModel
+    from face_alignment_ros.training import learn_fine_stages
+    from face_alignment_ros.training.learn_landmark_stages import SampleSet
+    from face_alignment_ros.training.stage_io import Stage
+
+    fine, starts, data = _toy(n=200)
+    layout = HistogramLayout(crop_size=64, cell=6, grid=2, bins=4)
+    samples = SampleSet(fine_layout=layout)
+    for i in range(len(fine)):
+        samples.add(np.zeros((32, 32, 3), np.uint8), data["targets"][i], 10.0, ["train", "val", "heldout-detector"][
+            0 if i < 140 else 1 if i < 170 else 2])
+    samples.fine = fine
+    descent = stand_in_descent("sift")
+    descent.crop_size = 32
+    monkeypatch.setattr(learn_fine_stages, "stage_inputs", lambda *a, **k: (descent, None, samples, [], []))
+    runs = []
+    monkeypatch.setattr(learn_fine_stages, "cascade_outputs", lambda *a: runs.append(1) or starts)
+    args = SimpleNamespace(fine_crop=64, fine_cell=6, fine_grid=2, fine_bins=4, fine_stages=2, fine_rank=8,
+                           perturbations=1, resume=True)
+    stage = Stage("descent", tmp_path)
+    summary = learn_fine_stages.run(stage, args, [], {}, "start.npz")
+    model = DescentModel.load(stage.path("descent_sift.npz"))
+    assert model.fine_iterations == summary["fine_stages"]["chosen"] >= 1 and model.fine_rank == 8
+    assert model.fine_layout == layout and summary["fine_stages"]["rank"] == 8
+    assert summary["heldout_inter_pupil_nme_percent"]["detector"]["count"] == 30
+    learn_fine_stages.run(stage, args, [], {}, "start.npz")
+    assert len(runs) == 1  # the saved cascade outputs served the second run
+    descent.b_X = descent.b_X + 1.0  # another cascade: they must be computed again
+    learn_fine_stages.run(stage, args, [], {}, "start.npz")
+    assert len(runs) == 2
