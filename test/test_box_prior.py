@@ -162,9 +162,10 @@ def test_a_turned_face_is_aligned_again_from_its_own_landmark_box(keypoint_align
         return run
 
     detection = keypoint_aligner.detect(demo_image())[0]
-    for yaw, reframe, expected in ((REFRAME_YAW_DEG + 5, True, ["detector", "landmarks"]),
-                                   (REFRAME_YAW_DEG - 5, True, ["detector"]),
-                                   (REFRAME_YAW_DEG + 5, False, ["detector"])):
+    limit = REFRAME_YAW_DEG["detector"]
+    for yaw, reframe, expected in ((limit + 5, True, ["detector", "landmarks"]),
+                                   (limit - 5, True, ["detector"]),
+                                   (limit + 5, False, ["detector"])):
         calls.clear()
         faces.clear()
         monkeypatch.setattr(keypoint_aligner, "_align_batch", fitted_at(yaw))
@@ -175,3 +176,35 @@ def test_a_turned_face_is_aligned_again_from_its_own_landmark_box(keypoint_align
         if len(expected) == 2:  # the second start is the first fit's landmark box, its result returned
             np.testing.assert_array_equal(calls[1][1], face_crop.landmark_box(faces[0].landmarks))
             np.testing.assert_array_equal(face.landmarks, faces[1].landmarks)
+
+
+def test_a_3d_landmark_box_starts_through_the_landmark_prior_and_reframes_beyond_its_own_limit(keypoint_aligner,
+                                                                                                monkeypatch):
+    """AFLW2000-3D's given box: framed as a 300-W landmark box, and a fit turned beyond
+    ``REFRAME_YAW_DEG["landmarks_3d"]`` starts again from its own landmark box."""
+    from dataclasses import replace
+
+    from face_alignment_ros.common.samples import demo_image
+    from face_alignment_ros.core import camera as cam
+    from face_alignment_ros.core.aligner import REFRAME_YAW_DEG
+
+    box = np.array([180, 60, 260, 160], np.float32)
+    np.testing.assert_array_equal(keypoint_aligner.crop_box(box, "landmarks_3d"),
+                                  keypoint_aligner.crop_box(box, "landmarks"))
+    batch = keypoint_aligner._align_batch
+    kinds = []
+
+    def turned(yaw_deg):
+        def run(image, requests, descent):
+            kinds.extend(r.box_kind for r in requests)
+            return [replace(f, camera=np.where(np.arange(6) == cam.YAW, np.radians(yaw_deg), f.camera))
+                    for f in batch(image, requests, descent)]
+        return run
+
+    limit = REFRAME_YAW_DEG["landmarks_3d"]
+    monkeypatch.setattr(keypoint_aligner, "reframe", True)
+    for yaw, expected in ((limit + 5, ["landmarks_3d", "landmarks"]), (limit - 5, ["landmarks_3d"])):
+        kinds.clear()
+        monkeypatch.setattr(keypoint_aligner, "_align_batch", turned(yaw))
+        keypoint_aligner.align(demo_image(), box, "landmarks_3d")
+        assert kinds == expected

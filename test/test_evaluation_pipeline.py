@@ -22,7 +22,7 @@ class Fake(peers.Method):
     one whose image value is 7."""
     name, label = "fake", "Fake"
 
-    def align_box(self, image, box):
+    def align_box(self, image, box, box_kind="landmarks"):
         return peers.Prediction(_gt(1) + [box[0] - 30, box[1] - 25])  # the gt box is (30, 25, 70, 75)
 
     def detect_and_align(self, image):
@@ -35,7 +35,7 @@ class Fake(peers.Method):
 class Crash(peers.Method):
     name, label = "crash", "Crash"
 
-    def align_box(self, image, box):
+    def align_box(self, image, box, box_kind="landmarks"):
         raise RuntimeError("boom")
 
     def detect_and_align(self, image):

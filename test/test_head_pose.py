@@ -100,7 +100,7 @@ class _Oracle(Method):
     def __init__(self, truth: dict, offset: np.ndarray | None = None):
         self.truth, self.offset = truth, offset
 
-    def align_box(self, image, box):
+    def align_box(self, image, box, box_kind="landmarks"):
         key = image.tobytes()
         rotation, points = self.truth[key]
         if self.offset is not None:
@@ -181,7 +181,7 @@ def test_missing_prediction_counts_as_missing(render_folder):
     class Nothing(Method):
         name = label = "nothing"
 
-        def align_box(self, image, box):
+        def align_box(self, image, box, box_kind="landmarks"):
             return None
 
     res = evaluate(ds, [Nothing()], ("given_box",), progress=False)

@@ -20,7 +20,7 @@ from face_alignment_ros.core.landmark_stages import fine_crop, mirror_fine_crop,
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
 
-BOX_KINDS = ("detector", "landmarks")
+BOX_KINDS = ("detector", "landmarks", "landmarks_3d")
 
 
 class ModelNotTrainedError(FileNotFoundError):
@@ -104,9 +104,11 @@ class AlignRequest:
         return cls(detection.box, "detector", detection.score, keypoints=detection.keypoints)
 
 
-# A face whose first fit from a detector box turns further than this is aligned again from its
-# own landmark box: chosen on the validation identities (docs/training.md, round 7).
-REFRAME_YAW_DEG = 40.0
+# A face whose first fit turns further than this is aligned again from its own (300-W) landmark
+# box, per kind of the box it started from: the detector's (docs/training.md, round 7) and the box
+# of the 68 fixed 3D landmarks, AFLW2000-3D's given box (round 8); both chosen on the validation
+# identities.
+REFRAME_YAW_DEG = {"detector": 40.0, "landmarks_3d": 60.0}
 
 
 class FaceAligner:
@@ -122,9 +124,10 @@ class FaceAligner:
                  reframe: bool | None = None):
         """``flip_average``: also align the mirrored crop and average the two sets of output
         landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's).
-        ``reframe``: a face aligned from a detector box whose fit turns more than
-        ``REFRAME_YAW_DEG`` is aligned a second time from that fit's landmark box (None: on for
-        the DFF, where validation chose it, off for the SIFT ablation)."""
+        ``reframe``: a face aligned from a detector box (or from the box of its 68 fixed 3D
+        landmarks, ``box_kind="landmarks_3d"``) whose fit turns more than ``REFRAME_YAW_DEG`` of
+        that kind is aligned a second time from that fit's landmark box (None: on for the DFF,
+        where validation chose it, off for the SIFT ablation)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -222,14 +225,19 @@ class FaceAligner:
         if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
             raise ValueError(f"box must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box.tolist()}")
         priors = self._descent.box_priors
-        prior = priors.get(box_kind) or priors.get("detector") or priors["landmarks"]
+        # the box of the fixed 3D landmarks starts through the 300-W landmark box's prior: a prior
+        # of its own gained 0.05 deg on validation (docs/training.md, round 8)
+        kind = "landmarks" if box_kind == "landmarks_3d" and box_kind not in priors else box_kind
+        prior = priors.get(kind) or priors.get("detector") or priors["landmarks"]
         return prior.crop_box(box, keypoints)
 
     def align(self, image_bgr: np.ndarray, box, box_kind: str = "detector", score: float = 1.0,
               previous: FaceResult | None = None, keypoints=None) -> FaceResult:
-        """Fit one face inside ``box``. With ``previous`` (video), start from that result's
-        pose and shape instead of the mean face: the crop follows the previous camera.
-        ``keypoints``: the detector's, with a detector box (``Detection.keypoints``)."""
+        """Fit one face inside ``box``, a box of ``box_kind``: "detector" (``detect``'s),
+        "landmarks" (of 300-W's 68 points) or "landmarks_3d" (of the 68 fixed 3D landmarks, as
+        AFLW2000-3D gives it). With ``previous`` (video), start from that result's pose and shape
+        instead of the mean face: the crop follows the previous camera. ``keypoints``: the
+        detector's, with a detector box (``Detection.keypoints``)."""
         return self.align_many(image_bgr, [AlignRequest(box, box_kind, score, previous, keypoints)])[0]
 
     def align_many(self, image_bgr: np.ndarray, requests: list[AlignRequest]) -> list[FaceResult]:
@@ -242,8 +250,8 @@ class FaceAligner:
             # The detector's box frames a profile worse than the face's own fit does
             # (docs/training.md, round 7): such faces start again from their landmark box.
             boxes = {i: face_crop.landmark_box(f.landmarks) for i, (r, f) in enumerate(zip(requests, results))
-                     if r.previous is None and r.box_kind == "detector"
-                     and abs(np.degrees(f.camera[cam.YAW])) > REFRAME_YAW_DEG}
+                     if r.previous is None and r.box_kind in REFRAME_YAW_DEG
+                     and abs(np.degrees(f.camera[cam.YAW])) > REFRAME_YAW_DEG[r.box_kind]}
             turned = [i for i, box in boxes.items() if face_crop.box_problem(box, image_bgr.shape) is None]
             again = self._align_batch(image_bgr, [AlignRequest(boxes[i], "landmarks", requests[i].score)
                                                   for i in turned], descent)

@@ -66,6 +66,8 @@ def run_methods(dataset: Dataset, methods: list[Method], protocols=PROTOCOLS, pr
     for sample in tqdm(dataset, total=len(dataset), desc=dataset.name, unit="img", disable=not progress,
                        mininterval=5):
         gt_box = landmark_box(sample.landmarks)
+        # AFLW2000-3D's given box bounds its fixed 3D landmarks, not 300-W's
+        box_kind = "landmarks_3d" if dataset.kind == "aflw2000" else "landmarks"
         base = {"data": dataset.name, "image": sample.name,
                 "yaw_deg": float(sample.yaw_deg) if sample.yaw_deg is not None else "",
                 "yaw_bin": metrics.yaw_bin(sample.yaw_deg)}
@@ -75,7 +77,7 @@ def run_methods(dataset: Dataset, methods: list[Method], protocols=PROTOCOLS, pr
                 error = ""
                 try:
                     if protocol == "given_box":
-                        pred, found, iou = m.align_box(sample.image, gt_box), True, 1.0
+                        pred, found, iou = m.align_box(sample.image, gt_box, box_kind), True, 1.0
                     else:
                         pred, iou = _match(m.detect_and_align(sample.image), gt_box)
                         found = pred is not None

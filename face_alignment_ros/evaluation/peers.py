@@ -117,7 +117,9 @@ class Method:
     label = "method"
     trained = True   # False: stand-in weights, figures mean nothing
 
-    def align_box(self, image: np.ndarray, box: np.ndarray) -> Prediction | None:
+    def align_box(self, image: np.ndarray, box: np.ndarray, box_kind: str = "landmarks") -> Prediction | None:
+        """``box_kind``: what ``box`` bounds, the 300-W landmarks or AFLW2000-3D's fixed 3D
+        landmarks ("landmarks_3d"); a method that frames both alike may ignore it."""
         raise NotImplementedError
 
     def detect_and_align(self, image: np.ndarray) -> list[Prediction]:
@@ -158,8 +160,8 @@ class OursMethod(Method):
             self.label += ", no pose refinement"
         self.aligner = aligner
 
-    def align_box(self, image, box):
-        face = self.aligner.align(image, box, box_kind="landmarks")
+    def align_box(self, image, box, box_kind="landmarks"):
+        face = self.aligner.align(image, box, box_kind=box_kind)
         return Prediction(face.landmarks, None, face.visible, face.landmarks_3d, face.rotation)
 
     def detect_and_align(self, image):
@@ -230,7 +232,7 @@ class DlibMethod(Method):
         shape = self.predictor(rgb, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
         return np.array([[p.x, p.y] for p in shape.parts()], np.float32)
 
-    def align_box(self, image, box):
+    def align_box(self, image, box, box_kind="landmarks"):
         rgb = np.ascontiguousarray(image[:, :, ::-1])
         points = self._predict(rgb, _map_box(box, self.box_rule))
         return Prediction(points, pose_points=points)
@@ -274,7 +276,7 @@ class MediaPipeMethod(Method):
         return Prediction(points3[:, :2] + np.asarray(offset, np.float32), box,
                           pose_points=points3)
 
-    def align_box(self, image, box):
+    def align_box(self, image, box, box_kind="landmarks"):
         import cv2
 
         x0, y0, x1, y1 = (float(v) for v in box)
