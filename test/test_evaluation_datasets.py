@@ -92,6 +92,13 @@ def test_profiled_photos_read_from_stage_profile(tmp_path):
     assert ds.name == "profiled-heldout" and ds.kind == "profiled" and len(ds) == 3
     assert [round(s.yaw_deg) for s in samples] == [20, -45, 80]
     assert np.allclose(samples[1].rotation, cam.rotation_matrix(0.1, np.radians(-45), 0.05), atol=1e-6)
+    # the same views labelled as AFLW2000-3D labels photos: its given box is that of the fixed points
+    aflw = datasets.open_dataset("profiled-heldout-aflw", work_dir=tmp_path)
+    assert aflw.name == "profiled-heldout-aflw" and aflw.kind == "aflw2000" and len(aflw) == 3
+    for a, s in zip(aflw, samples):
+        np.testing.assert_array_equal(a.landmarks, s.landmarks_3d)
+        np.testing.assert_array_equal(a.rotation, s.rotation)
+        assert a.visible is None
 
 
 def test_missing_folder():

@@ -168,10 +168,11 @@ def read_aflw2000_folder(folder: str | Path, limit: int | None = None, name: str
 
 # --- synthetic renders ----------------------------------------------------------------------
 def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None,
-                      per_bin: int | None = None, stage: str | None = None) -> Dataset:
+                      per_bin: int | None = None, stage: str | None = None, aflw: bool = False) -> Dataset:
     """Renders of stage ``synthesize`` (held-out identities by default), or with
     ``stage="profile"`` the profiled photos of stage ``profile`` (same layout); ``per_bin``
-    samples evenly spaced within each yaw bin (all identities kept)."""
+    samples evenly spaced within each yaw bin (all identities kept). ``aflw``: labelled as
+    AFLW2000-3D is, by the 68 fixed 3D landmarks only (its given box is theirs)."""
     from face_alignment_ros.common.render_format import PROFILE_STAGE, SYNTHESIZE_STAGE, load_outputs
     from face_alignment_ros.core import camera as cam
     from face_alignment_ros.core.morphable_model import MorphableModel
@@ -190,21 +191,28 @@ def synthetic_renders(split: str = "heldout", work_dir: str | Path | None = None
         for i in rows:
             camera = np.asarray(data["camera"][i], np.float32)
             fixed = cam.project(camera, model.vertices(np.asarray(data["shape"][i], np.float32), model.landmarks))
-            yield Sample(np.ascontiguousarray(data["images"][i]), np.asarray(data["landmarks"][i], np.float32),
+            landmarks = fixed if aflw else np.asarray(data["landmarks"][i], np.float32)
+            yield Sample(np.ascontiguousarray(data["images"][i]), landmarks.astype(np.float32),
                          float(np.degrees(camera[cam.YAW])), f"{split}/{i:06d}",
-                         visible=np.asarray(data["landmark_visible"][i], bool),
+                         visible=None if aflw else np.asarray(data["landmark_visible"][i], bool),
                          meta={"identity": int(data["identity"][i]), "yaw_bin": int(bins[i]), "camera": camera},
                          landmarks_3d=fixed.astype(np.float32),
                          rotation=cam.rotation_matrix(*camera[cam.PITCH:cam.ROLL + 1]))
     prefix = "profiled" if stage == PROFILE_STAGE else "synthetic"
+    if aflw:
+        return Dataset(f"{prefix}-{split}-aflw", "aflw2000", len(rows), it)
     return Dataset(f"{prefix}-{split}", prefix, len(rows), it)
 
 
 # --- dispatch -------------------------------------------------------------------------------
 def open_dataset(spec: str | Path, limit: int | None = None, data_dir=None, work_dir=None) -> Dataset:
-    """``300w-heldout``, ``synthetic-heldout``, ``profiled-heldout`` (``limit`` per yaw bin) or a
-    folder."""
+    """``300w-heldout``, ``synthetic-heldout``, ``profiled-heldout`` (``limit`` per yaw bin; with
+    ``-aflw`` appended labelled as AFLW2000-3D is, by the fixed 3D landmarks) or a folder."""
     spec = str(spec)
+    if spec.startswith(("profiled-", "synthetic-")) and spec.endswith("-aflw"):  # the AFLW2000-3D protocol
+        split = spec.split("-", 1)[1][: -len("-aflw")]
+        return synthetic_renders(split, work_dir, per_bin=limit, aflw=True,
+                                 stage="profile" if spec.startswith("profiled-") else None)
     if spec == "300w-heldout":
         return heldout_300w(data_dir, limit)
     if spec.startswith("profiled-"):
