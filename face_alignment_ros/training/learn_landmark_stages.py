@@ -351,9 +351,9 @@ def stage_inputs(stage, args, records, priors, start_from, fine_layout: Histogra
         profiled_rows = np.sort([i for i in rng.permutation(len(profiled["images"]))
                                  if not val_identity[profiled["identity"][i]]][: args.profiled])
         add_render_samples(samples, profiled, profiled_rows, "train")
-    data = samples.arrays()
-    stage.log.info("2D stages: %d samples %s (crops %.0f s)", len(data["groups"]),
-                   {g: int(np.sum(data["groups"] == g)) for g in np.unique(data["groups"])}, samples.elapsed)
+    groups = np.array(samples.groups)  # the callers stack the arrays themselves
+    stage.log.info("2D stages: %d samples %s (crops %.0f s)", len(groups),
+                   {g: int(np.sum(groups == g)) for g in np.unique(groups)}, samples.elapsed)
     return descent, backend, samples, render_rows, profiled_rows
 
 
