@@ -397,3 +397,71 @@ def test_first_keeps_fine_stages_only_after_everything_they_were_learned_on():
     assert model.first(2).fine_iterations == 0
     with pytest.raises(ValueError, match="fine_iterations"):
         model.first(3, 1, 1)
+
+
+def _with_local_stages(model, n=1, k=3, shift=0.25):
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+
+    layout = HistogramLayout(crop_size=model.crop_size, cell=4, grid=2, bins=4)
+    neighbours = np.stack([(np.arange(k) + i) % 68 for i in range(68)])  # itself, then the next ones
+    w = np.random.default_rng(4).normal(size=(n, 68, 2, k * layout.dim)).astype(np.float32)
+    return model.with_local_stages(w, np.full((n, 136), shift, np.float32), neighbours, layout,
+                                   provenance={"local_stages": {"test": True}}), w
+
+
+def test_local_stages_read_each_landmarks_neighbours_and_round_trip(tmp_path):
+    model, w = _with_local_stages(_with_stages(_model()))
+    model = _with_fine_stages(model)[0]
+    assert (model.local_iterations, model.fine_iterations, model.uses_fine_crop) == (1, 2, True)
+    h = np.random.default_rng(5).normal(size=(68, model.fine_layout.dim)).astype(np.float32)
+    expected = np.stack([w[0, i] @ h[[i, (i + 1) % 68, (i + 2) % 68]].ravel() for i in range(68)]) + 0.25
+    np.testing.assert_allclose(model.local_step(0, h), expected, rtol=1e-4, atol=1e-4)
+    path = tmp_path / "m.npz"
+    model.save(path, dtype=np.float32)
+    loaded = DescentModel.load(path)
+    assert (loaded.local_iterations, loaded.fine_iterations, loaded.landmark_iterations) == (1, 2, 2)
+    np.testing.assert_array_equal(loaded.local_neighbours, model.local_neighbours)
+    np.testing.assert_allclose(loaded.local_step(0, h), model.local_step(0, h), rtol=1e-5, atol=1e-5)
+    assert not _model().uses_fine_crop and _model().local_iterations == 0
+
+
+def test_fine_stages_must_read_the_local_stages_layout():
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+
+    model = _with_local_stages(_model())[0]
+    other = HistogramLayout(crop_size=model.crop_size, cell=8, grid=2, bins=4)
+    with pytest.raises(ValueError, match="local stages' layout"):
+        model.with_fine_stages(np.zeros((1, 136, 68 * other.dim), np.float32), np.zeros((1, 136)), other, 4)
+    # new local stages drop the global ones learned on what the old ones left
+    assert _with_local_stages(_with_fine_stages(model)[0])[0].fine_iterations == 0
+
+
+def test_bad_local_stage_files_are_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    model = _with_local_stages(_model())[0]
+    model.save(path)
+    table = model.local_neighbours.tolist()
+    _assert_refused(path, "'local_iterations' says 2 but 'W_P' holds 1", local_iterations=2)
+    _rewrite(path, local_iterations=1)
+    _assert_refused(path, "'local_neighbours' must hold landmark indices",
+                    local_neighbours=[[i, i + 1, 68] for i in range(68)])
+    _assert_refused(path, "each row starting with its own landmark", local_neighbours=[[0, 1, 2]] * 68)
+    _assert_refused(path, "rows of equal length", local_neighbours=[[i] for i in range(67)] + [[67, 0]])
+    _assert_refused(path, "'local_neighbours' is NoneType", local_neighbours=None)
+    _rewrite(path, local_neighbours=table)
+    _assert_refused(path, "'W_P' has shape", local_neighbours=[row[:2] for row in table])
+    _rewrite(path, local_neighbours=table)
+    _assert_refused(path, "'W_P' holds NaN", W_P=np.full((1, 68, 2, 48), np.nan, np.float32))
+    _rewrite(path, W_P=np.zeros((1, 68, 2, 48), np.float16))
+    _assert_refused(path, "'fine_layout' has entries", fine_layout={"cell": 4})
+
+
+def test_first_keeps_local_stages_after_the_dff_ones_and_global_ones_after_them():
+    model = _with_fine_stages(_with_local_stages(_with_stages(_model(k=3)), n=2)[0])[0]
+    assert (model.first(3).local_iterations, model.first(3).fine_iterations) == (2, 2)
+    assert (model.first(3, 2, 0, 1).local_iterations, model.first(3, 2, 0, 1).fine_iterations) == (1, 0)
+    assert model.first(3, 1).local_iterations == 0  # a DFF stage cut: the local stages go too
+    with pytest.raises(ValueError, match="fine_iterations"):
+        model.first(3, 2, 1, 1)  # the global stages were learned after both local ones
+    with pytest.raises(ValueError, match="local_iterations"):
+        model.first(2, 0, 0, 1)

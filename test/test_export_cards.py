@@ -29,6 +29,10 @@ def test_fine_stage_lines():
                                "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.4}}]}}
     (line,) = _fine_stage_lines(summary)
     assert "1 shipped" in line and "rank 64" in line and '"cell": 4' in line and "[3.0, 100.0]" in line
+    summary["local_stages"] = {"chosen": 1, "neighbours": 6, "lambda": [1.0, 3.0],
+                               "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.5}}]}
+    local, line = _fine_stage_lines(summary)
+    assert "Local fine 2D stages" in local and "5 nearest" in local and "[1.0, 3.0]" in local and "rank 64" in line
 
 
 def test_kind_counts_are_checked():

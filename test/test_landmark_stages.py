@@ -129,6 +129,24 @@ def test_aligner_applies_fine_stages_after_the_dff_ones(astronaut):
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 2
 
 
+def test_aligner_applies_local_fine_stages_before_the_global_ones(astronaut):
+    from face_alignment_ros.core.gradient_histograms import HistogramLayout
+
+    aligner = stand_in_aligner("sift", detector=None)
+    box = (150, 30, 250, 150)
+    before = aligner.align(astronaut, box)
+    layout = HistogramLayout(crop_size=2 * aligner.descent.crop_size)
+    b = np.zeros((1, 136), np.float32)
+    b[:, 1::2] = 3.0  # the local stage moves every landmark down by 3 crop px
+    neighbours = np.arange(68)[:, None]
+    local = aligner.descent.with_local_stages(np.zeros((1, 68, 2, layout.dim), np.float32), b, neighbours, layout)
+    aligner.set_descent_model(_shifting_fine_stages(local, 2.0))
+    after = aligner.align(astronaut, box)
+    crop_px = (after.crop_box[2] - after.crop_box[0]) / aligner.descent.crop_size
+    np.testing.assert_allclose(after.landmarks - before.landmarks, np.tile([2.0, 3.0], (68, 1)) * crop_px, atol=1e-3)
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 2
+
+
 def test_pose_refinement_fits_the_output_landmarks(astronaut):
     """With refine_pose the camera is refitted to the landmarks after the 2D stages: moving them
     all right moves the fitted head right by as much."""

@@ -34,6 +34,31 @@ def test_a_fine_stage_learns_where_the_blob_is():
     assert np.linalg.matrix_rank(out["R"][0].astype(np.float64), tol=1e-4) <= 16  # kept as it ships
 
 
+def test_a_local_stage_learns_where_the_blob_is():
+    from face_alignment_ros.training.learn_fine_stages import learn_local_stages, neighbour_table
+
+    fine, starts, data = _toy()
+    layout = HistogramLayout(crop_size=64, cell=6, grid=2, bins=4)
+    neighbours = neighbour_table(data["targets"][0], 3)
+    out = learn_local_stages(fine, starts, data, 32, layout, stages=1, neighbours=neighbours)
+    before, after = out["nme"][0], out["nme"][1]
+    assert after["val"]["all"] < 0.4 * before["val"]["all"]
+    assert after["heldout-detector"]["all"] < 0.4 * before["heldout-detector"]["all"]
+    assert out["W"][0].shape == (68, 2, 3 * layout.dim) and out["b"][0].shape == (136,)
+    assert len(out["landmarks"]) == 2 and out["lambda"][0] > 0
+
+
+def test_neighbour_tables_start_with_the_landmark_itself():
+    from face_alignment_ros.training.learn_fine_stages import neighbour_table
+
+    shape = np.stack([np.arange(68.0), np.zeros(68)], axis=1)  # points on a line, 1 px apart
+    table = neighbour_table(shape, 3)
+    np.testing.assert_array_equal(table[:, 0], np.arange(68))
+    assert set(table[10, 1:]) == {9, 11} and set(table[0, 1:]) == {1, 2}
+    coincident = neighbour_table(np.zeros((68, 2)), 2)  # ties: still itself first
+    np.testing.assert_array_equal(coincident[:, 0], np.arange(68))
+
+
 def test_a_stage_ships_only_if_it_gains_on_validation():
     from face_alignment_ros.training.learn_fine_stages import chosen_stage_count
 
@@ -67,14 +92,21 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     runs = []
     monkeypatch.setattr(learn_fine_stages, "cascade_outputs", lambda *a: runs.append(1) or starts)
     args = SimpleNamespace(fine_crop=64, fine_cell=6, fine_grid=2, fine_bins=4, fine_stages=2, fine_rank=8,
-                           perturbations=1, resume=True)
+                           local_stages=1, local_neighbours=2, perturbations=1, resume=True)
     stage = Stage("descent", tmp_path)
     summary = learn_fine_stages.run(stage, args, [], {}, "start.npz")
     model = DescentModel.load(stage.path("descent_sift.npz"))
-    assert model.fine_iterations == summary["fine_stages"]["chosen"] >= 1 and model.fine_rank == 8
-    assert model.fine_layout == layout and summary["fine_stages"]["rank"] == 8
+    assert model.local_iterations == summary["local_stages"]["chosen"] == 1 and model.local_neighbours.shape == (68, 2)
+    assert model.fine_iterations == summary["fine_stages"]["chosen"] and model.fine_layout == layout
+    assert summary["fine_stages"]["rank"] == 8
+    per_stage = summary["heldout_inter_pupil_nme_percent"]["detector"]["nme_per_iteration"]
+    assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations and per_stage[1] < per_stage[0]
     assert summary["heldout_inter_pupil_nme_percent"]["detector"]["count"] == 30
-    learn_fine_stages.run(stage, args, [], {}, "start.npz")
+    args.local_stages = 0  # global stages alone, as round 8 shipped them
+    summary = learn_fine_stages.run(stage, args, [], {}, "start.npz")
+    model = DescentModel.load(stage.path("descent_sift.npz"))
+    assert model.local_iterations == 0 and model.fine_iterations == summary["fine_stages"]["chosen"] >= 1
+    assert model.fine_rank == 8
     assert len(runs) == 1  # the saved cascade outputs served the second run
     descent.b_X = descent.b_X + 1.0  # another cascade: they must be computed again
     learn_fine_stages.run(stage, args, [], {}, "start.npz")

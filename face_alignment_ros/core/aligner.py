@@ -277,7 +277,7 @@ class FaceAligner:
             else:
                 init = self.cascade.initial_state(n)
             state = self.cascade.run(descent, sampler, init)
-            fine = fine_crop(image_bgr, crop_box, descent.fine_layout, crop) if descent.fine_iterations else None
+            fine = fine_crop(image_bgr, crop_box, descent.fine_layout, crop) if descent.uses_fine_crop else None
             refined = refine_fine(descent, fine, refine_landmarks(descent, sampler, state))
             if self.flip_average:
                 mirrored = self._mirrored_landmarks(descent, crop, fine)

@@ -14,9 +14,15 @@ free of the shape model:
 
 They move only the 68 output landmarks; the 3DMM fit (pose, shape, mesh) stays the cascade's.
 
-Optional fine 2D stages (``fine_iterations`` M >= 0) come last, the same regression on
-gradient-orientation histograms read from the image at a finer crop (``fine_layout``,
-core/gradient_histograms.py):
+Optional fine 2D stages come last and read gradient-orientation histograms from the image at a
+finer crop (``fine_layout``, core/gradient_histograms.py). First the local ones
+(``local_iterations`` P >= 0): each landmark moves by its own ridge regression from the
+histograms at its K nearest landmarks (``local_neighbours``, (68, K), itself first), which
+generalises better than one regression from all 68 (docs/training.md, round 9):
+
+    Delta x_l = W_P[p, l] h[neighbours[l]] + b_P[p, l]
+
+Then the global ones (``fine_iterations`` M >= 0), the regression above on all 68:
 
     Delta X = U_F[m] (V_F[m] h) + b_F[m]   (h: the histograms at the 68 current landmarks)
 
@@ -28,7 +34,9 @@ File: one ``.npz`` holding the arrays ``R_X`` (K, 136, D), ``b_X`` (K, 136), ``R
 schema version, descriptor kind and dimension, landmark counts, iteration count, landmark-stage
 count (optional, default 0), crop size, shape regularisation, box priors per box kind and the
 training provenance. When M > 0 it also holds ``U_F`` (M, 136, r), ``V_F`` (M, r, 68 H) and
-``b_F`` (M, 136), with ``fine_iterations``, ``fine_rank`` and ``fine_layout`` in the metadata.
+``b_F`` (M, 136), with ``fine_iterations``, ``fine_rank`` and ``fine_layout`` in the metadata,
+and when P > 0 ``W_P`` (P, 68, 2, K H) and ``b_P`` (P, 136), with ``local_iterations``,
+``local_neighbours`` and ``fine_layout``.
 """
 from __future__ import annotations
 
@@ -78,6 +86,9 @@ class DescentModel:
     V_F: np.ndarray | None = None  # (M, r, 68 H)
     b_F: np.ndarray | None = None  # (M, 136)
     fine_layout: HistogramLayout | None = None
+    W_P: np.ndarray | None = None  # (P, 68, 2, K H) local fine stages, before the global ones
+    b_P: np.ndarray | None = None  # (P, 136)
+    local_neighbours: np.ndarray | None = None  # (68, K) int: landmark l reads these landmarks
 
     def __post_init__(self):
         if self.R_L is None and self.b_L is None:
@@ -88,6 +99,13 @@ class DescentModel:
             self.U_F = np.zeros((0, 2 * N_LANDMARKS, 1), np.float32)
             self.V_F = np.zeros((0, 1, N_LANDMARKS * layout.dim), np.float32)
             self.b_F = np.zeros((0, 2 * N_LANDMARKS), np.float32)
+        if self.local_neighbours is None:
+            self.local_neighbours = np.arange(N_LANDMARKS).reshape(-1, 1)
+        if self.W_P is None and self.b_P is None:
+            layout = self.fine_layout or HistogramLayout()
+            width = np.shape(self.local_neighbours)[-1] * layout.dim
+            self.W_P = np.zeros((0, N_LANDMARKS, 2, width), np.float32)
+            self.b_P = np.zeros((0, 2 * N_LANDMARKS), np.float32)
 
     @property
     def iterations(self) -> int:
@@ -113,6 +131,21 @@ class DescentModel:
     def fine_rank(self) -> int:
         return self.U_F.shape[2] if self.U_F is not None and self.U_F.ndim == 3 else 0
 
+    @property
+    def local_iterations(self) -> int:
+        return self.W_P.shape[0] if self.W_P is not None and self.W_P.ndim == 4 else 0
+
+    @property
+    def uses_fine_crop(self) -> bool:
+        return self.fine_iterations + self.local_iterations > 0
+
+    def local_step(self, k: int, histograms: np.ndarray) -> np.ndarray:
+        """Local fine stage k: Delta X (68, 2) from the histograms (68, H) at the 68 current
+        landmarks, each landmark's from those at its neighbours."""
+        h = np.asarray(histograms, np.float32).reshape(N_LANDMARKS, -1)[self.local_neighbours]
+        dx = np.einsum("lck,lk->lc", self.W_P[k], h.reshape(N_LANDMARKS, -1))
+        return dx + self.b_P[k].reshape(N_LANDMARKS, 2)
+
     def fine_step(self, k: int, histograms: np.ndarray) -> np.ndarray:
         """Fine 2D stage k: Delta X (68, 2) from the histograms at the 68 current landmarks."""
         h = np.asarray(histograms, np.float32).reshape(-1)
@@ -121,7 +154,10 @@ class DescentModel:
     def with_fine_stages(self, R_F: np.ndarray, b_F: np.ndarray, layout: HistogramLayout, rank: int,
                          provenance: dict | None = None) -> DescentModel:
         """This model followed by the given fine 2D stages (replacing any it had), their
-        regressors ``R_F`` (M, 136, 68 H) cut to ``rank`` by truncated SVD."""
+        regressors ``R_F`` (M, 136, 68 H) cut to ``rank`` by truncated SVD. They follow its local
+        fine stages, if any, and read the same ``layout``."""
+        if self.local_iterations and layout != self.fine_layout:
+            raise ValueError(f"the fine stages must read the local stages' layout {self.fine_layout}, got {layout}")
         u, v = low_rank_factors(R_F, rank)
         model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout,
                         provenance=dict(self.provenance, **(provenance or {})))
@@ -140,6 +176,16 @@ class DescentModel:
         model.validate()
         return model
 
+    def with_local_stages(self, W_P: np.ndarray, b_P: np.ndarray, neighbours: np.ndarray, layout: HistogramLayout,
+                          provenance: dict | None = None) -> DescentModel:
+        """This model with the given local fine stages (replacing any it had) and no global fine
+        stages: those are learned on what the local ones leave (``with_fine_stages`` next)."""
+        model = replace(self, W_P=np.asarray(W_P, np.float32), b_P=np.asarray(b_P, np.float32),
+                        local_neighbours=np.asarray(neighbours, np.int64), fine_layout=layout,
+                        U_F=None, V_F=None, b_F=None, provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
+
     def step(self, k: int, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Apply eq. 4 and 5 of iteration k: returns (Delta X (68, 2), Delta w (6,))."""
         phi = np.asarray(features, np.float32).reshape(-1)
@@ -148,12 +194,13 @@ class DescentModel:
         return dx.reshape(N_LANDMARKS, 2), dw
 
     def first(self, iterations: int, landmark_iterations: int | None = None,
-              fine_iterations: int | None = None) -> DescentModel:
+              fine_iterations: int | None = None, local_iterations: int | None = None) -> DescentModel:
         """The cascade cut after ``iterations`` steps: each step's regressor was learned on the
         states the earlier steps produce, so the first k of a longer cascade are exactly a k-step one.
         The final 2D stages were learned after all iterations: a cut cascade drops them, and
         ``landmark_iterations`` keeps the first few of them (default: all, or none when cut), and
-        ``fine_iterations`` likewise the fine stages, learned after all of those."""
+        ``local_iterations`` likewise the local fine stages, learned after all of those, and
+        ``fine_iterations`` the global fine stages, learned after all local ones."""
         if not 1 <= iterations <= self.iterations:
             raise ValueError(f"iterations must be in 1..{self.iterations}, got {iterations}")
         keep_l = (self.landmark_iterations if iterations == self.iterations else 0) \
@@ -162,6 +209,11 @@ class DescentModel:
             raise ValueError(f"landmark_iterations must be in 0..{self.landmark_iterations} "
                              f"(and 0 for a cut cascade), got {landmark_iterations}")
         whole = iterations == self.iterations and keep_l == self.landmark_iterations
+        keep_p = (self.local_iterations if whole else 0) if local_iterations is None else local_iterations
+        if not 0 <= keep_p <= (self.local_iterations if whole else 0):
+            raise ValueError(f"local_iterations must be in 0..{self.local_iterations} "
+                             f"(and 0 when anything before them is cut), got {local_iterations}")
+        whole = whole and keep_p == self.local_iterations
         keep_f = (self.fine_iterations if whole else 0) if fine_iterations is None else fine_iterations
         if not 0 <= keep_f <= (self.fine_iterations if whole else 0):
             raise ValueError(f"fine_iterations must be in 0..{self.fine_iterations} "
@@ -175,9 +227,12 @@ class DescentModel:
             provenance["truncated_from_landmark_iterations"] = int(self.landmark_iterations)
         if keep_f < self.fine_iterations:
             provenance["truncated_from_fine_iterations"] = int(self.fine_iterations)
+        if keep_p < self.local_iterations:
+            provenance["truncated_from_local_iterations"] = int(self.local_iterations)
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
                        b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
-                       U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f], provenance=provenance)
+                       U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f],
+                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -188,8 +243,11 @@ class DescentModel:
             "n_dense": N_DENSE,
             "iterations": int(self.iterations),
             "landmark_iterations": int(self.landmark_iterations),
-            **({"fine_iterations": int(self.fine_iterations), "fine_rank": int(self.fine_rank),
-                "fine_layout": self.fine_layout.to_dict()} if self.fine_iterations else {}),
+            **({"fine_iterations": int(self.fine_iterations), "fine_rank": int(self.fine_rank)}
+               if self.fine_iterations else {}),
+            **({"local_iterations": int(self.local_iterations),
+                "local_neighbours": np.asarray(self.local_neighbours).tolist()} if self.local_iterations else {}),
+            **({"fine_layout": self.fine_layout.to_dict()} if self.uses_fine_crop else {}),
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -204,6 +262,8 @@ class DescentModel:
         stages = {"R_L": self.R_L.astype(dtype), "b_L": self.b_L.astype(np.float32)} if self.landmark_iterations else {}
         if self.fine_iterations:
             stages.update(U_F=self.U_F.astype(dtype), V_F=self.V_F.astype(dtype), b_F=self.b_F.astype(np.float32))
+        if self.local_iterations:
+            stages.update(W_P=self.W_P.astype(dtype), b_P=self.b_P.astype(np.float32))
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
                             R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
@@ -258,11 +318,15 @@ class DescentModel:
             if n_l:
                 shapes.update(R_L=(n_l, 2 * N_LANDMARKS, N_LANDMARKS * meta["descriptor_dim"]),
                               b_L=(n_l, 2 * N_LANDMARKS))
-            layout = HistogramLayout(**meta["fine_layout"]) if meta["fine_iterations"] else None
-            if layout is not None:
-                n_f, rank = meta["fine_iterations"], meta["fine_rank"]
+            n_f, n_p = meta["fine_iterations"], meta["local_iterations"]
+            layout = HistogramLayout(**meta["fine_layout"]) if n_f or n_p else None
+            if n_f:
+                rank = meta["fine_rank"]
                 shapes.update(U_F=(n_f, 2 * N_LANDMARKS, rank), V_F=(n_f, rank, N_LANDMARKS * layout.dim),
                               b_F=(n_f, 2 * N_LANDMARKS))
+            neighbours = np.asarray(meta["local_neighbours"], np.int64) if n_p else None
+            if n_p:
+                shapes.update(W_P=(n_p, N_LANDMARKS, 2, neighbours.shape[1] * layout.dim), b_P=(n_p, 2 * N_LANDMARKS))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -275,7 +339,9 @@ class DescentModel:
                     b_L=arrays["b_L"].astype(np.float32) if "b_L" in arrays else None,
                     U_F=arrays["U_F"].astype(np.float32) if "U_F" in arrays else None,
                     V_F=arrays["V_F"].astype(np.float32) if "V_F" in arrays else None,
-                    b_F=arrays["b_F"].astype(np.float32) if "b_F" in arrays else None, fine_layout=layout)
+                    b_F=arrays["b_F"].astype(np.float32) if "b_F" in arrays else None, fine_layout=layout,
+                    W_P=arrays["W_P"].astype(np.float32) if "W_P" in arrays else None,
+                    b_P=arrays["b_P"].astype(np.float32) if "b_P" in arrays else None, local_neighbours=neighbours)
         model.validate(f"descent model {source}")
         return model
 
@@ -298,7 +364,13 @@ class DescentModel:
         n_f = self.U_F.shape[0] if isinstance(self.U_F, np.ndarray) and self.U_F.ndim == 3 else -1
         rank = self.U_F.shape[2] if n_f >= 0 else -1
         fine_dim = N_LANDMARKS * (self.fine_layout or HistogramLayout()).dim
-        stages = {"R_L": (n_l, 2 * N_LANDMARKS, self.landmark_feature_dim), "b_L": (n_l, 2 * N_LANDMARKS),
+        _check_neighbours(source, self.local_neighbours)
+        n_p = self.W_P.shape[0] if isinstance(self.W_P, np.ndarray) and self.W_P.ndim == 4 else -1
+        local_dim = np.shape(self.local_neighbours)[1] * (self.fine_layout or HistogramLayout()).dim
+        if n_p == 0:  # no local stages: their empty array's width does not matter
+            local_dim = self.W_P.shape[3]
+        stages = {"W_P": (n_p, N_LANDMARKS, 2, local_dim), "b_P": (n_p, 2 * N_LANDMARKS),
+                  "R_L": (n_l, 2 * N_LANDMARKS, self.landmark_feature_dim), "b_L": (n_l, 2 * N_LANDMARKS),
                   "U_F": (n_f, 2 * N_LANDMARKS, rank), "V_F": (n_f, rank, fine_dim), "b_F": (n_f, 2 * N_LANDMARKS)}
         for name, shape in stages.items():
             arr = getattr(self, name)
@@ -310,7 +382,7 @@ class DescentModel:
                 raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
             if not np.all(np.isfinite(arr)):
                 raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
-        if n_f > 0 and self.fine_layout is None:
+        if (n_f > 0 or n_p > 0) and self.fine_layout is None:
             raise ModelFileError(f"{source}: fine 2D stages without a 'fine_layout'")
         _check_number(source, "regularisation", self.regularisation, low=0.0)
         _check_int(source, "crop_size", self.crop_size, *CROP_SIZE_RANGE)
@@ -375,6 +447,18 @@ def _check_fine_layout(source: str, layout) -> None:
         _check_int(source, f"fine_layout.{name}", layout[name], low, high)
 
 
+def _check_neighbours(source: str, neighbours) -> None:
+    """(68, K) landmark indices, each row starting with its own landmark."""
+    table = np.asarray(neighbours)
+    if table.ndim != 2 or table.shape[0] != N_LANDMARKS or not 1 <= table.shape[1] <= N_LANDMARKS \
+            or table.dtype.kind not in "iu":
+        raise ModelFileError(f"{source}: field 'local_neighbours' is a {table.dtype} table of shape {table.shape}, "
+                             f"expected ({N_LANDMARKS}, K) integers with 1 <= K <= {N_LANDMARKS}")
+    if table.min() < 0 or table.max() >= N_LANDMARKS or np.any(table[:, 0] != np.arange(N_LANDMARKS)):
+        raise ModelFileError(f"{source}: field 'local_neighbours' must hold landmark indices 0..{N_LANDMARKS - 1}, "
+                             "each row starting with its own landmark")
+
+
 def _check_int(source: str, name: str, value, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ModelFileError(f"{source}: field '{name}' is {_describe(value)}, expected an integer")
@@ -414,7 +498,8 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
         raise ModelFileError(f"descent model {source}: field '{name}' has dtype {dtype}, expected floating point")
     if len(got) == len(shape) and got[0] != shape[0]:
         count = {"R_L": "landmark_iterations", "b_L": "landmark_iterations", "U_F": "fine_iterations",
-                 "V_F": "fine_iterations", "b_F": "fine_iterations"}.get(name, "iterations")
+                 "V_F": "fine_iterations", "b_F": "fine_iterations", "W_P": "local_iterations",
+                 "b_P": "local_iterations"}.get(name, "iterations")
         raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
@@ -455,9 +540,18 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
     _check_int(src, "landmark_iterations", meta.setdefault("landmark_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "crop_size", meta["crop_size"], *CROP_SIZE_RANGE)
     _check_int(src, "fine_iterations", meta.setdefault("fine_iterations", 0), 0, MAX_ITERATIONS)
-    if meta["fine_iterations"]:
+    _check_int(src, "local_iterations", meta.setdefault("local_iterations", 0), 0, MAX_ITERATIONS)
+    if meta["fine_iterations"] or meta["local_iterations"]:
         _check_fine_layout(src, meta.get("fine_layout"))
+    if meta["fine_iterations"]:
         _check_int(src, "fine_rank", meta.get("fine_rank"), 1, 2 * N_LANDMARKS)
+    if meta["local_iterations"]:
+        table = meta.get("local_neighbours")
+        _check_type(src, "local_neighbours", table, list, "a list of lists")
+        if not all(isinstance(row, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in row)
+                   and len(row) == len(table[0]) for row in table):
+            raise ModelFileError(f"{src}: field 'local_neighbours' must be a table of integers, rows of equal length")
+        _check_neighbours(src, np.asarray(table, np.int64))
     _check_number(src, "regularisation", meta["regularisation"], low=0.0)
     _check_type(src, "provenance", meta["provenance"], dict, "a JSON object")
     _check_type(src, "extra", meta.setdefault("extra", {}), dict, "a JSON object")

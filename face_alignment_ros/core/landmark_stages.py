@@ -58,18 +58,28 @@ def mirror_fine_crop(gray_fine: np.ndarray, crop_size: int) -> np.ndarray:
 
 def fine_features(channels: np.ndarray, landmarks: np.ndarray, crop_size: int, layout: HistogramLayout) -> np.ndarray:
     """h: the histograms at the 68 landmarks (given in the cascade's crop pixels), flattened, from
-    ``orientation_channels`` of the fine crop. Both crops map the same box linearly onto their
-    pixels, so points just scale."""
-    points = np.asarray(landmarks, np.float64) * (layout.crop_size / crop_size)
-    return histograms_at(channels, points, layout).reshape(-1)
+    ``orientation_channels`` of the fine crop."""
+    return histograms_at(channels, fine_points(landmarks, crop_size, layout), layout).reshape(-1)
+
+
+def fine_points(landmarks: np.ndarray, crop_size: int, layout: HistogramLayout) -> np.ndarray:
+    """Landmarks in the cascade's crop pixels -> the fine crop's pixels: both crops map the same
+    box linearly onto their pixels, so points just scale."""
+    return np.asarray(landmarks, np.float64) * (layout.crop_size / crop_size)
 
 
 def refine_fine(descent: DescentModel, gray_fine: np.ndarray, state: CascadeState,
                 stages: int | None = None) -> CascadeState:
-    """Apply the descent model's fine 2D stages (all, or the first ``stages``) to the state's
-    landmarks, reading ``gray_fine`` (``fine_crop`` of the face's crop box)."""
+    """Apply the descent model's fine 2D stages to the state's landmarks, reading ``gray_fine``
+    (``fine_crop`` of the face's crop box): its local ones, then its global ones (all, or the
+    first ``stages``)."""
     n = descent.fine_iterations if stages is None else min(stages, descent.fine_iterations)
-    channels = orientation_channels(gray_fine, descent.fine_layout) if n else None
+    channels = orientation_channels(gray_fine, descent.fine_layout) if n or descent.local_iterations else None
+    for k in range(descent.local_iterations):
+        h = histograms_at(channels, fine_points(state.landmarks, descent.crop_size, descent.fine_layout),
+                          descent.fine_layout)
+        x = state.landmarks + descent.local_step(k, h)
+        state = replace(state, landmarks=x.astype(np.float32), history=state.history + [x])
     for k in range(n):
         h = fine_features(channels, state.landmarks, descent.crop_size, descent.fine_layout)
         x = state.landmarks + descent.fine_step(k, h)

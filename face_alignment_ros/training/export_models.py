@@ -39,7 +39,8 @@ CARDS_DIR = "model_cards"
 
 
 STAGES_NOTE = " (here: after the whole cascade, then after each final 2D stage)"
-FINE_STAGES_NOTE = " (here: after the cascade and its DFF 2D stages, then after each fine 2D stage)"
+FINE_STAGES_NOTE = (" (here: after the cascade and its DFF 2D stages, then after each fine 2D stage,"
+                    " local ones first)")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
@@ -173,14 +174,20 @@ def _landmark_stage_lines(summary: dict) -> list[str]:
 
 def _fine_stage_lines(summary: dict) -> list[str]:
     """Card lines for a descent model's fine 2D stages (``descent --fine-stages``)."""
-    fine = summary.get("fine_stages")
+    fine, local = summary.get("fine_stages"), summary.get("local_stages")
     if not fine:
         return []
-    return [f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} "
-            f"shipped, layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "
-            f"stage {fine['lambda']} and the count chosen on the validation part of the training identities "
-            f"(validation NME at full rank {fine['validation_nme_full_rank']}). NME (%) before the fine stages, "
-            f"then after each, with per landmark group: `{json.dumps(fine['nme_after_stage'])}`"]
+    lines = [] if not local else [
+        f"- Local fine 2D stages (a ridge regression per landmark from the histograms at it and its "
+        f"{local['neighbours'] - 1} nearest landmarks): {local['chosen']} shipped; lambda per stage {local['lambda']} "
+        f"and the count chosen on the validation part of the training identities. NME (%) before them, then after "
+        f"each, with per landmark group: `{json.dumps(local['nme_after_stage'])}`"]
+    return lines + [
+        f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} shipped,"
+        f" layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "
+        f"stage {fine['lambda']} and the count chosen on the validation part of the training identities "
+        f"(validation NME at full rank {fine['validation_nme_full_rank']}). NME (%) before these global stages, "
+        f"then after each, with per landmark group: `{json.dumps(fine['nme_after_stage'])}`"]
 
 
 def _card(title: str, lines: list[str]) -> str:

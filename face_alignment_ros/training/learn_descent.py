@@ -212,6 +212,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fine = parser.add_argument_group("fine 2D stages (gradient-orientation histograms; core/gradient_histograms.py)")
     fine.add_argument("--fine-stages", type=int, default=0,
                       help="learn up to N fine 2D stages last (the count is chosen on validation)")
+    fine.add_argument("--local-stages", type=int, default=0,
+                      help="before those, learn up to N local fine stages: a regression per landmark from the "
+                           "histograms at its nearest landmarks (the count is chosen on validation)")
+    fine.add_argument("--local-neighbours", type=int, default=6,
+                      help="landmarks each local regression reads (itself and its nearest)")
     default = HistogramLayout()
     fine.add_argument("--fine-crop", type=int, default=default.crop_size,
                       help="side (px) of the crop the histograms are read from, over the cascade's crop box")
@@ -242,9 +247,9 @@ def run(args: argparse.Namespace) -> int:
     stage.log.info("photos: %d train, %d validation (lambda), %d held-out (report only)",
                    len(train), len(val), len(heldout))
     if args.start_from:
-        if args.descriptor == "both" or (args.landmark_stages < 1 and args.fine_stages < 1):
-            raise ValueError("--start-from learns final 2D stages: "
-                             "it needs --descriptor dff|sift and --landmark-stages N or --fine-stages N")
+        if args.descriptor == "both" or (args.landmark_stages < 1 and args.fine_stages < 1 and args.local_stages < 1):
+            raise ValueError("--start-from learns final 2D stages: it needs --descriptor dff|sift and "
+                             "--landmark-stages N, --local-stages N or --fine-stages N")
         stages = _landmark_stages(stage, args, records, priors, args.start_from, args.descriptor)
         _merge_summary(stage, {args.descriptor: stages}, replace=False)
         return 0
@@ -317,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
             summary[kind].update(evaluate_profiled(cascade, backend, descent, profiled, val_identity,
                                                    detections["profile"]))
         stage.log.info("%s held-out (%d photos): %s", kind, len(heldout), results)
-        if args.landmark_stages or args.fine_stages:
+        if args.landmark_stages or args.fine_stages or args.local_stages:
             start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])
             summary[kind].update(_landmark_stages(stage, args, records, priors, start_from, kind))
     _merge_summary(stage, summary)
@@ -332,7 +337,7 @@ def _landmark_stages(stage: Stage, args, records, priors, start_from, kind: str)
     if args.landmark_stages:
         summary = learn_landmark_stages.run(stage, args, records, priors, start_from)
         start_from = stage.path(resources.DESCENT_MODEL_FILES[kind])  # the model just written
-    if args.fine_stages:
+    if args.fine_stages or args.local_stages:
         fine = learn_fine_stages.run(stage, args, records, priors, start_from)
         summary = {**summary, **fine}
     return summary
