@@ -24,7 +24,10 @@ from face_alignment_ros.core.morphable_model import JAW, MorphableModel
 from face_alignment_ros.core.shape_fit import fit_shape
 
 DEFAULT_ITERATIONS = 2
-DEFAULT_HIDDEN_WEIGHT = 0.3
+# Self-occluded inner points count fully: since the fine 2D stages their guesses are good enough
+# (validation identities, round 9: 5.16 -> 5.10 deg mean over profiled views and renders, given
+# and detector boxes; 3D NME lower in all four; 0.3 had been the default before)
+DEFAULT_HIDDEN_WEIGHT = 1.0
 
 
 class PoseRefiner:
