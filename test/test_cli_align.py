@@ -153,3 +153,9 @@ def test_missing_input_gets_a_message_not_a_traceback(tmp_path, aligner, capsys)
     assert align.main([str(unreadable)]) == align.EXIT_NOTHING_DONE
     assert "cannot open the video" in capsys.readouterr().err
     assert aligner == []
+
+
+def test_flip_average_option_builds_a_flip_averaging_aligner(tmp_path):
+    args = align._parser().parse_args([str(tmp_path / "x.jpg"), "--flip-average"])
+    assert align._load_aligner(args).flip_average
+    assert not align._parser().parse_args([str(tmp_path / "x.jpg")]).flip_average

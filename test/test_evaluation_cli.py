@@ -39,6 +39,20 @@ def test_cli_writes_outputs(tmp_path, demo, capsys):
     assert (out / "per_image.csv").exists() and (out / "ced_data_given_box.png").exists()
 
 
+def test_cli_flip_average_reaches_our_aligner(tmp_path, demo, capsys):
+    from face_alignment_ros.cli.evaluate import main
+
+    img, pts = demo
+    data = tmp_path / "data"
+    data.mkdir()
+    cv2.imwrite(str(data / "astronaut.png"), img)
+    write_pts(data / "astronaut.pts", pts)
+    args = ["--data", str(data), "--methods", "ours-sift", "--protocols", "given_box", "--flip-average",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert "| Ours (SIFT), flip-averaged" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["dlib-ert", "mediapipe-facemesh"])
 def test_peer_on_demo(name, demo):
     from face_alignment_ros.evaluation import peers

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                         f"(NAME{OVERLAY_SUFFIX} per image), a video file for a video")
     p.add_argument("--descriptor", choices=("dff", "sift"), default="dff")
     p.add_argument("--device", default=None, help="torch device (default: CUDA when present, else CPU)")
+    p.add_argument("--flip-average", action="store_true",
+                   help="also align each face's mirrored crop and average the landmarks: more accurate, "
+                        "about twice the alignment time (docs/training.md, round 9)")
     p.add_argument("--redetect-every", type=int, default=10, help="video: detector period in frames")
     return p
 
@@ -215,7 +218,7 @@ def _fail(message: str) -> int:
 def _load_aligner(args):
     from face_alignment_ros.core.aligner import FaceAligner
 
-    return FaceAligner.from_default(descriptor=args.descriptor, device=args.device)
+    return FaceAligner.from_default(descriptor=args.descriptor, device=args.device, flip_average=args.flip_average)
 
 
 class _Job:

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-stand-in", action="store_true", help="fail instead of using untrained stand-in models")
     p.add_argument("--no-pose-refinement", action="store_true",
                    help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")
+    p.add_argument("--flip-average", action="store_true",
+                   help="our aligners also align the mirrored crop and average (FaceAligner(flip_average=True))")
     p.add_argument("--descent", type=Path, default=None,
                    help="ours-dff / ours-sift: this descent model file instead of the shipped one (a candidate)")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
             aligner = FaceAligner.from_files(args.descent, shipped_models(descriptor).dff_weights)
         method = OursMethod(descriptor, aligner=aligner, allow_stand_in=not args.no_stand_in,
-                            refine_pose=not args.no_pose_refinement)
+                            refine_pose=not args.no_pose_refinement, flip_average=args.flip_average)
         if args.descent is not None:
             method.label += f" [{args.descent.name}]"
         return method

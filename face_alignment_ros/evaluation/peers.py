@@ -143,7 +143,8 @@ class Method:
 class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
-    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True):
+    def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True,
+                 flip_average: bool = False):
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
         self._default = aligner is None
@@ -158,6 +159,9 @@ class OursMethod(Method):
         if not refine_pose:  # the cascade's regressed camera, without core.pose_refinement
             aligner.pose_refiner = None
             self.label += ", no pose refinement"
+        if flip_average:  # mirrored crop aligned too, landmarks averaged
+            aligner.flip_average = True
+            self.label += ", flip-averaged"
         self.aligner = aligner
 
     def align_box(self, image, box, box_kind="landmarks"):
@@ -188,7 +192,8 @@ class OursMethod(Method):
         threads.apply(n)
         if self.trained and self._default:
             self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n,
-                                                    refine_pose=self.aligner.pose_refiner is not None)
+                                                    refine_pose=self.aligner.pose_refiner is not None,
+                                                    flip_average=self.aligner.flip_average)
             self._tracker = None
 
 

@@ -46,6 +46,7 @@ class PipelineConfig:
     smoothing: bool = False               # One Euro filter of landmarks and pose (core.smoothing)
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 10.0
+    flip_average: bool = False            # FaceAligner.flip_average: mirrored crop too, averaged
 
     def smoothing_settings(self) -> OneEuroSettings | None:
         return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
@@ -114,7 +115,8 @@ class FramePipeline:
         else:
             backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device,
                                      threads=self.threads.network)
-            self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector)
+            self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector,
+                                       flip_average=self.config.flip_average)
             self.tracker = None
         if self.tracker is None:
             self.tracker = FaceTracker(self.aligner, self.config.redetect_every, self.config.min_confidence,
@@ -129,6 +131,8 @@ class FramePipeline:
         for k, v in values.items():
             if k in PipelineConfig.__dataclass_fields__:
                 setattr(self.config, k, v)
+        if self.aligner is not None:
+            self.aligner.flip_average = self.config.flip_average
         if self.tracker is not None:
             self.tracker.redetect_every = self.config.redetect_every
             self.tracker.min_confidence = self.config.min_confidence
