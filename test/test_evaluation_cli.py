@@ -22,14 +22,21 @@ def demo():
     return img, pts.astype(np.float32)
 
 
-def test_cli_writes_outputs(tmp_path, demo, capsys):
-    from face_alignment_ros.cli.evaluate import main
-
+@pytest.fixture
+def one_image_folder(tmp_path, demo):
+    """A data folder holding the demo photo and its rough points."""
     img, pts = demo
     data = tmp_path / "data"
     data.mkdir()
     cv2.imwrite(str(data / "astronaut.png"), img)
     write_pts(data / "astronaut.pts", pts)
+    return data
+
+
+def test_cli_writes_outputs(tmp_path, one_image_folder, capsys):
+    from face_alignment_ros.cli.evaluate import main
+
+    data = one_image_folder
     out = tmp_path / "out"
     assert main(["--data", str(data), "--methods", "ours-sift", "--protocols", "given_box", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -39,15 +46,10 @@ def test_cli_writes_outputs(tmp_path, demo, capsys):
     assert (out / "per_image.csv").exists() and (out / "ced_data_given_box.png").exists()
 
 
-def test_cli_flip_average_reaches_our_aligner(tmp_path, demo, capsys):
+def test_cli_flip_average_reaches_our_aligner(tmp_path, one_image_folder, capsys):
     from face_alignment_ros.cli.evaluate import main
 
-    img, pts = demo
-    data = tmp_path / "data"
-    data.mkdir()
-    cv2.imwrite(str(data / "astronaut.png"), img)
-    write_pts(data / "astronaut.pts", pts)
-    args = ["--data", str(data), "--methods", "ours-sift", "--protocols", "given_box", "--flip-average",
+    args = ["--data", str(one_image_folder), "--methods", "ours-sift", "--protocols", "given_box", "--flip-average",
             "--out", str(tmp_path / "out")]
     assert main(args) == 0
     assert "| Ours (SIFT), flip-averaged" in capsys.readouterr().out
