@@ -29,6 +29,8 @@ def test_fine_stage_lines():
                                "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.4}}]}}
     (line,) = _fine_stage_lines(summary)
     assert "1 shipped" in line and "rank 64" in line and '"cell": 4' in line and "[3.0, 100.0]" in line
+    summary["local_stages"] = {"chosen": 0, "neighbours": 6, "lambda": [], "nme_after_stage": [{"val": {"all": 5.8}}]}
+    assert len(_fine_stage_lines(summary)) == 1  # no local stage learned: no line for them
     summary["local_stages"] = {"chosen": 1, "neighbours": 6, "lambda": [1.0, 3.0],
                                "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.5}}]}
     local, line = _fine_stage_lines(summary)

@@ -177,7 +177,7 @@ def _fine_stage_lines(summary: dict) -> list[str]:
     fine, local = summary.get("fine_stages"), summary.get("local_stages")
     if not fine:
         return []
-    lines = [] if not local else [
+    lines = [] if not (local and local.get("lambda")) else [  # none learned: no line
         f"- Local fine 2D stages (a ridge regression per landmark from the histograms at it and its "
         f"{local['neighbours'] - 1} nearest landmarks): {local['chosen']} shipped; lambda per stage {local['lambda']} "
         f"and the count chosen on the validation part of the training identities. NME (%) before them, then after "
