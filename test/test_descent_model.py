@@ -465,3 +465,36 @@ def test_first_keeps_local_stages_after_the_dff_ones_and_global_ones_after_them(
         model.first(3, 2, 1, 1)  # the global stages were learned after both local ones
     with pytest.raises(ValueError, match="local_iterations"):
         model.first(2, 0, 0, 1)
+
+
+def test_annotation_offset_round_trips_and_goes_with_any_cut(tmp_path):
+    model = _with_fine_stages(_with_local_stages(_with_stages(_model()))[0])[0]
+    offset = np.linspace(-1, 1, 136).astype(np.float32)
+    with_offset = model.with_annotation_offset(offset, provenance={"annotation_offset": {"test": True}})
+    path = tmp_path / "m.npz"
+    with_offset.save(path)
+    loaded = DescentModel.load(path)
+    np.testing.assert_allclose(loaded.annotation_offset, offset.reshape(68, 2))
+    assert model.annotation_offset is None and DescentModel.load(_saved(model, tmp_path)).annotation_offset is None
+    assert loaded.first(2) is loaded  # nothing cut: kept
+    assert loaded.first(2, 2, 1).annotation_offset is None  # measured after both global stages
+    assert loaded.first(2, 1).annotation_offset is None
+    assert _with_fine_stages(loaded)[0].annotation_offset is None  # new stages: measured on others
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "plain.npz"
+    model.save(path)
+    return path
+
+
+def test_bad_annotation_offsets_are_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _model().with_annotation_offset(np.zeros(136, np.float32)).save(path)
+    _assert_refused(path, "'o_A' holds NaN|'o_A' must be", o_A=np.full(136, np.nan, np.float32))
+    _assert_refused(path, "'o_A' must be", o_A=np.full(136, 1e6, np.float32))
+    _assert_refused(path, "'annotation_offset' says 136 but 'o_A' holds 10", o_A=np.zeros(10, np.float32))
+    _rewrite(path, o_A=np.zeros(136, np.float32))
+    _assert_refused(path, "'annotation_offset' is str", annotation_offset="yes")
+    with pytest.raises(ModelFileError, match="'o_A' must be"):
+        _model().with_annotation_offset(np.zeros(10, np.float32))

@@ -35,6 +35,8 @@ def test_fine_stage_lines():
                                "nme_after_stage": [{"val": {"all": 5.8}}, {"val": {"all": 5.5}}]}
     local, line = _fine_stage_lines(summary)
     assert "Local fine 2D stages" in local and "5 nearest" in local and "[1.0, 3.0]" in local and "rank 64" in line
+    summary["annotation_offset"] = {"mean_norm_px": 0.63, "nme_after": {"val": {"all": 4.9}}}
+    assert "Annotation offset" in _fine_stage_lines(summary)[1] and "0.63 crop px" in _fine_stage_lines(summary)[1]
 
 
 def test_kind_counts_are_checked():

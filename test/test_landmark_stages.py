@@ -147,6 +147,37 @@ def test_aligner_applies_local_fine_stages_before_the_global_ones(astronaut):
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 2
 
 
+def test_annotation_offset_fades_beyond_the_annotated_photos_yaw():
+    from face_alignment_ros.core.landmark_stages import annotation_convention
+
+    descent = stand_in_aligner("sift", detector=None).descent
+    x = np.zeros((68, 2), np.float32)
+    assert annotation_convention(descent, x, 0.0) is x  # no offset: the points as they are
+    offset = np.tile([1.0, -2.0], 68).astype(np.float32)
+    descent = descent.with_annotation_offset(offset)
+    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(-30)), offset.reshape(68, 2))
+    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(52.5)), 0.5 * offset.reshape(68, 2))
+    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(80)), 0.0)
+
+
+def test_aligner_adds_the_annotation_offset_after_the_pose_refit(astronaut):
+    base = stand_in_aligner("sift", detector=None)
+    cls, box = type(base), (150, 30, 250, 150)
+    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
+    before = plain.align(astronaut, box)
+    offset = np.tile([2.0, 0.0], 68).astype(np.float32)
+    plain.set_descent_model(base.descent.with_annotation_offset(offset))
+    after = plain.align(astronaut, box)
+    np.testing.assert_array_equal(after.camera, before.camera)  # fitted to the points before it
+    np.testing.assert_allclose(after.landmarks_3d, before.landmarks_3d)
+    crop_px = (after.crop_box[2] - after.crop_box[0]) / base.descent.crop_size
+    from face_alignment_ros.core import camera as cam
+
+    if abs(np.degrees(before.camera[cam.YAW])) <= 45:  # the stand-in fits the astronaut near frontal
+        np.testing.assert_allclose(after.landmarks[:, 0] - before.landmarks[:, 0], 2.0 * crop_px, atol=1e-3)
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
+
+
 def test_pose_refinement_fits_the_output_landmarks(astronaut):
     """With refine_pose the camera is refitted to the landmarks after the 2D stages: moving them
     all right moves the fitted head right by as much."""

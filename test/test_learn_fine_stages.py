@@ -100,7 +100,10 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     assert model.fine_iterations == summary["fine_stages"]["chosen"] and model.fine_layout == layout
     assert summary["fine_stages"]["rank"] == 8
     per_stage = summary["heldout_inter_pupil_nme_percent"]["detector"]["nme_per_iteration"]
-    assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations and per_stage[1] < per_stage[0]
+    offsets = int(model.annotation_offset is not None)  # the toy samples count as annotated photos
+    assert offsets and summary["annotation_offset"]["mean_norm_px"] >= 0
+    assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations + offsets
+    assert per_stage[1] < per_stage[0]
     assert summary["heldout_inter_pupil_nme_percent"]["detector"]["count"] == 30
     args.local_stages = 0  # global stages alone, as round 8 shipped them
     summary = learn_fine_stages.run(stage, args, [], {}, "start.npz")
@@ -111,3 +114,18 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     descent.b_X = descent.b_X + 1.0  # another cascade: they must be computed again
     learn_fine_stages.run(stage, args, [], {}, "start.npz")
     assert len(runs) == 2
+
+
+def test_annotation_offset_is_the_annotated_photos_mean_error_only():
+    from face_alignment_ros.training.learn_fine_stages import annotation_offset
+
+    targets = np.zeros((6, 68, 2), np.float32)
+    landmarks = np.zeros_like(targets)
+    landmarks[0:2] -= 1.0  # the annotated photos: 1 px short of their targets
+    landmarks[2:4] += 1.0  # their mirror images and the fitted labels: other conventions
+    landmarks[4] += 5.0
+    data = {"targets": targets, "groups": np.array(["train"] * 5 + ["val"]),
+            "conventions": np.array(["annotated", "annotated", "mirrored", "mirrored", "fitted", "annotated"])}
+    np.testing.assert_allclose(annotation_offset(landmarks, data), 1.0)
+    assert annotation_offset(landmarks, {**data, "conventions": np.array(["fitted"] * 6)}) is None
+    assert annotation_offset(landmarks, {k: v for k, v in data.items() if k != "conventions"}) is None

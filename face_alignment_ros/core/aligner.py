@@ -16,7 +16,13 @@ from face_alignment_ros.core.descent_model import DescentModel
 from face_alignment_ros.core.descriptors import DescriptorBackend, create_backend
 from face_alignment_ros.core.face_crop import crop_image, validate_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
-from face_alignment_ros.core.landmark_stages import fine_crop, mirror_fine_crop, refine_fine, refine_landmarks
+from face_alignment_ros.core.landmark_stages import (
+    annotation_convention,
+    fine_crop,
+    mirror_fine_crop,
+    refine_fine,
+    refine_landmarks,
+)
 from face_alignment_ros.core.morphable_model import IBUG68_MIRROR, N_LANDMARKS, ModelFileError, MorphableModel
 from face_alignment_ros.core.pose_refinement import PoseRefiner
 
@@ -315,8 +321,13 @@ class FaceAligner:
         # them under its own camera and shape (before any pose refinement), the fit whose
         # regressed landmarks are the output.
         visible = state.dense_visible[:len(self.model.landmarks)].copy()
-        crop_landmarks = refined.landmarks if self.output == "regressed" else \
-            self.cascade.model_landmarks(state.camera, state.shape_params)
+        history = refined.history
+        if self.output == "regressed":  # the pose above was fitted to the points before the offset
+            crop_landmarks = annotation_convention(descent, refined.landmarks, state.camera[cam.YAW])
+            if descent.annotation_offset is not None:
+                history = history + [crop_landmarks]
+        else:
+            crop_landmarks = self.cascade.model_landmarks(state.camera, state.shape_params)
         n_id = self.model.n_id
         return FaceResult(
             landmarks=face_crop.crop_to_image(crop_landmarks, crop_box, n).astype(np.float32),
@@ -324,4 +335,4 @@ class FaceAligner:
             shape_params=state.shape_params[:n_id].copy(), expression_params=state.shape_params[n_id:].copy(),
             box=np.asarray(box, np.float32), score=float(score), confidence=confidence,
             crop_box=crop_box, model=self.model,
-            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in refined.history])
+            landmarks_per_iteration=[face_crop.crop_to_image(x, crop_box, n) for x in history])

@@ -37,6 +37,12 @@ training provenance. When M > 0 it also holds ``U_F`` (M, 136, r), ``V_F`` (M, r
 ``b_F`` (M, 136), with ``fine_iterations``, ``fine_rank`` and ``fine_layout`` in the metadata,
 and when P > 0 ``W_P`` (P, 68, 2, K H) and ``b_P`` (P, 136), with ``local_iterations``,
 ``local_neighbours`` and ``fine_layout``.
+
+Optionally last, ``o_A`` (136,): the annotation offset, crop pixels added to the output landmarks
+after everything else (and after the pose refit, which fits the points before it). Every stage
+learns on the training photos and their mirror images, so it lands halfway between the
+annotators' convention and its mirror image; 300-W's is not symmetric, and this offset, the mean
+remaining error of the training photos as annotated, restores it (docs/training.md, round 9).
 """
 from __future__ import annotations
 
@@ -89,6 +95,7 @@ class DescentModel:
     W_P: np.ndarray | None = None  # (P, 68, 2, K H) local fine stages, before the global ones
     b_P: np.ndarray | None = None  # (P, 136)
     local_neighbours: np.ndarray | None = None  # (68, K) int: landmark l reads these landmarks
+    o_A: np.ndarray | None = None  # (136,) annotation offset, crop px; None: none
 
     def __post_init__(self):
         if self.R_L is None and self.b_L is None:
@@ -136,6 +143,17 @@ class DescentModel:
         return self.W_P.shape[0] if self.W_P is not None and self.W_P.ndim == 4 else 0
 
     @property
+    def annotation_offset(self) -> np.ndarray | None:
+        """(68, 2) crop pixels, or None."""
+        return None if self.o_A is None else self.o_A.reshape(N_LANDMARKS, 2)
+
+    def with_annotation_offset(self, offset: np.ndarray | None, provenance: dict | None = None) -> DescentModel:
+        model = replace(self, o_A=None if offset is None else np.asarray(offset, np.float32).reshape(-1),
+                        provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
+
+    @property
     def uses_fine_crop(self) -> bool:
         return self.fine_iterations + self.local_iterations > 0
 
@@ -159,7 +177,7 @@ class DescentModel:
         if self.local_iterations and layout != self.fine_layout:
             raise ValueError(f"the fine stages must read the local stages' layout {self.fine_layout}, got {layout}")
         u, v = low_rank_factors(R_F, rank)
-        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout,
+        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout, o_A=None,
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
@@ -182,7 +200,7 @@ class DescentModel:
         stages: those are learned on what the local ones leave (``with_fine_stages`` next)."""
         model = replace(self, W_P=np.asarray(W_P, np.float32), b_P=np.asarray(b_P, np.float32),
                         local_neighbours=np.asarray(neighbours, np.int64), fine_layout=layout,
-                        U_F=None, V_F=None, b_F=None, provenance=dict(self.provenance, **(provenance or {})))
+                        U_F=None, V_F=None, b_F=None, o_A=None, provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
 
@@ -219,7 +237,7 @@ class DescentModel:
             raise ValueError(f"fine_iterations must be in 0..{self.fine_iterations} "
                              f"(and 0 when anything before them is cut), got {fine_iterations}")
         if whole and keep_f == self.fine_iterations:
-            return self
+            return self  # the annotation offset was measured after all of it: kept only here
         provenance = dict(self.provenance)
         if iterations < self.iterations:
             provenance["truncated_from_iterations"] = int(self.iterations)
@@ -232,7 +250,7 @@ class DescentModel:
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
                        b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
                        U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f],
-                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], provenance=provenance)
+                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], o_A=None, provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -248,6 +266,7 @@ class DescentModel:
             **({"local_iterations": int(self.local_iterations),
                 "local_neighbours": np.asarray(self.local_neighbours).tolist()} if self.local_iterations else {}),
             **({"fine_layout": self.fine_layout.to_dict()} if self.uses_fine_crop else {}),
+            **({"annotation_offset": True} if self.o_A is not None else {}),
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -264,6 +283,8 @@ class DescentModel:
             stages.update(U_F=self.U_F.astype(dtype), V_F=self.V_F.astype(dtype), b_F=self.b_F.astype(np.float32))
         if self.local_iterations:
             stages.update(W_P=self.W_P.astype(dtype), b_P=self.b_P.astype(np.float32))
+        if self.o_A is not None:
+            stages.update(o_A=self.o_A.astype(np.float32))
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
                             R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
@@ -327,6 +348,8 @@ class DescentModel:
             neighbours = np.asarray(meta["local_neighbours"], np.int64) if n_p else None
             if n_p:
                 shapes.update(W_P=(n_p, N_LANDMARKS, 2, neighbours.shape[1] * layout.dim), b_P=(n_p, 2 * N_LANDMARKS))
+            if meta["annotation_offset"]:
+                shapes.update(o_A=(2 * N_LANDMARKS,))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -341,7 +364,8 @@ class DescentModel:
                     V_F=arrays["V_F"].astype(np.float32) if "V_F" in arrays else None,
                     b_F=arrays["b_F"].astype(np.float32) if "b_F" in arrays else None, fine_layout=layout,
                     W_P=arrays["W_P"].astype(np.float32) if "W_P" in arrays else None,
-                    b_P=arrays["b_P"].astype(np.float32) if "b_P" in arrays else None, local_neighbours=neighbours)
+                    b_P=arrays["b_P"].astype(np.float32) if "b_P" in arrays else None, local_neighbours=neighbours,
+                    o_A=arrays["o_A"].astype(np.float32) if "o_A" in arrays else None)
         model.validate(f"descent model {source}")
         return model
 
@@ -382,6 +406,10 @@ class DescentModel:
                 raise ModelFileError(f"{source}: field '{name}' has dtype {arr.dtype}, expected floating point")
             if not np.all(np.isfinite(arr)):
                 raise ModelFileError(f"{source}: field '{name}' holds NaN or inf")
+        if self.o_A is not None and (not isinstance(self.o_A, np.ndarray) or self.o_A.shape != (2 * N_LANDMARKS,)
+                                     or self.o_A.dtype.kind != "f" or not np.all(np.abs(self.o_A) <= self.crop_size)):
+            raise ModelFileError(f"{source}: field 'o_A' must be {2 * N_LANDMARKS} finite floats within the crop "
+                                 f"size {self.crop_size}, got {_describe(self.o_A)}")
         if (n_f > 0 or n_p > 0) and self.fine_layout is None:
             raise ModelFileError(f"{source}: fine 2D stages without a 'fine_layout'")
         _check_number(source, "regularisation", self.regularisation, low=0.0)
@@ -499,7 +527,7 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
     if len(got) == len(shape) and got[0] != shape[0]:
         count = {"R_L": "landmark_iterations", "b_L": "landmark_iterations", "U_F": "fine_iterations",
                  "V_F": "fine_iterations", "b_F": "fine_iterations", "W_P": "local_iterations",
-                 "b_P": "local_iterations"}.get(name, "iterations")
+                 "b_P": "local_iterations", "o_A": "annotation_offset"}.get(name, "iterations")
         raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
@@ -541,6 +569,7 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
     _check_int(src, "crop_size", meta["crop_size"], *CROP_SIZE_RANGE)
     _check_int(src, "fine_iterations", meta.setdefault("fine_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "local_iterations", meta.setdefault("local_iterations", 0), 0, MAX_ITERATIONS)
+    _check_type(src, "annotation_offset", meta.setdefault("annotation_offset", False), bool, "true or false")
     if meta["fine_iterations"] or meta["local_iterations"]:
         _check_fine_layout(src, meta.get("fine_layout"))
     if meta["fine_iterations"]:

@@ -39,6 +39,23 @@ def refine_landmarks(descent: DescentModel, sampler: Sampler, state: CascadeStat
     return state
 
 
+# The annotated training photos reach about 45 deg of yaw: the annotation offset learned on them
+# applies in full up to there and fades out by 60 deg, beyond which only fitted labels were seen
+ANNOTATION_OFFSET_YAW_DEG = (45.0, 60.0)
+
+
+def annotation_convention(descent: DescentModel, landmarks: np.ndarray, yaw: float) -> np.ndarray:
+    """The output landmarks in the annotators' convention: ``landmarks`` (crop pixels) plus the
+    descent model's annotation offset, faded out beyond the yaw (radians) that the annotated
+    photos cover."""
+    offset = descent.annotation_offset
+    if offset is None:
+        return landmarks
+    full, zero = np.radians(ANNOTATION_OFFSET_YAW_DEG)
+    weight = float(np.clip((zero - abs(float(yaw))) / (zero - full), 0.0, 1.0))
+    return (landmarks + weight * offset).astype(np.float32)
+
+
 def fine_crop(image_bgr: np.ndarray, crop_box, layout: HistogramLayout, crop: np.ndarray | None = None) -> np.ndarray:
     """The grey fine crop of the same box as the cascade's crop (``layout.crop_size`` px); the
     cascade's own ``crop`` serves where it has that size."""

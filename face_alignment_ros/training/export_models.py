@@ -40,7 +40,7 @@ CARDS_DIR = "model_cards"
 
 STAGES_NOTE = " (here: after the whole cascade, then after each final 2D stage)"
 FINE_STAGES_NOTE = (" (here: after the cascade and its DFF 2D stages, then after each fine 2D stage,"
-                    " local ones first)")
+                    " local ones first, and last with the annotation offset)")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
@@ -182,6 +182,11 @@ def _fine_stage_lines(summary: dict) -> list[str]:
         f"{local['neighbours'] - 1} nearest landmarks): {local['chosen']} shipped; lambda per stage {local['lambda']} "
         f"and the count chosen on the validation part of the training identities. NME (%) before them, then after "
         f"each, with per landmark group: `{json.dumps(local['nme_after_stage'])}`"]
+    offset = summary.get("annotation_offset")
+    if offset:
+        lines.append(f"- Annotation offset (added last, after the pose refit; docs/training.md, round 9): mean "
+                     f"{offset['mean_norm_px']} crop px, the training photos' mean remaining error as annotated (their "
+                     f"mirror images left out). NME (%) with it: `{json.dumps(offset['nme_after'])}`")
     return lines + [
         f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} shipped,"
         f" layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "

@@ -215,6 +215,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fine.add_argument("--local-stages", type=int, default=0,
                       help="before those, learn up to N local fine stages: a regression per landmark from the "
                            "histograms at its nearest landmarks (the count is chosen on validation)")
+    fine.add_argument("--no-annotation-offset", action="store_true",
+                      help="do not learn the annotation offset (the training photos' mean remaining error, which "
+                           "the mirrored copies otherwise leave on real photos)")
     fine.add_argument("--local-neighbours", type=int, default=6,
                       help="landmarks each local regression reads (itself and its nearest)")
     default = HistogramLayout()

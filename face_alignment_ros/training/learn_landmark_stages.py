@@ -43,9 +43,12 @@ class SampleSet:
     # with a layout, also the grey fine crop of each sample's box (fine 2D stages)
     fine_layout: HistogramLayout | None = None
     fine: list = field(default_factory=list)
+    # how each target was labelled: "annotated" (a photo's own points), "mirrored" (a mirrored
+    # photo's, i.e. the annotators' convention mirrored) or "fitted" (renders, profiled views)
+    conventions: list = field(default_factory=list)
 
     def add(self, crop: np.ndarray, target: np.ndarray, normaliser: float, group: str, yaw_bin: int = -1,
-            source: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+            source: tuple[np.ndarray, np.ndarray] | None = None, convention: str = "annotated") -> None:
         """``source``: (image, crop box) the crop was cut from, for its fine crop; without it
         (renders, which exist only at the crop's size) the crop itself is enlarged."""
         self.crops.append(np.ascontiguousarray(crop, np.uint8))
@@ -61,10 +64,12 @@ class SampleSet:
         self.normalisers.append(float(normaliser))
         self.groups.append(group)
         self.yaw_bins.append(int(yaw_bin))
+        self.conventions.append(convention)
 
     def arrays(self) -> dict:
         return {"targets": np.stack(self.targets), "normalisers": np.array(self.normalisers, np.float32),
-                "groups": np.array(self.groups), "yaw_bins": np.array(self.yaw_bins)}
+                "groups": np.array(self.groups), "yaw_bins": np.array(self.yaw_bins),
+                "conventions": np.array(self.conventions)}
 
 
 def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -268,15 +273,18 @@ def build_samples(records, priors, rng, perturbations: int, augmented: int, jitt
     t0 = time.perf_counter()
     for r in tqdm(records, desc="training crops", unit="photo", mininterval=30):
         image = cv2.imread(r.image_path)
-        for rec, img in [(r, image)] + ([mirror_record(r, image)] if mirror else []):
+        for mirrored, (rec, img) in enumerate([(r, image)] + ([mirror_record(r, image)] if mirror else [])):
+            convention = "mirrored" if mirrored else "annotated"
             for k in range(perturbations + augmented):
                 crop_box = perturbed_start(rec, k, priors, rng, jitter)
                 crop = crop_image(img, crop_box, crop_size)[0]
                 target = face_crop.image_to_crop(rec.landmarks, crop_box, crop_size)
                 if k < perturbations:
-                    samples.add(crop, target, inter_pupil(target), "train", source=(img, crop_box))
+                    samples.add(crop, target, inter_pupil(target), "train", source=(img, crop_box),
+                                convention=convention)
                 elif fine_layout is None:  # augmented copies serve the DFF stages' variant only
-                    samples.add(augment_crop(crop, rng), target, inter_pupil(target), "train-aug")
+                    samples.add(augment_crop(crop, rng), target, inter_pupil(target), "train-aug",
+                                convention=convention)
     for r in val_records:  # as stage descent validates: 2 jittered starts per photo
         image = cv2.imread(r.image_path)
         for k in range(2):
@@ -305,7 +313,7 @@ def add_render_samples(samples, data: dict, rows, group: str) -> None:
     for i in rows:
         target = np.asarray(data["landmarks"][i], np.float32)
         samples.add(np.asarray(data["images"][i]), target, box_size(target), group,
-                    int(data["yaw_bin"][i]) if group == "renders" else -1)
+                    int(data["yaw_bin"][i]) if group == "renders" else -1, convention="fitted")
 
 
 def stage_inputs(stage, args, records, priors, start_from, fine_layout: HistogramLayout | None = None):
