@@ -13,6 +13,7 @@ by default, the cascade's own crop): edges locate what the DFF's resolution no l
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -73,12 +74,6 @@ def mirror_fine_crop(gray_fine: np.ndarray, crop_size: int) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-def fine_features(channels: np.ndarray, landmarks: np.ndarray, crop_size: int, layout: HistogramLayout) -> np.ndarray:
-    """h: the histograms at the 68 landmarks (given in the cascade's crop pixels), flattened, from
-    ``orientation_channels`` of the fine crop."""
-    return histograms_at(channels, fine_points(landmarks, crop_size, layout), layout).reshape(-1)
-
-
 def fine_points(landmarks: np.ndarray, crop_size: int, layout: HistogramLayout) -> np.ndarray:
     """Landmarks in the cascade's crop pixels -> the fine crop's pixels: both crops map the same
     box linearly onto their pixels, so points just scale."""
@@ -91,14 +86,12 @@ def refine_fine(descent: DescentModel, gray_fine: np.ndarray, state: CascadeStat
     (``fine_crop`` of the face's crop box): its local ones, then its global ones (all, or the
     first ``stages``)."""
     n = descent.fine_iterations if stages is None else min(stages, descent.fine_iterations)
-    channels = orientation_channels(gray_fine, descent.fine_layout) if n or descent.local_iterations else None
-    for k in range(descent.local_iterations):
+    steps = [partial(descent.local_step, k) for k in range(descent.local_iterations)] + \
+        [partial(descent.fine_step, k) for k in range(n)]
+    channels = orientation_channels(gray_fine, descent.fine_layout) if steps else None
+    for step in steps:  # each reads the (68, H) histograms at the current landmarks
         h = histograms_at(channels, fine_points(state.landmarks, descent.crop_size, descent.fine_layout),
                           descent.fine_layout)
-        x = state.landmarks + descent.local_step(k, h)
-        state = replace(state, landmarks=x.astype(np.float32), history=state.history + [x])
-    for k in range(n):
-        h = fine_features(channels, state.landmarks, descent.crop_size, descent.fine_layout)
-        x = state.landmarks + descent.fine_step(k, h)
+        x = state.landmarks + step(h)
         state = replace(state, landmarks=x.astype(np.float32), history=state.history + [x])
     return state
