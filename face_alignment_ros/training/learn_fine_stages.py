@@ -56,12 +56,6 @@ def cascade_outputs(backend, cascade, descent, crops) -> np.ndarray:
     return out
 
 
-def histogram_features(fine: list, landmarks: np.ndarray, crop_size: int, layout: HistogramLayout,
-                       desc: str) -> np.ndarray:
-    """(n, 68 H) histograms of each sample's fine crop at its landmarks."""
-    return point_histograms(fine, landmarks, crop_size, layout, desc).reshape(len(fine), -1)
-
-
 def annotation_offset(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
     """(68, 2) crop pixels: the mean remaining error of the training photos as annotated (their
     mirror images and the fitted labels of renders and profiled views left out), or None without
@@ -99,6 +93,16 @@ def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray
     return np.einsum("lck,nlk->nlc", weights, gathered) + offsets.reshape(N_LANDMARKS, 2)
 
 
+def _add_stage(out: dict, k: int, lam: float, current: np.ndarray, data: dict, eval_rows: np.ndarray,
+               report=None) -> None:
+    """Record stage k's lambda, the landmarks after it and every evaluation group's NME."""
+    out["lambda"].append(lam)
+    out["landmarks"].append(current)
+    out["nme"].append(evaluate_groups(current, data, eval_rows))
+    if report:
+        report(k + 1, lam, out["nme"][-1])
+
+
 def learn_local_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int, layout: HistogramLayout,
                        stages: int, neighbours: np.ndarray, lambdas=LOCAL_LAMBDAS, report=None) -> dict:
     """Up to ``stages`` local fine stages on the ``train`` rows (one lambda per stage, for all
@@ -129,11 +133,7 @@ def learn_local_stages(fine: list, starts: np.ndarray, data: dict, crop_size: in
         current = current + local_moves(w, b, h, neighbours)
         out["W"].append(w)
         out["b"].append(b.reshape(-1))
-        out["lambda"].append(lam)
-        out["landmarks"].append(current)
-        out["nme"].append(evaluate_groups(current, data, eval_rows))
-        if report:
-            report(k + 1, lam, out["nme"][-1])
+        _add_stage(out, k, lam, current, data, eval_rows, report)
     return out
 
 
@@ -150,7 +150,7 @@ def learn_fine_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int
     out = {"R": [], "b": [], "lambda": [], "val_full_rank": [], "landmarks": [current],
            "nme": [evaluate_groups(current, data, eval_rows)]}
     for k in range(stages):
-        h = histogram_features(fine, current, crop_size, layout, f"fine stage {k + 1} features")
+        h = point_histograms(fine, current, crop_size, layout, f"fine stage {k + 1} features").reshape(len(fine), -1)
         dx = (targets[train] - current[train]).reshape(len(train), -1)
         best = None
         for lam, (r, b) in zip(lambdas, ridge_path(h[train], dx, lambdas)):
@@ -165,11 +165,7 @@ def learn_fine_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int
         out["val_full_rank"].append(round(100 * full, 3))
         out["R"].append(r)
         out["b"].append(b)
-        out["lambda"].append(lam)
-        out["landmarks"].append(current)
-        out["nme"].append(evaluate_groups(current, data, eval_rows))
-        if report:
-            report(k + 1, lam, out["nme"][-1])
+        _add_stage(out, k, lam, current, data, eval_rows, report)
     return out
 
 
@@ -208,21 +204,18 @@ def run(stage, args, records, priors, start_from) -> dict:
         starts = cascade_outputs(backend, Cascade(MorphableModel.load()), descent, samples.crops)
         np.savez(saved, starts=starts, key=np.array(key))
 
-    def report(k, lam, nme):
-        stage.log.info("fine stage %d: lambda %s, NME %s", k, lam, json.dumps(nme))
-        stage.record(descriptor=kind, fine_stage=k, **{"lambda": lam},
-                     **{f"{g}_nme": v["all"] for g, v in nme.items()})
-
-    def report_local(k, lam, nme):
-        stage.log.info("local stage %d: lambda %s, NME %s", k, lam, json.dumps(nme))
-        stage.record(descriptor=kind, local_stage=k, **{"lambda": lam},
-                     **{f"{g}_nme": v["all"] for g, v in nme.items()})
+    def reporter(name: str):
+        def report(k, lam, nme):
+            stage.log.info("%s stage %d: lambda %s, NME %s", name, k, lam, json.dumps(nme))
+            stage.record(descriptor=kind, **{f"{name}_stage": k, "lambda": lam},
+                         **{f"{g}_nme": v["all"] for g, v in nme.items()})
+        return report
 
     model = descent
     train_rows = data["groups"] == "train"
     neighbours = neighbour_table(data["targets"][train_rows].mean(axis=0), args.local_neighbours)
     local = learn_local_stages(samples.fine, starts, data, descent.crop_size, layout, args.local_stages, neighbours,
-                               report=report_local)
+                               report=reporter("local"))
     n_local = chosen_stage_count([x["val"]["all"] for x in local["nme"]])  # on validation only
     if n_local:
         model = descent.with_local_stages(np.stack(local["W"][:n_local]), np.stack(local["b"][:n_local]), neighbours,
@@ -230,7 +223,7 @@ def run(stage, args, records, priors, start_from) -> dict:
                                               "layout": layout.to_dict(), "neighbours": args.local_neighbours,
                                               "lambda": local["lambda"][:n_local]}})
     learned = learn_fine_stages(samples.fine, local["landmarks"][n_local], data, descent.crop_size, layout,
-                                args.fine_stages, args.fine_rank, report=report)
+                                args.fine_stages, args.fine_rank, report=reporter("fine"))
     n_stages = chosen_stage_count([x["val"]["all"] for x in learned["nme"]])  # on validation only
     if n_stages:
         model = model.with_fine_stages(np.stack(learned["R"][:n_stages]), np.stack(learned["b"][:n_stages]), layout,
