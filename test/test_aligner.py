@@ -181,3 +181,55 @@ def test_mesh_is_the_decimated_shape_under_the_camera(plumbing, astronaut):
     m = plumbing.model
     np.testing.assert_allclose(f.vertices_mm(), m.vertices(f.params, m.decimated), atol=1e-3)
     np.testing.assert_allclose(f.vertices, cam.transform(f.camera, m.vertices(f.params, m.decimated)), atol=1e-2)
+
+
+def test_crop_mismatch_measures_scale_and_centre_shift():
+    from face_alignment_ros.core.aligner import crop_mismatch
+
+    crop = np.array([100, 100, 200, 200], np.float32)
+    assert crop_mismatch(crop, crop) == (0.0, 0.0)
+    scale, shift = crop_mismatch([50, 50, 250, 250], crop)  # twice the side, same centre
+    assert scale == pytest.approx(np.log(2.0)) and shift == pytest.approx(0.0)
+    scale, shift = crop_mismatch([130, 140, 230, 240], crop)  # moved by (30, 40): half a side
+    assert scale == pytest.approx(0.0, abs=1e-9) and shift == pytest.approx(0.5)
+
+
+def test_a_padded_given_box_is_aligned_again_from_the_faces_own_landmarks(astronaut, monkeypatch):
+    """Another detector's convention (here a box 1.5x the landmarks', passed as a detector box
+    without keypoints) frames the face wrongly; the second pass from the fit's landmark box gives
+    the landmarks of a well-framed start. The detector's own box (with keypoints) and landmark
+    boxes are left to their priors."""
+    import face_alignment_ros.core.aligner as aligner_module
+    from face_alignment_ros.core.aligner import AlignRequest
+    from face_alignment_ros.core.face_crop import landmark_box
+
+    aligner = _shipped("dff")
+    reference = aligner.detect_and_align(astronaut)[0]
+    x0, y0, x1, y1 = landmark_box(reference.landmarks)
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    padded = (cx - 0.75 * w, cy - 0.75 * h, cx + 0.75 * w, cy + 0.75 * h)
+    batch = aligner._align_batch
+    kinds = []
+
+    def counted(image, requests, descent):
+        kinds.extend(r.box_kind for r in requests)
+        return batch(image, requests, descent)
+
+    monkeypatch.setattr(aligner, "_align_batch", counted)
+    fixed = aligner.align(astronaut, padded)
+    assert kinds == ["detector", "landmarks"]
+    np.testing.assert_array_equal(fixed.box, np.asarray(padded, np.float32))  # the given box stays the face's box
+    monkeypatch.setattr(aligner_module, "REFRAME_CROP_MISMATCH", (np.inf, np.inf))
+    kinds.clear()
+    once = aligner.align(astronaut, padded)
+    assert kinds == ["detector"]
+    error = lambda face: float(np.linalg.norm(face.landmarks - reference.landmarks, axis=1).mean())  # noqa: E731
+    inter_ocular = float(np.linalg.norm(reference.landmarks[36] - reference.landmarks[45]))
+    assert error(fixed) < 0.02 * inter_ocular < error(once)  # 0.9% against 3.5% here
+
+    monkeypatch.setattr(aligner_module, "REFRAME_CROP_MISMATCH", (0.0, 0.0))  # any mismatch at all
+    for request in (AlignRequest(padded, "landmarks_3d"), AlignRequest(padded, "landmarks"),
+                    AlignRequest(reference.box, "detector", keypoints=aligner.detect(astronaut)[0].keypoints)):
+        kinds.clear()
+        aligner.align_many(astronaut, [request])
+        assert kinds == [request.box_kind]

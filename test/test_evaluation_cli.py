@@ -55,6 +55,19 @@ def test_cli_flip_average_reaches_our_aligner(tmp_path, one_image_folder, capsys
     assert "| Ours (SIFT), flip-averaged" in capsys.readouterr().out
 
 
+def test_cli_detector_choice_reaches_our_aligner(tmp_path, one_image_folder, capsys):
+    from face_alignment_ros.cli.evaluate import main
+
+    args = ["--data", str(one_image_folder), "--methods", "ours-sift", "--protocols", "detector", "--detector",
+            "cascade", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| Ours (SIFT), cascade detector" in printed and "1/1" in printed
+    with pytest.raises(SystemExit) as refused:
+        main(args[:-3] + ["no-such-detector", "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2 and "unknown detector 'no-such-detector'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["dlib-ert", "mediapipe-facemesh"])
 def test_peer_on_demo(name, demo):
     from face_alignment_ros.evaluation import peers

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")
     p.add_argument("--flip-average", action="store_true",
                    help="our aligners also align the mirrored crop and average (FaceAligner(flip_average=True))")
+    p.add_argument("--detector", default=None,
+                   help="our aligners detect with this detector in the detector protocol (one of "
+                        "face_detector.available_detectors(): blazeface, cascade, dlib, ...; default: the shipped one)")
     p.add_argument("--descent", type=Path, default=None,
                    help="ours-dff / ours-sift: this descent model file instead of the shipped one (a candidate)")
     p.add_argument("--benchmarks-md", type=Path, help="run everything and write this BENCHMARKS.md")
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from face_alignment_ros.evaluation.evaluate import PROTOCOLS, evaluate, format_tables, write_outputs
     from face_alignment_ros.evaluation.peers import OursMethod, available_methods, create_method
 
+    if args.detector is not None:
+        from face_alignment_ros.core.face_detector import available_detectors
+
+        if args.detector not in available_detectors():
+            p.error(f"unknown detector {args.detector!r}; choose from {available_detectors()}")
     names = args.methods.split(",") if args.methods else available_methods()
     protocols = tuple(args.protocols.split(","))
     bad = [x for x in protocols if x not in PROTOCOLS]
@@ -65,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
             aligner = FaceAligner.from_files(args.descent, shipped_models(descriptor).dff_weights)
         method = OursMethod(descriptor, aligner=aligner, allow_stand_in=not args.no_stand_in,
-                            refine_pose=not args.no_pose_refinement, flip_average=args.flip_average)
+                            refine_pose=not args.no_pose_refinement, flip_average=args.flip_average,
+                            detector=args.detector)
         if args.descent is not None:
             method.label += f" [{args.descent.name}]"
         return method

@@ -115,6 +115,20 @@ class AlignRequest:
 # of the 68 fixed 3D landmarks, AFLW2000-3D's given box (round 8); both chosen on the validation
 # identities.
 REFRAME_YAW_DEG = {"detector": 40.0, "landmarks_3d": 60.0}
+# A detector box without keypoints (another detector's: OpenCV's cascade, dlib's HOG, a user's)
+# may follow another convention, padded or shifted. When the crop of the fit's own landmark box
+# differs from the crop the box gave by more than this (|log| of the side ratio, centre shift in
+# crop sides), the face is aligned again from that landmark box. Chosen on the validation photos
+# over four such conventions (docs/training.md, round 10): a box 1.5x the landmarks' 9.8 -> 5.3%.
+REFRAME_CROP_MISMATCH = (0.05, 0.05)
+
+
+def crop_mismatch(crop_box, other) -> tuple[float, float]:
+    """(|log| of the side ratio, centre distance in sides of ``other``) of two square crops."""
+    a, b = np.asarray(crop_box, np.float64), np.asarray(other, np.float64)
+    side = b[2] - b[0]
+    shift = np.hypot(a[0] + a[2] - b[0] - b[2], a[1] + a[3] - b[1] - b[3]) / (2.0 * side)
+    return abs(float(np.log((a[2] - a[0]) / side))), float(shift)
 
 
 class FaceAligner:
@@ -132,8 +146,9 @@ class FaceAligner:
         landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's).
         ``reframe``: a face aligned from a detector box (or from the box of its 68 fixed 3D
         landmarks, ``box_kind="landmarks_3d"``) whose fit turns more than ``REFRAME_YAW_DEG`` of
-        that kind is aligned a second time from that fit's landmark box (None: on for the DFF,
-        where validation chose it, off for the SIFT ablation)."""
+        that kind, or from a detector box without keypoints that framed it otherwise than its own
+        landmarks do (``REFRAME_CROP_MISMATCH``), is aligned a second time from that fit's landmark box (None:
+        on for the DFF, where validation chose it, off for the SIFT ablation)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -205,6 +220,12 @@ class FaceAligner:
         with self._lock:
             self._descent = descent
 
+    def set_detector(self, detector: FaceDetector | str | None) -> None:
+        """Detect with another detector from now on: a name of ``available_detectors()`` (built
+        when first used), an instance, or None (boxes only)."""
+        self._detector_spec = detector
+        self._detector = detector if isinstance(detector, FaceDetector) else None
+
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
@@ -256,14 +277,30 @@ class FaceAligner:
             # The detector's box frames a profile worse than the face's own fit does
             # (docs/training.md, round 7): such faces start again from their landmark box.
             boxes = {i: face_crop.landmark_box(f.landmarks) for i, (r, f) in enumerate(zip(requests, results))
-                     if r.previous is None and r.box_kind in REFRAME_YAW_DEG
-                     and abs(np.degrees(f.camera[cam.YAW])) > REFRAME_YAW_DEG[r.box_kind]}
+                     if r.previous is None and self._reframe_wanted(r, f)}
             turned = [i for i, box in boxes.items() if face_crop.box_problem(box, image_bgr.shape) is None]
             again = self._align_batch(image_bgr, [AlignRequest(boxes[i], "landmarks", requests[i].score)
                                                   for i in turned], descent)
             for i, face in zip(turned, again):
                 results[i] = replace(face, box=np.asarray(requests[i].box, np.float32))
         return results
+
+    def _reframe_wanted(self, request: AlignRequest, face: FaceResult) -> bool:
+        """Whether ``face`` should be aligned again from its own landmark box: it turned beyond its
+        box kind's ``REFRAME_YAW_DEG``, or its box, not the detector's own, framed it otherwise
+        than its landmarks do (``REFRAME_CROP_MISMATCH``)."""
+        limit = REFRAME_YAW_DEG.get(request.box_kind)
+        if limit is not None and abs(np.degrees(face.camera[cam.YAW])) > limit:
+            return True
+        # Only a detector box without keypoints is of unknown convention. BlazeFace's box comes with
+        # keypoints that its prior reads; a landmark box means what it says, and on the validation
+        # identities' renders this rule cost head pose: 4.77 -> 5.04 deg from their 300-W landmark
+        # box, 5.26 -> 5.40 deg from AFLW2000-3D's.
+        if request.box_kind != "detector" or request.keypoints is not None:
+            return False
+        own = self.crop_box(face_crop.landmark_box(face.landmarks), "landmarks")
+        scale, shift = crop_mismatch(face.crop_box, own)
+        return scale > REFRAME_CROP_MISMATCH[0] or shift > REFRAME_CROP_MISMATCH[1]
 
     def _align_batch(self, image_bgr: np.ndarray, requests: list[AlignRequest],
                      descent: DescentModel) -> list[FaceResult]:

@@ -144,7 +144,7 @@ class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
     def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True,
-                 flip_average: bool = False):
+                 flip_average: bool = False, detector: str | None = None):
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
         self._default = aligner is None
@@ -162,6 +162,10 @@ class OursMethod(Method):
         if flip_average:  # mirrored crop aligned too, landmarks averaged
             aligner.flip_average = True
             self.label += ", flip-averaged"
+        if detector is not None:  # another detector's boxes (no keypoints) in the detector protocol
+            aligner.set_detector(detector)
+            self.label += f", {detector} detector"
+        self.detector_name = detector
         self.aligner = aligner
 
     def align_box(self, image, box, box_kind="landmarks"):
@@ -193,7 +197,8 @@ class OursMethod(Method):
         if self.trained and self._default:
             self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n,
                                                     refine_pose=self.aligner.pose_refiner is not None,
-                                                    flip_average=self.aligner.flip_average)
+                                                    flip_average=self.aligner.flip_average,
+                                                    detector=self.detector_name or "default")
             self._tracker = None
 
 
