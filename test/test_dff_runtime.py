@@ -141,6 +141,7 @@ def test_faces_of_a_frame_go_through_the_network_as_one_batch():
 
     image = demo_image()
     aligner = stand_in_aligner("dff", detector="default")
+    aligner.reframe = False  # the stand-in's fits would frame these keypoint-less boxes again, as a second batch
     counter = aligner.backend.extractor = _CountingRunner(aligner.backend.extractor)
     box = np.asarray(aligner.detect(image)[0].box)
     boxes = [box, box + np.array([12.0, -8.0, 12.0, -8.0])]

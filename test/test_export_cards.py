@@ -37,6 +37,9 @@ def test_fine_stage_lines():
     assert "Local fine 2D stages" in local and "5 nearest" in local and "[1.0, 3.0]" in local and "rank 64" in line
     summary["annotation_offset"] = {"mean_norm_px": 0.63, "nme_after": {"val": {"all": 4.9}}}
     assert "Annotation offset" in _fine_stage_lines(summary)[1] and "0.63 crop px" in _fine_stage_lines(summary)[1]
+    assert len(_fine_stage_lines(summary)) == 3  # no symmetric-convention line for round 9's summaries
+    summary["annotation_offset"]["convention_gap_px"] = 1.47
+    assert "symmetric convention" in _fine_stage_lines(summary)[2] and "1.47 crop px" in _fine_stage_lines(summary)[2]
 
 
 def test_kind_counts_are_checked():

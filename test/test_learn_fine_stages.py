@@ -129,3 +129,28 @@ def test_annotation_offset_is_the_annotated_photos_mean_error_only():
     np.testing.assert_allclose(annotation_offset(landmarks, data), 1.0)
     assert annotation_offset(landmarks, {**data, "conventions": np.array(["fitted"] * 6)}) is None
     assert annotation_offset(landmarks, {k: v for k, v in data.items() if k != "conventions"}) is None
+
+
+def test_the_stages_learn_one_symmetric_convention_from_photos_and_mirror_images():
+    """Annotated photos 1 px short of their targets and mirror images 1 px beyond: the conventions
+    lie 2 px apart, and the learning targets meet halfway; fitted labels stay as they are."""
+    from face_alignment_ros.training.learn_fine_stages import convention_shift, symmetric_targets
+
+    targets = np.zeros((6, 68, 2), np.float32)
+    landmarks = np.zeros_like(targets)
+    landmarks[0:2] -= 1.0
+    landmarks[2:4] += 1.0
+    conventions = np.array(["annotated", "annotated", "mirrored", "mirrored", "fitted", "annotated"])
+    data = {"targets": targets, "groups": np.array(["train"] * 5 + ["val"]), "conventions": conventions}
+    shift = convention_shift(landmarks, data)
+    np.testing.assert_allclose(shift, 2.0)
+    learning = symmetric_targets(data, shift)
+    np.testing.assert_allclose(learning["targets"][[0, 1, 5]], -1.0)  # validation photos too: lambdas match
+    np.testing.assert_allclose(learning["targets"][[2, 3]], 1.0)
+    np.testing.assert_allclose(learning["targets"][4], 0.0)
+    np.testing.assert_array_equal(data["targets"], 0.0)  # the photos' own points stay for the figures
+    assert learning["groups"] is data["groups"]
+    for missing in ("annotated", "mirrored"):  # one convention alone: nothing to reconcile
+        assert convention_shift(landmarks, {**data, "conventions": np.where(conventions == missing, "fitted",
+                                                                            conventions)}) is None
+    assert convention_shift(landmarks, {k: v for k, v in data.items() if k != "conventions"}) is None

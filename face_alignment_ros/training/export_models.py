@@ -187,6 +187,11 @@ def _fine_stage_lines(summary: dict) -> list[str]:
         lines.append(f"- Annotation offset (added last, after the pose refit; docs/training.md, round 9): mean "
                      f"{offset['mean_norm_px']} crop px, the training photos' mean remaining error as annotated (their "
                      f"mirror images left out). NME (%) with it: `{json.dumps(offset['nme_after'])}`")
+        if offset.get("convention_gap_px") is not None:
+            lines.append(f"- The fine stages learned one symmetric convention (docs/training.md, round 10): the "
+                         f"photos' targets and their mirror images' met halfway across the gap between the two "
+                         f"conventions, {offset['convention_gap_px']} crop px on average; the offset restores the "
+                         f"annotators'.")
     return lines + [
         f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} shipped,"
         f" layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "

@@ -217,7 +217,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "histograms at its nearest landmarks (the count is chosen on validation)")
     fine.add_argument("--no-annotation-offset", action="store_true",
                       help="do not learn the annotation offset (the training photos' mean remaining error, which "
-                           "the mirrored copies otherwise leave on real photos)")
+                           "the mirrored copies otherwise leave on real photos), and let the fine stages learn the "
+                           "photos' and their mirror images' points as they are instead of in one symmetric "
+                           "convention")
     fine.add_argument("--local-neighbours", type=int, default=6,
                       help="landmarks each local regression reads (itself and its nearest)")
     default = HistogramLayout()
