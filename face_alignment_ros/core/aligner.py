@@ -119,7 +119,7 @@ REFRAME_YAW_DEG = {"detector": 40.0, "landmarks_3d": 60.0}
 # may follow another convention, padded or shifted. When the crop of the fit's own landmark box
 # differs from the crop the box gave by more than this (|log| of the side ratio, centre shift in
 # crop sides), the face is aligned again from that landmark box. Chosen on the validation photos
-# over four such conventions (docs/training.md, round 10): a box 1.5x the landmarks' 9.8 -> 5.3%.
+# over seven kinds of box (docs/training.md, round 10): a box 1.5x the landmarks' 9.8 -> 5.3% NME.
 REFRAME_CROP_MISMATCH = (0.05, 0.05)
 
 
@@ -147,8 +147,8 @@ class FaceAligner:
         ``reframe``: a face aligned from a detector box (or from the box of its 68 fixed 3D
         landmarks, ``box_kind="landmarks_3d"``) whose fit turns more than ``REFRAME_YAW_DEG`` of
         that kind, or from a detector box without keypoints that framed it otherwise than its own
-        landmarks do (``REFRAME_CROP_MISMATCH``), is aligned a second time from that fit's landmark box (None:
-        on for the DFF, where validation chose it, off for the SIFT ablation)."""
+        landmarks do (``REFRAME_CROP_MISMATCH``), is aligned a second time from that fit's
+        landmark box (None: on for the DFF, where validation chose it, off for the SIFT ablation)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
