@@ -160,9 +160,8 @@ class DescentModel:
     def local_step(self, k: int, histograms: np.ndarray) -> np.ndarray:
         """Local fine stage k: Delta X (68, 2) from the histograms (68, H) at the 68 current
         landmarks, each landmark's from those at its neighbours."""
-        h = np.asarray(histograms, np.float32).reshape(N_LANDMARKS, -1)[self.local_neighbours]
-        dx = np.einsum("lck,lk->lc", self.W_P[k], h.reshape(N_LANDMARKS, -1))
-        return dx + self.b_P[k].reshape(N_LANDMARKS, 2)
+        h = np.asarray(histograms, np.float32).reshape(1, N_LANDMARKS, -1)
+        return local_moves(self.W_P[k], self.b_P[k], h, self.local_neighbours)[0]
 
     def fine_step(self, k: int, histograms: np.ndarray) -> np.ndarray:
         """Fine 2D stage k: Delta X (68, 2) from the histograms at the 68 current landmarks."""
@@ -418,6 +417,13 @@ class DescentModel:
             raise ModelFileError(f"{source}: field 'box_priors' names neither 'detector' nor 'landmarks'")
         for kind, prior in self.box_priors.items():
             _check_box_prior(source, kind, prior.to_dict())
+
+
+def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """(n, 68, 2): one local fine stage's moves, ``weights`` (68, 2, K H) and ``offsets`` (136,),
+    for n samples' histograms (n, 68, H) at their landmarks; landmark l reads ``neighbours[l]``."""
+    gathered = histograms[:, neighbours].reshape(len(histograms), N_LANDMARKS, -1)
+    return np.einsum("lck,nlk->nlc", weights, gathered) + offsets.reshape(N_LANDMARKS, 2)
 
 
 def low_rank_factors(matrices: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:

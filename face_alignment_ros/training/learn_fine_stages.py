@@ -23,7 +23,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from face_alignment_ros.core.descent_model import low_rank_factors
+from face_alignment_ros.core.descent_model import local_moves, low_rank_factors
 from face_alignment_ros.core.gradient_histograms import HistogramLayout, histograms_at, orientation_channels
 from face_alignment_ros.core.landmark_stages import fine_points, refine_landmarks
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
@@ -56,18 +56,24 @@ def cascade_outputs(backend, cascade, descent, crops) -> np.ndarray:
     return out
 
 
+def _mean_residual(landmarks: np.ndarray, data: dict, convention: str) -> np.ndarray | None:
+    """(68, 2): the mean remaining error of the training rows labelled in ``convention``, or None
+    without such rows (or without conventions)."""
+    conventions = data.get("conventions")
+    if conventions is None:
+        return None
+    rows = np.flatnonzero((data["groups"] == "train") & (conventions == convention))
+    return (data["targets"][rows] - landmarks[rows]).mean(axis=0) if len(rows) else None
+
+
 def annotation_offset(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
     """(68, 2) crop pixels: the mean remaining error of the training photos as annotated (their
     mirror images and the fitted labels of renders and profiled views left out), or None without
     such samples. Every stage learns on the photos and their mirror images, so on real photos it
     lands halfway between the annotators' convention and its mirror image; 300-W's convention is
     not symmetric (round 9: this offset took held-out photos from 5.69 to 5.4)."""
-    conventions = data.get("conventions")
-    rows = np.flatnonzero((data["groups"] == "train") & (conventions == "annotated")) if conventions is not None \
-        else np.zeros(0, int)
-    if len(rows) == 0:
-        return None
-    return (data["targets"][rows] - landmarks[rows]).mean(axis=0).astype(np.float32)
+    annotated = _mean_residual(landmarks, data, "annotated")
+    return None if annotated is None else annotated.astype(np.float32)
 
 
 def convention_shift(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
@@ -75,15 +81,8 @@ def convention_shift(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
     their mirror images, at ``landmarks``; None without both kinds of rows. Stages that learn on
     both land halfway between the annotators' convention and its mirror image, so this is the
     gap between the two conventions."""
-    conventions = data.get("conventions")
-    if conventions is None:
-        return None
-    train = data["groups"] == "train"
-    annotated, mirrored = train & (conventions == "annotated"), train & (conventions == "mirrored")
-    if not annotated.any() or not mirrored.any():
-        return None
-    residual = data["targets"] - landmarks
-    return (residual[annotated].mean(axis=0) - residual[mirrored].mean(axis=0)).astype(np.float32)
+    annotated, mirrored = (_mean_residual(landmarks, data, c) for c in ("annotated", "mirrored"))
+    return None if annotated is None or mirrored is None else (annotated - mirrored).astype(np.float32)
 
 
 def symmetric_targets(data: dict, shift: np.ndarray) -> dict:
@@ -97,6 +96,11 @@ def symmetric_targets(data: dict, shift: np.ndarray) -> dict:
     targets[conventions == "annotated"] -= 0.5 * shift
     targets[conventions == "mirrored"] += 0.5 * shift
     return dict(data, targets=targets)
+
+
+def _mean_norm(moves: np.ndarray) -> float:
+    """Mean length (px) of (68, 2) moves."""
+    return float(np.linalg.norm(moves, axis=1).mean())
 
 
 def neighbour_table(shape: np.ndarray, k: int) -> np.ndarray:
@@ -114,12 +118,6 @@ def point_histograms(fine: list, landmarks: np.ndarray, crop_size: int, layout: 
     for i, gray in enumerate(tqdm(fine, desc=desc, unit="crop", mininterval=30)):
         out[i] = histograms_at(orientation_channels(gray, layout), fine_points(landmarks[i], crop_size, layout), layout)
     return out
-
-
-def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """(n, 68, 2): a local stage's moves (``DescentModel.local_step``) for n samples at once."""
-    gathered = histograms[:, neighbours].reshape(len(histograms), N_LANDMARKS, -1)
-    return np.einsum("lck,nlk->nlc", weights, gathered) + offsets.reshape(N_LANDMARKS, 2)
 
 
 def _add_stage(out: dict, k: int, lam: float, current: np.ndarray, data: dict, eval_rows: np.ndarray,
@@ -246,9 +244,9 @@ def run(stage, args, records, priors, start_from) -> dict:
     # the stages learn (and choose lambdas and counts) in one symmetric convention; the figures
     # reported and the offset are against the photos' own points
     learning = data if shift is None else symmetric_targets(data, shift)
+    gap_px = None if shift is None else round(_mean_norm(shift), 3)
     if shift is not None:
-        stage.log.info("fine stages learn symmetric targets: convention gap %.2f px on average",
-                       float(np.linalg.norm(shift, axis=1).mean()))
+        stage.log.info("fine stages learn symmetric targets: convention gap %.2f px on average", gap_px)
     train_rows = data["groups"] == "train"
     neighbours = neighbour_table(data["targets"][train_rows].mean(axis=0), args.local_neighbours)
     local = learn_local_stages(samples.fine, starts, learning, descent.crop_size, layout, args.local_stages,
@@ -268,20 +266,19 @@ def run(stage, args, records, priors, start_from) -> dict:
                                              "layout": layout.to_dict(), "lambda": learned["lambda"][:n_stages],
                                              "perturbations": args.perturbations, "start_from": str(start_from)}})
     final = learned["landmarks"][n_stages]
+    eval_rows = np.flatnonzero(data["groups"] != "train")
     offset = annotation_offset(final, data) if with_offset else None
-    offset_nme = None
+    offset_nme = offset_px = None
     if offset is not None:
-        mean_px = round(float(np.linalg.norm(offset, axis=1).mean()), 3)
+        offset_px = round(_mean_norm(offset), 3)
         model = model.with_annotation_offset(offset, provenance={"annotation_offset": {
-            "samples": "training photos as annotated", "mean_norm_px": mean_px,
+            "samples": "training photos as annotated", "mean_norm_px": offset_px,
             "stages_learned_symmetric_targets": shift is not None}})
-        offset_nme = evaluate_groups(final + offset, data, np.flatnonzero(data["groups"] != "train"))
-        stage.log.info("annotation offset: mean %.2f px; NME %s", float(np.linalg.norm(offset, axis=1).mean()),
-                       json.dumps(offset_nme))
+        offset_nme = evaluate_groups(final + offset, data, eval_rows)
+        stage.log.info("annotation offset: mean %.2f px; NME %s", offset_px, json.dumps(offset_nme))
     sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     # the figures against the photos' own points (the learners' are against their learning targets)
-    eval_rows = np.flatnonzero(data["groups"] != "train")
     local_nme = [evaluate_groups(x, data, eval_rows) for x in local["landmarks"]]
     fine_nme = [evaluate_groups(x, data, eval_rows) for x in learned["landmarks"]]
     # before the fine stages, then after each shipped one, local and global
@@ -290,8 +287,7 @@ def run(stage, args, records, priors, start_from) -> dict:
         "chosen": n_local, "neighbours": args.local_neighbours, "lambda": local["lambda"],
         "nme_after_stage": local_nme},
         "annotation_offset": None if offset is None else {
-            "mean_norm_px": round(float(np.linalg.norm(offset, axis=1).mean()), 3), "nme_after": offset_nme,
-            "convention_gap_px": None if shift is None else round(float(np.linalg.norm(shift, axis=1).mean()), 3)},
+            "mean_norm_px": offset_px, "nme_after": offset_nme, "convention_gap_px": gap_px},
         "fine_stages": {
         "chosen": n_stages, "layout": layout.to_dict(), "rank": args.fine_rank, "lambda": learned["lambda"],
         "validation_nme_full_rank": learned["val_full_rank"],
