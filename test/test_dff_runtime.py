@@ -47,6 +47,23 @@ def test_graph_reproduces_torch_at_batch_1_and_3(exported):
         assert np.allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-4)
 
 
+def test_graph_stores_the_weights_files_float16_values(exported):
+    """The weights go into the graph unfolded, as the float16 values of the weights file, and are
+    stored as float16: half the file, nothing lost (the test above: torch to 1e-5)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    weights, info = exported
+    proto = onnx.load(info["path"])
+    big = [t for t in proto.graph.initializer if np.prod(t.dims) >= 16]
+    assert big and all(t.data_type == TensorProto.FLOAT16 for t in big)
+    assert "BatchNormalization" in {node.op_type for node in proto.graph.node}
+    stored = {t.name: numpy_helper.to_array(t) for t in big}
+    state = torch.load(weights, map_location="cpu", weights_only=True)["state_dict"]
+    first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 4)
+    assert any(a.shape == tuple(first_conv.shape) and np.array_equal(a, first_conv.numpy()) for a in stored.values())
+
+
 def test_graph_ends_at_the_head_map_and_its_samples_are_torchs(exported):
     """The exported graph (schema 2) stops before the upsampling and the normalisation; the
     runtime's descriptor maps finish them at the sampled points and sample what torch's full

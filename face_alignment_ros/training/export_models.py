@@ -208,10 +208,10 @@ ONNX_CARD_PREFIX = "- Inference graph"
 
 
 def _onnx_card_line(info: dict) -> str:
-    return (f"{ONNX_CARD_PREFIX} `{Path(info['path']).name}` (ONNX, float32, what the runtime runs; "
-            f"`core/dff_runtime.py`): sha256 {info['sha256']}, exported from the weights with sha256 "
-            f"{info['dff_weights_sha256']}; max abs difference to torch {info['max_abs_diff']:.1e} on random crops; "
-            f"{info['size_mb']:.2f} MB.")
+    return (f"{ONNX_CARD_PREFIX} `{Path(info['path']).name}` (ONNX, what the runtime runs: float32 arithmetic "
+            f"on the float16 weights, stored as such; `core/dff_runtime.py`): sha256 {info['sha256']}, exported "
+            f"from the weights with sha256 {info['dff_weights_sha256']}; max abs difference to torch "
+            f"{info['max_abs_diff']:.1e} on random crops; {info['size_mb']:.2f} MB.")
 
 
 def _set_onnx_card_line(card: Path, info: dict) -> None:
