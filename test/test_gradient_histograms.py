@@ -52,3 +52,13 @@ def test_the_descriptor_tells_where_the_blob_is():
 def test_points_off_the_image_give_finite_rows(point):
     h = histograms_at(orientation_channels(_blobs(), LAYOUT), np.array([point]), LAYOUT)
     assert np.all(np.isfinite(h))
+
+
+def test_default_layout_is_the_shipped_dff_models():
+    """`face-align-train descent --fine-stages N` learns with the default layout: the shipped
+    model's, so that its training command reproduces it."""
+    from face_alignment_ros.core import resources
+    from face_alignment_ros.core.descent_model import DescentModel
+
+    shipped = DescentModel.load(resources.shipped_models("dff").descent)
+    assert shipped.fine_layout == HistogramLayout()

@@ -27,10 +27,12 @@ _CLIP = 0.2  # SIFT's clip against single strong edges (Lowe 2004)
 @dataclass(frozen=True)
 class HistogramLayout:
     """What a fine stage was learned with: the fine crop's side (px) over the same crop box as
-    the cascade's, and the descriptor's cell size (fine px), grid and orientation bins."""
+    the cascade's, and the descriptor's cell size (fine px), grid and orientation bins. The
+    defaults are the shipped model's: 4 x 4 cells of 3 px, chosen on validation over 3 x 3 of 4
+    px (round 8's) and grids of 3-5 cells of 3-5 px (docs/training.md, round 11)."""
     crop_size: int = 128
-    cell: int = 4
-    grid: int = 3
+    cell: int = 3
+    grid: int = 4
     bins: int = 8
 
     @property
