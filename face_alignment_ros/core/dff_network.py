@@ -327,16 +327,16 @@ def _checked_payload(payload, path: str) -> tuple[DFFConfig, dict]:
 class DFFInferenceGraph(nn.Module):
     """The graph that inference runtimes run (``core.dff_runtime``): (B, N, N, 3) uint8 BGR
     crops -> (B, M, M, D) head map, ``DFFNet.head_map`` channels-last (M = N / decoder_stride),
-    BatchNorm folded (or, with ``fold_batchnorm=False``, left for the runtime to fold: the export
-    then keeps the weights file's float16 values exactly). The input normalisation lives in the
+    BatchNorm left in for the runtime to fold, so the exported weights are the weights file's
+    float16 values exactly (``dff_runtime.float16_storage``). The input normalisation lives in the
     graph, so a crop goes straight from the warp into the network. The upsampling and the L2
     normalisation of ``DFFNet.forward`` do not: over the full map they cost as much as a third of
     the network, and the cascade reads a few hundred points, so the runtime does them at those
     points only (``dff_extractor.HeadDescriptorMap``)."""
 
-    def __init__(self, model: DFFNet, fold_batchnorm: bool = True):
+    def __init__(self, model: DFFNet):
         super().__init__()
-        self.net = model.fuse_for_inference() if fold_batchnorm else copy.deepcopy(model).eval()
+        self.net = copy.deepcopy(model).eval()  # the caller's model keeps its mode
         c = model.config
         # NCHW constants: normalising after the layout change is the cheaper order in ONNX Runtime
         self.register_buffer("shift", torch.tensor(c.mean).view(1, 3, 1, 1) * 255.0, persistent=False)

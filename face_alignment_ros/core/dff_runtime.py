@@ -185,8 +185,10 @@ def float16_storage(proto):
     casts = []
     for tensor in proto.graph.initializer:
         values = numpy_helper.to_array(tensor)
+        if values.dtype != np.float32 or values.size < 16:
+            continue
         half = values.astype(np.float16)
-        if values.dtype != np.float32 or values.size < 16 or not np.array_equal(half.astype(np.float32), values):
+        if not np.array_equal(half.astype(np.float32), values):
             continue
         name = tensor.name
         tensor.CopyFrom(numpy_helper.from_array(half, f"{name}_float16"))
@@ -216,7 +218,7 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, check_crops:
     # BatchNorm stays in the graph (PRESERVE skips the exporter's folding): the weights keep the
     # file's float16 values, stored as such, and ONNX Runtime folds BatchNorm and the casts when
     # it loads the graph. Half the file of a folded float32 graph, the same outputs and speed.
-    graph = DFFInferenceGraph(model, fold_batchnorm=False).eval()
+    graph = DFFInferenceGraph(model).eval()
     n = config.input_size
     example = torch.zeros(1, n, n, 3, dtype=torch.uint8)
     tmp = out.with_name(out.name + ".tmp")
