@@ -40,6 +40,9 @@ def test_fine_stage_lines():
     assert len(_fine_stage_lines(summary)) == 3  # no symmetric-convention line for round 9's summaries
     summary["annotation_offset"]["convention_gap_px"] = 1.47
     assert "symmetric convention" in _fine_stage_lines(summary)[2] and "1.47 crop px" in _fine_stage_lines(summary)[2]
+    assert len(_fine_stage_lines({**summary, "start_error_scale": 1.0})) == 4  # not widened: no line
+    widened = _fine_stage_lines({**summary, "start_error_scale": 1.2})
+    assert len(widened) == 5 and "widened 1.2x" in widened[1]
 
 
 def test_kind_counts_are_checked():

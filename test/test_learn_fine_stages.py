@@ -92,7 +92,8 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     runs = []
     monkeypatch.setattr(learn_fine_stages, "cascade_outputs", lambda *a: runs.append(1) or starts)
     args = SimpleNamespace(fine_crop=64, fine_cell=6, fine_grid=2, fine_bins=4, fine_stages=2, fine_rank=8,
-                           local_stages=1, local_neighbours=2, perturbations=1, resume=True)
+                           local_stages=1, local_neighbours=2, perturbations=1, resume=True,
+                           start_error_scale=1.25)
     stage = Stage("descent", tmp_path)
     summary = learn_fine_stages.run(stage, args, [], {}, "start.npz")
     model = DescentModel.load(stage.path("descent_sift.npz"))
@@ -154,3 +155,17 @@ def test_the_stages_learn_one_symmetric_convention_from_photos_and_mirror_images
         assert convention_shift(landmarks, {**data, "conventions": np.where(conventions == missing, "fitted",
                                                                             conventions)}) is None
     assert convention_shift(landmarks, {k: v for k, v in data.items() if k != "conventions"}) is None
+
+
+def test_only_the_training_photos_starts_are_widened():
+    from face_alignment_ros.training.learn_fine_stages import widen_photo_starts
+
+    targets = np.full((5, 68, 2), 10.0, np.float32)
+    starts = targets + 2.0
+    data = {"targets": targets, "groups": np.array(["train", "train", "train", "val", "heldout-detector"]),
+            "conventions": np.array(["annotated", "mirrored", "fitted", "annotated", "annotated"])}
+    widened = widen_photo_starts(starts, data, 1.25)
+    np.testing.assert_allclose(widened[:2] - targets[:2], 2.5)  # the photos and their mirror images
+    np.testing.assert_array_equal(widened[2:], starts[2:])  # renders, validation and held-out rows as they are
+    np.testing.assert_array_equal(widen_photo_starts(starts, data, 1.0), starts)
+    assert widened is not starts and np.all(starts[:2] - targets[:2] == 2.0)  # the caller's starts untouched

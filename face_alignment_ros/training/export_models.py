@@ -182,6 +182,11 @@ def _fine_stage_lines(summary: dict) -> list[str]:
         f"{local['neighbours'] - 1} nearest landmarks): {local['chosen']} shipped; lambda per stage {local['lambda']} "
         f"and the count chosen on the validation part of the training identities. NME (%) before them, then after "
         f"each, with per landmark group: `{json.dumps(local['nme_after_stage'])}`"]
+    scale = summary.get("start_error_scale")
+    if scale and scale != 1:
+        lines.append(f"- The fine stages learned from starts whose error on the training photos was widened "
+                     f"{scale}x (`--start-error-scale`; docs/training.md, round 12): the network learned those "
+                     f"photos, so the cascade leaves them less error than new faces.")
     offset = summary.get("annotation_offset")
     if offset:
         lines.append(f"- Annotation offset (added last, after the pose refit; docs/training.md, round 9): mean "

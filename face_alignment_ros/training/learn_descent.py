@@ -35,6 +35,7 @@ from face_alignment_ros.core.landmark_stages import refine_landmarks
 from face_alignment_ros.core.morphable_model import MorphableModel
 from face_alignment_ros.training.descent_regression import TrainingSample, learn_descent
 from face_alignment_ros.training.detector_starts import CropDetections, cached_detections, recrop_from_detector
+from face_alignment_ros.training.learn_fine_stages import START_ERROR_SCALE
 from face_alignment_ros.training.photo_records import (
     fit_box_priors,
     is_validation,
@@ -220,6 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "the mirrored copies otherwise leave on real photos), and let the fine stages learn the "
                            "photos' and their mirror images' points as they are instead of in one symmetric "
                            "convention")
+    fine.add_argument("--start-error-scale", type=float, default=START_ERROR_SCALE,
+                      help="widen the training photos' remaining error by this factor before the fine stages learn "
+                           "from it: the DFF network learned those photos, so the cascade leaves them less error "
+                           "than new faces")
     fine.add_argument("--local-neighbours", type=int, default=6,
                       help="landmarks each local regression reads (itself and its nearest)")
     default = HistogramLayout()

@@ -36,6 +36,10 @@ LOCAL_LAMBDAS = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
 # a further stage ships only if it lowers validation NME by this much (points of %): each costs
 # 0.6 MB of the package and a millisecond a face
 MIN_STAGE_GAIN = 0.01
+# The network learned the training photos, so the cascade leaves them less error than it leaves
+# new faces (4.95 against 5.55% on validation, round 12): the fine stages learn from starts whose
+# error is widened by this factor. Validation chose it among 1, 1.12, 1.2, 1.25, 1.4 and 1.6.
+START_ERROR_SCALE = 1.2
 
 
 def chosen_stage_count(validation_nme: list[float], min_gain: float = MIN_STAGE_GAIN) -> int:
@@ -96,6 +100,15 @@ def symmetric_targets(data: dict, shift: np.ndarray) -> dict:
     targets[conventions == "annotated"] -= 0.5 * shift
     targets[conventions == "mirrored"] += 0.5 * shift
     return dict(data, targets=targets)
+
+
+def widen_photo_starts(starts: np.ndarray, data: dict, scale: float) -> np.ndarray:
+    """``starts`` with the training photos' and their mirror images' error scaled by ``scale``
+    about their targets; renders, profiled views and every evaluation row unchanged."""
+    rows = (data["groups"] == "train") & (data["conventions"] != "fitted")
+    out = starts.copy()
+    out[rows] = data["targets"][rows] + scale * (starts[rows] - data["targets"][rows])
+    return out
 
 
 def _mean_norm(moves: np.ndarray) -> float:
@@ -247,16 +260,19 @@ def run(stage, args, records, priors, start_from) -> dict:
     gap_px = None if shift is None else round(_mean_norm(shift), 3)
     if shift is not None:
         stage.log.info("fine stages learn symmetric targets: convention gap %.2f px on average", gap_px)
+    scale = args.start_error_scale
     train_rows = data["groups"] == "train"
     neighbours = neighbour_table(data["targets"][train_rows].mean(axis=0), args.local_neighbours)
-    local = learn_local_stages(samples.fine, starts, learning, descent.crop_size, layout, args.local_stages,
+    # only training rows are widened: the figures reported are against the starts as they are
+    widened = widen_photo_starts(starts, learning, scale)
+    local = learn_local_stages(samples.fine, widened, learning, descent.crop_size, layout, args.local_stages,
                                neighbours, report=reporter("local"))
     n_local = chosen_stage_count([x["val"]["all"] for x in local["nme"]])  # on validation only
     if n_local:
         model = descent.with_local_stages(np.stack(local["W"][:n_local]), np.stack(local["b"][:n_local]), neighbours,
                                           layout, provenance={"local_stages": {
                                               "layout": layout.to_dict(), "neighbours": args.local_neighbours,
-                                              "lambda": local["lambda"][:n_local]}})
+                                              "lambda": local["lambda"][:n_local], "start_error_scale": scale}})
     learned = learn_fine_stages(samples.fine, local["landmarks"][n_local], learning, descent.crop_size, layout,
                                 args.fine_stages, args.fine_rank, report=reporter("fine"))
     n_stages = chosen_stage_count([x["val"]["all"] for x in learned["nme"]])  # on validation only
@@ -264,7 +280,8 @@ def run(stage, args, records, priors, start_from) -> dict:
         model = model.with_fine_stages(np.stack(learned["R"][:n_stages]), np.stack(learned["b"][:n_stages]), layout,
                                          args.fine_rank, provenance={"fine_stages": {
                                              "layout": layout.to_dict(), "lambda": learned["lambda"][:n_stages],
-                                             "perturbations": args.perturbations, "start_from": str(start_from)}})
+                                             "perturbations": args.perturbations, "start_from": str(start_from),
+                                             "start_error_scale": scale}})
     final = learned["landmarks"][n_stages]
     eval_rows = np.flatnonzero(data["groups"] != "train")
     offset = annotation_offset(final, data) if with_offset else None
@@ -283,7 +300,8 @@ def run(stage, args, records, priors, start_from) -> dict:
     fine_nme = [evaluate_groups(x, data, eval_rows) for x in learned["landmarks"]]
     # before the fine stages, then after each shipped one, local and global
     after = local_nme[: n_local + 1] + fine_nme[1: n_stages + 1] + ([offset_nme] if offset_nme else [])
-    summary = {"sha256": sha, "stage_targets": "symmetric" if shift is not None else "as annotated", "local_stages": {
+    summary = {"sha256": sha, "stage_targets": "symmetric" if shift is not None else "as annotated",
+               "start_error_scale": scale, "local_stages": {
         "chosen": n_local, "neighbours": args.local_neighbours, "lambda": local["lambda"],
         "nme_after_stage": local_nme},
         "annotation_offset": None if offset is None else {
