@@ -83,7 +83,7 @@ PARAMS = [
     Param("smoothing_beta", 10.0, "Smoothing cutoff added (Hz) per face span or radian per second of motion: higher "
           "lags less on fast motion.", range=(0.0, 1000.0)),
     Param("flip_average", False, "Also align each face's mirrored crop and average the landmarks: more accurate "
-          "(held-out photos 5.27 -> 5.10% inter-pupil), about twice the alignment time (docs/training.md, round 11)."),
+          "(held-out photos 5.23 -> 5.06% inter-pupil), about twice the alignment time (docs/training.md, round 12)."),
     Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
     Param("publish_gaze", False, "Also broadcast gaze_<id> (optical axes, z along the head's x)."),
     Param("face_frame_prefix", "face_", "Head frame name = prefix + face id.", check=frame_prefix_check),
