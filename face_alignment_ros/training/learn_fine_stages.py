@@ -8,7 +8,9 @@ their mirrors, plus renders and profiled views, whose fine crop is their crop en
 and the number of stages are chosen on the validation part of the training identities.
 
 Unlike the DFF, these features come from no network that saw the training photos, so the
-regression learns on descriptors as good as the ones it meets on new faces.
+regression learns on descriptors as good as the ones it meets on new faces. Its starts do come
+from the DFF cascade, which leaves the training photos less error than new faces, so they are
+widened first (``widen_photo_starts``, round 12).
 
 Local stages (``--local-stages``, round 9) come first: one small ridge regression per landmark
 from the histograms at its K nearest landmarks to its own 2D error. 68 regressions of 2 x 432
