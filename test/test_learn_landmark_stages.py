@@ -1,4 +1,5 @@
-"""Learning the final 2D stages: the ridge path, the stage learner on a toy problem, augmentation."""
+"""Learning the final 2D stages: the ridge path, the stage learner on a toy problem, augmentation,
+the saved passes a resumed run reuses."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -89,3 +90,19 @@ def test_evaluation_counts_the_final_2d_stages():
     errors = run_cascade_errors(aligner.cascade, staged, sample)
     assert len(errors) == descent.iterations + 2
     assert errors[-2] < 1e-3 and abs(errors[-1] - 5.0) < 1e-3
+
+
+def test_saved_passes_are_reused_only_for_the_samples_and_cascade_they_were_saved_for(tmp_path):
+    from face_alignment_ros.training.learn_landmark_stages import SavedPasses
+    from face_alignment_ros.training.stage_io import Stage
+
+    stage = Stage("descent", tmp_path)
+    starts = np.arange(6, dtype=np.float32)
+    SavedPasses(stage, "dff", "key-a", resume=True)(0, {"starts": starts})
+    np.testing.assert_array_equal(SavedPasses(stage, "dff", "key-a", resume=True)(0)["starts"], starts)
+    assert "key" not in SavedPasses(stage, "dff", "key-a", resume=True)(0)
+    assert SavedPasses(stage, "dff", "key-b", resume=True)(0) is None  # another cascade or other samples
+    assert SavedPasses(stage, "dff", "key-a", resume=False)(0) is None  # not resuming
+    assert SavedPasses(stage, "dff", "key-a", resume=True)(1) is None  # never saved
+    np.savez(stage.path("landmark_stage_dff_pass0.npz"), starts=starts)  # saved before passes carried a key
+    assert SavedPasses(stage, "dff", "key-a", resume=True)(0) is None

@@ -19,7 +19,6 @@ alone, 5.32 with a global stage after it, on round 8's exploration set).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -29,7 +28,13 @@ from face_alignment_ros.core.descent_model import local_moves, low_rank_factors
 from face_alignment_ros.core.gradient_histograms import HistogramLayout, histograms_at, orientation_channels
 from face_alignment_ros.core.landmark_stages import fine_points, refine_landmarks
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
-from face_alignment_ros.training.learn_landmark_stages import evaluate_groups, nme_rows, ridge_path, stage_inputs
+from face_alignment_ros.training.learn_landmark_stages import (
+    evaluate_groups,
+    nme_rows,
+    ridge_path,
+    samples_key,
+    stage_inputs,
+)
 
 # relative ridge lambdas: validation moves by hundredths of a point between neighbours here
 FINE_LAMBDAS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 100.0)
@@ -211,16 +216,6 @@ def learn_fine_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int
     return out
 
 
-def _starts_key(descent, data: dict) -> str:
-    """What the saved cascade outputs depend on: the cascade and DFF stages, and the samples."""
-    digest = hashlib.sha256()
-    for name in ("R_X", "b_X", "R_w", "b_w", "R_L", "b_L"):
-        digest.update(np.ascontiguousarray(getattr(descent, name), np.float32).tobytes())
-    digest.update(json.dumps({k: v.to_dict() for k, v in descent.box_priors.items()}, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(data["targets"], np.float32).tobytes())
-    return digest.hexdigest()
-
-
 def run(stage, args, records, priors, start_from) -> dict:
     """Stage ``descent --local-stages P --fine-stages N``: learn the local, then the global fine
     stages on top of the descent model ``start_from`` (its cascade and DFF 2D stages; any fine
@@ -237,7 +232,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     descent = descent.first(descent.iterations, descent.landmark_iterations, 0, 0)
     data = samples.arrays()
     saved = stage.path(f"fine_stage_{kind}_starts.npz")  # the long part: reused by --resume
-    key = _starts_key(descent, data)
+    key = samples_key(descent, data)
     previous = np.load(saved) if args.resume and saved.exists() else {}
     if "key" in previous and str(previous["key"]) == key:
         starts = previous["starts"]

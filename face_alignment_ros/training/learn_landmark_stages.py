@@ -11,6 +11,8 @@ so validation compares them on identical starts.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import time
 from dataclasses import dataclass, field
@@ -365,11 +367,42 @@ def stage_inputs(stage, args, records, priors, start_from, fine_layout: Histogra
     return descent, backend, samples, render_rows, profiled_rows
 
 
+def samples_key(descent, data: dict) -> str:
+    """What a saved pass over the samples depends on: the descent model's cascade and DFF 2D
+    stages, its box priors, and the samples' targets."""
+    digest = hashlib.sha256()
+    for name in ("R_X", "b_X", "R_w", "b_w", "R_L", "b_L"):
+        digest.update(np.ascontiguousarray(getattr(descent, name), np.float32).tobytes())
+    digest.update(json.dumps({k: v.to_dict() for k, v in descent.box_priors.items()}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(data["targets"], np.float32).tobytes())
+    return digest.hexdigest()
+
+
+class SavedPasses:
+    """The passes of an interrupted run, saved in the stage folder with ``key``: ``--resume``
+    reuses one only if it was saved for the same samples and cascade."""
+
+    def __init__(self, stage, kind: str, key: str, resume: bool):
+        self.stage, self.kind, self.key, self.resume = stage, kind, key, resume
+
+    def __call__(self, k: int, payload: dict | None = None) -> dict | None:
+        """Save pass ``k`` (with ``payload``) or load it (None if absent, not resuming, or stale)."""
+        path = self.stage.path(f"landmark_stage_{self.kind}_pass{k}.npz")
+        if payload is not None:
+            np.savez(path, key=np.array(self.key), **payload)
+            return None
+        if not (self.resume and path.exists()):
+            return None
+        saved = dict(np.load(path))
+        if str(saved.pop("key", "")) != self.key:
+            self.stage.log.info("not reusing %s: it was saved for other samples or another cascade", path.name)
+            return None
+        return saved
+
+
 def run(stage, args, records, priors, start_from) -> dict:
     """Stage ``descent --landmark-stages N``: learn the 2D stages on top of the descent model
     ``start_from`` and write ``descent_<kind>.npz`` (with its float32 twin). Returns the summary."""
-    import json
-
     from face_alignment_ros.common.render_format import descent_float32_file
     from face_alignment_ros.core import resources
     from face_alignment_ros.core.cascade import Cascade
@@ -382,12 +415,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     ctx = {"backend": backend, "cascade": Cascade(MorphableModel.load()), "descent": descent,
            "crops": samples.crops}
 
-    def checkpoint(k, payload=None):
-        path = stage.path(f"landmark_stage_{kind}_pass{k}.npz")
-        if payload is not None:
-            np.savez(path, **payload)
-            return None
-        return dict(np.load(path)) if path.exists() and args.resume else None
+    checkpoint = SavedPasses(stage, kind, samples_key(descent, data), args.resume)
 
     def report(variant, k, lam, nme):
         stage.log.info("landmark stage %d (%s): lambda %s, NME %s", k, variant, lam, json.dumps(nme))
