@@ -97,12 +97,13 @@ def test_saved_passes_are_reused_only_for_the_samples_and_cascade_they_were_save
     from face_alignment_ros.training.stage_io import Stage
 
     stage = Stage("descent", tmp_path)
+    name = "landmark_stage_dff_pass{k}.npz"
     starts = np.arange(6, dtype=np.float32)
-    SavedPasses(stage, "dff", "key-a", resume=True)(0, {"starts": starts})
-    np.testing.assert_array_equal(SavedPasses(stage, "dff", "key-a", resume=True)(0)["starts"], starts)
-    assert "key" not in SavedPasses(stage, "dff", "key-a", resume=True)(0)
-    assert SavedPasses(stage, "dff", "key-b", resume=True)(0) is None  # another cascade or other samples
-    assert SavedPasses(stage, "dff", "key-a", resume=False)(0) is None  # not resuming
-    assert SavedPasses(stage, "dff", "key-a", resume=True)(1) is None  # never saved
+    SavedPasses(stage, name, "key-a", resume=True)(0, {"starts": starts})
+    np.testing.assert_array_equal(SavedPasses(stage, name, "key-a", resume=True)(0)["starts"], starts)
+    assert "key" not in SavedPasses(stage, name, "key-a", resume=True)(0)
+    assert SavedPasses(stage, name, "key-b", resume=True)(0) is None  # another cascade or other samples
+    assert SavedPasses(stage, name, "key-a", resume=False)(0) is None  # not resuming
+    assert SavedPasses(stage, name, "key-a", resume=True)(1) is None  # never saved
     np.savez(stage.path("landmark_stage_dff_pass0.npz"), starts=starts)  # saved before passes carried a key
-    assert SavedPasses(stage, "dff", "key-a", resume=True)(0) is None
+    assert SavedPasses(stage, name, "key-a", resume=True)(0) is None

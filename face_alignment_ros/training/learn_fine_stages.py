@@ -29,6 +29,7 @@ from face_alignment_ros.core.gradient_histograms import HistogramLayout, histogr
 from face_alignment_ros.core.landmark_stages import fine_points, refine_landmarks
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
 from face_alignment_ros.training.learn_landmark_stages import (
+    SavedPasses,
     evaluate_groups,
     nme_rows,
     ridge_path,
@@ -231,15 +232,15 @@ def run(stage, args, records, priors, start_from) -> dict:
     kind = descent.descriptor
     descent = descent.first(descent.iterations, descent.landmark_iterations, 0, 0)
     data = samples.arrays()
-    saved = stage.path(f"fine_stage_{kind}_starts.npz")  # the long part: reused by --resume
-    key = samples_key(descent, data)
-    previous = np.load(saved) if args.resume and saved.exists() else {}
-    if "key" in previous and str(previous["key"]) == key:
+    # the long part, reused by --resume
+    saved = SavedPasses(stage, f"fine_stage_{kind}_starts.npz", samples_key(descent, data), args.resume)
+    previous = saved(0)
+    if previous is not None:
         starts = previous["starts"]
-        stage.log.info("fine stages: cascade outputs from %s", saved)
+        stage.log.info("fine stages: the saved cascade outputs")
     else:
         starts = cascade_outputs(backend, Cascade(MorphableModel.load()), descent, samples.crops)
-        np.savez(saved, starts=starts, key=np.array(key))
+        saved(0, {"starts": starts})
 
     def reporter(name: str):
         def report(k, lam, nme):

@@ -379,15 +379,16 @@ def samples_key(descent, data: dict) -> str:
 
 
 class SavedPasses:
-    """The passes of an interrupted run, saved in the stage folder with ``key``: ``--resume``
-    reuses one only if it was saved for the same samples and cascade."""
+    """The passes of an interrupted run over the samples, saved in the stage folder as ``name``
+    (``{k}``: the pass) with ``key``: ``--resume`` reuses one only if it was saved for the same
+    samples and cascade."""
 
-    def __init__(self, stage, kind: str, key: str, resume: bool):
-        self.stage, self.kind, self.key, self.resume = stage, kind, key, resume
+    def __init__(self, stage, name: str, key: str, resume: bool):
+        self.stage, self.name, self.key, self.resume = stage, name, key, resume
 
     def __call__(self, k: int, payload: dict | None = None) -> dict | None:
         """Save pass ``k`` (with ``payload``) or load it (None if absent, not resuming, or stale)."""
-        path = self.stage.path(f"landmark_stage_{self.kind}_pass{k}.npz")
+        path = self.stage.path(self.name.format(k=k))
         if payload is not None:
             np.savez(path, key=np.array(self.key), **payload)
             return None
@@ -415,7 +416,7 @@ def run(stage, args, records, priors, start_from) -> dict:
     ctx = {"backend": backend, "cascade": Cascade(MorphableModel.load()), "descent": descent,
            "crops": samples.crops}
 
-    checkpoint = SavedPasses(stage, kind, samples_key(descent, data), args.resume)
+    checkpoint = SavedPasses(stage, f"landmark_stage_{kind}_pass{{k}}.npz", samples_key(descent, data), args.resume)
 
     def report(variant, k, lam, nme):
         stage.log.info("landmark stage %d (%s): lambda %s, NME %s", k, variant, lam, json.dumps(nme))
