@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from face_alignment_ros.core.descent_model import DescentModel
+from face_alignment_ros.core.descent_model import DescentModel, local_moves
 from face_alignment_ros.core.face_crop import BoxPrior
 from face_alignment_ros.core.morphable_model import ModelFileError
 
@@ -423,6 +423,17 @@ def test_local_stages_read_each_landmarks_neighbours_and_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.local_neighbours, model.local_neighbours)
     np.testing.assert_allclose(loaded.local_step(0, h), model.local_step(0, h), rtol=1e-5, atol=1e-5)
     assert not _model().uses_fine_crop and _model().local_iterations == 0
+
+
+def test_local_moves_in_chunks_equal_one_pass():
+    rng = np.random.default_rng(3)
+    h = rng.random((10, 68, 8), dtype=np.float32)
+    neighbours = np.array([rng.choice(68, 3, replace=False) for _ in range(68)])
+    w, b = rng.random((68, 2, 24), dtype=np.float32), rng.random(136, dtype=np.float32)
+    whole = local_moves(w, b, h, neighbours, chunk=len(h))
+    np.testing.assert_array_equal(local_moves(w, b, h, neighbours, chunk=3), whole)
+    expected = np.einsum("lck,nlk->nlc", w, h[:, neighbours].reshape(10, 68, 24)) + b.reshape(68, 2)
+    np.testing.assert_allclose(whole, expected, rtol=1e-6)
 
 
 def test_fine_stages_must_read_the_local_stages_layout():

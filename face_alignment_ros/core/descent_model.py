@@ -419,11 +419,18 @@ class DescentModel:
             _check_box_prior(source, kind, prior.to_dict())
 
 
-def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray, neighbours: np.ndarray,
+                chunk: int = 1024) -> np.ndarray:
     """(n, 68, 2): one local fine stage's moves, ``weights`` (68, 2, K H) and ``offsets`` (136,),
-    for n samples' histograms (n, 68, H) at their landmarks; landmark l reads ``neighbours[l]``."""
-    gathered = histograms[:, neighbours].reshape(len(histograms), N_LANDMARKS, -1)
-    return np.einsum("lck,nlk->nlc", weights, gathered) + offsets.reshape(N_LANDMARKS, 2)
+    for n samples' histograms (n, 68, H) at their landmarks; landmark l reads ``neighbours[l]``.
+    ``chunk`` samples at a time: the gathered neighbours are K times the histograms, which for a
+    training set is gigabytes."""
+    moves = np.empty((len(histograms), N_LANDMARKS, 2), np.result_type(weights, histograms))
+    for start in range(0, len(histograms), chunk):
+        part = histograms[start:start + chunk]
+        gathered = part[:, neighbours].reshape(len(part), N_LANDMARKS, -1)
+        moves[start:start + chunk] = np.einsum("lck,nlk->nlc", weights, gathered)
+    return moves + offsets.reshape(N_LANDMARKS, 2)
 
 
 def low_rank_factors(matrices: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
