@@ -3,15 +3,17 @@ the saved passes a resumed run reuses."""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from face_alignment_ros.training.descent_regression import ridge_regression
 from face_alignment_ros.training.learn_landmark_stages import augment_crop, learn_stages, ridge_path
 
 
-def test_ridge_path_matches_ridge_regression():
+@pytest.mark.parametrize("chunk", [7, 2048])  # the Gram matrix summed in parts, or at once
+def test_ridge_path_matches_ridge_regression(chunk):
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(200, 30)), rng.normal(size=(200, 4))
-    for lam, (r, b) in zip((0.01, 1.0, 100.0), ridge_path(x, y, (0.01, 1.0, 100.0))):
+    x, y = rng.normal(size=(200, 30)).astype(np.float32), rng.normal(size=(200, 4))
+    for lam, (r, b) in zip((0.01, 1.0, 100.0), ridge_path(x, y, (0.01, 1.0, 100.0), chunk=chunk)):
         r2, b2 = ridge_regression(x, y, lam)
         np.testing.assert_allclose(r, r2, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(b, b2, rtol=1e-4, atol=1e-5)

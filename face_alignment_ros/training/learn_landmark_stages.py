@@ -159,17 +159,23 @@ def compute_features(ctx: dict, landmark_sets: list[np.ndarray] | None, workers:
     return (starts, start_cameras, feats) if landmark_sets is None else feats
 
 
-def ridge_path(features: np.ndarray, targets: np.ndarray, lambdas) -> list[tuple[np.ndarray, np.ndarray]]:
+def ridge_path(features: np.ndarray, targets: np.ndarray, lambdas,
+               chunk: int = 2048) -> list[tuple[np.ndarray, np.ndarray]]:
     """``descent_regression.ridge_regression`` for several (relative) lambdas from one
-    eigendecomposition of the Gram matrix: the same solutions, a fraction of the CPU."""
-    phi = np.asarray(features, np.float64)
+    eigendecomposition of the Gram matrix: the same solutions, a fraction of the CPU. The Gram
+    matrix is summed ``chunk`` rows at a time, so no float64 copy of the features is made (the
+    fine stages' are gigabytes)."""
     y = np.asarray(targets, np.float64)
-    mu_phi, mu_y = phi.mean(axis=0), y.mean(axis=0)
-    phi_c = phi - mu_phi
-    gram = phi_c.T @ phi_c
-    scale = max(float(np.trace(gram)) / phi.shape[1], 1e-12)
+    mu_phi, mu_y = features.mean(axis=0, dtype=np.float64), y.mean(axis=0)
+    gram = np.zeros((features.shape[1], features.shape[1]))
+    cross = np.zeros((features.shape[1], y.shape[1]))
+    for start in range(0, len(features), chunk):
+        part = np.asarray(features[start:start + chunk], np.float64) - mu_phi
+        gram += part.T @ part
+        cross += part.T @ (y[start:start + chunk] - mu_y)
+    scale = max(float(np.trace(gram)) / features.shape[1], 1e-12)
     evals, evecs = np.linalg.eigh(gram)
-    proj = evecs.T @ (phi_c.T @ (y - mu_y))
+    proj = evecs.T @ cross
     out = []
     for lam in lambdas:
         r = (evecs @ (proj / (evals + lam * scale)[:, None])).T
