@@ -233,3 +233,33 @@ def test_a_padded_given_box_is_aligned_again_from_the_faces_own_landmarks(astron
         kinds.clear()
         aligner.align_many(astronaut, [request])
         assert kinds == [request.box_kind]
+
+
+@pytest.mark.parametrize("descriptor", ["dff", "sift"])
+def test_second_pass_aligns_every_detected_face_again_from_its_own_landmark_box(descriptor, astronaut, monkeypatch):
+    """Off by default; on, a frontal face the detector found is aligned a second time from its
+    landmark box (also where the turned-face rule, ``reframe``, is off), and keeps the detector's
+    box; a given landmark box is not aligned again."""
+    from face_alignment_ros.core.face_crop import landmark_box
+
+    aligner = _shipped(descriptor)
+    assert not aligner.second_pass
+    batch = aligner._align_batch
+    kinds = []
+
+    def counted(image, requests, descent):
+        kinds.extend(r.box_kind for r in requests)
+        return batch(image, requests, descent)
+
+    monkeypatch.setattr(aligner, "_align_batch", counted)
+    once = aligner.detect_and_align(astronaut)[0]
+    assert kinds == ["detector"]
+    aligner.second_pass = True
+    kinds.clear()
+    twice = aligner.detect_and_align(astronaut)[0]
+    assert kinds == ["detector", "landmarks"]
+    np.testing.assert_array_equal(twice.box, once.box)
+    assert not np.array_equal(twice.landmarks, once.landmarks)
+    kinds.clear()
+    aligner.align(astronaut, landmark_box(once.landmarks), box_kind="landmarks")
+    assert kinds == ["landmarks"]

@@ -155,7 +155,9 @@ def test_missing_input_gets_a_message_not_a_traceback(tmp_path, aligner, capsys)
     assert aligner == []
 
 
-def test_flip_average_option_builds_a_flip_averaging_aligner(tmp_path):
-    args = align._parser().parse_args([str(tmp_path / "x.jpg"), "--flip-average"])
-    assert align._load_aligner(args).flip_average
-    assert not align._parser().parse_args([str(tmp_path / "x.jpg")]).flip_average
+def test_flip_average_and_second_pass_options_reach_the_aligner(tmp_path):
+    args = align._parser().parse_args([str(tmp_path / "x.jpg"), "--flip-average", "--second-pass"])
+    loaded = align._load_aligner(args)
+    assert loaded.flip_average and loaded.second_pass
+    plain = align._parser().parse_args([str(tmp_path / "x.jpg")])
+    assert not plain.flip_average and not plain.second_pass

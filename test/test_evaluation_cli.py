@@ -46,13 +46,13 @@ def test_cli_writes_outputs(tmp_path, one_image_folder, capsys):
     assert (out / "per_image.csv").exists() and (out / "ced_data_given_box.png").exists()
 
 
-def test_cli_flip_average_reaches_our_aligner(tmp_path, one_image_folder, capsys):
+def test_cli_flip_average_and_second_pass_reach_our_aligner(tmp_path, one_image_folder, capsys):
     from face_alignment_ros.cli.evaluate import main
 
     args = ["--data", str(one_image_folder), "--methods", "ours-sift", "--protocols", "given_box", "--flip-average",
-            "--out", str(tmp_path / "out")]
+            "--second-pass", "--out", str(tmp_path / "out")]
     assert main(args) == 0
-    assert "| Ours (SIFT), flip-averaged" in capsys.readouterr().out
+    assert "| Ours (SIFT), flip-averaged, second pass" in capsys.readouterr().out
 
 
 def test_cli_detector_choice_reaches_our_aligner(tmp_path, one_image_folder, capsys):

@@ -311,8 +311,9 @@ def test_camera_info_topic_parameter_and_remap_win(ros):
 def test_flip_average_is_a_parameter_from_the_yaml_and_settable(ros, tmp_path):
     from rclpy.parameter import Parameter
 
-    node = aligner(ros, "aligner_flip", tmp_path, "    flip_average: true\n")
+    node = aligner(ros, "aligner_flip", tmp_path, "    flip_average: true\n    second_pass: true\n")
     assert node.params["flip_average"] is True and node.pipeline.config.flip_average is True
+    assert node.params["second_pass"] is True and node.pipeline.config.second_pass is True
     assert node.set_parameters([Parameter("flip_average", value=False)])[0].successful
     assert node.params["flip_average"] is False
     assert not node.set_parameters([Parameter("flip_average", value="yes")])[0].successful

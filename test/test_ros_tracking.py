@@ -60,3 +60,11 @@ def test_flip_average_reaches_the_aligner_and_changes_the_landmarks(descent):
     assert 0.0 < moved.mean() < 5.0  # the mirrored pass moves the points a little, not wildly
     flipped.update_config({"flip_average": False})
     assert not flipped.aligner.flip_average
+
+
+def test_second_pass_reaches_the_aligner_and_is_settable(descent):
+    pipeline = FramePipeline(PipelineConfig(second_pass=True))
+    pipeline.set_descent_model(descent)
+    assert pipeline.aligner.second_pass and not FramePipeline().config.second_pass, "off unless asked for"
+    pipeline.update_config({"second_pass": False})
+    assert not pipeline.aligner.second_pass

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-average", action="store_true",
                    help="also align each face's mirrored crop and average the landmarks: more accurate, "
                         "about twice the alignment time (docs/training.md, round 9)")
+    p.add_argument("--second-pass", action="store_true",
+                   help="align every detected face a second time from its own landmark box: more accurate "
+                        "from the detector, about twice the alignment time (docs/training.md, round 13)")
     p.add_argument("--redetect-every", type=int, default=10, help="video: detector period in frames")
     return p
 
@@ -218,7 +221,8 @@ def _fail(message: str) -> int:
 def _load_aligner(args):
     from face_alignment_ros.core.aligner import FaceAligner
 
-    return FaceAligner.from_default(descriptor=args.descriptor, device=args.device, flip_average=args.flip_average)
+    return FaceAligner.from_default(descriptor=args.descriptor, device=args.device, flip_average=args.flip_average,
+                                    second_pass=args.second_pass)
 
 
 class _Job:

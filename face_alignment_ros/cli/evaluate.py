@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="our aligners keep the cascade's camera (FaceAligner(refine_pose=False))")
     p.add_argument("--flip-average", action="store_true",
                    help="our aligners also align the mirrored crop and average (FaceAligner(flip_average=True))")
+    p.add_argument("--second-pass", action="store_true",
+                   help="our aligners align every detected face again from its landmark box "
+                        "(FaceAligner(second_pass=True))")
     p.add_argument("--detector", default=None,
                    help="our aligners detect with this detector in the detector protocol (one of "
                         "face_detector.available_detectors(): blazeface, cascade, dlib, ...; default: the shipped one)")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             aligner = FaceAligner.from_files(args.descent, shipped_models(descriptor).dff_weights)
         method = OursMethod(descriptor, aligner=aligner, allow_stand_in=not args.no_stand_in,
                             refine_pose=not args.no_pose_refinement, flip_average=args.flip_average,
-                            detector=args.detector)
+                            second_pass=args.second_pass, detector=args.detector)
         if args.descent is not None:
             method.label += f" [{args.descent.name}]"
         return method

@@ -141,14 +141,16 @@ class FaceAligner:
     def __init__(self, descent: DescentModel, backend: DescriptorBackend, model: MorphableModel | None = None,
                  detector: FaceDetector | str | None = "default", output: str = "regressed",
                  detector_threads: int | None = None, refine_pose: bool | None = None, flip_average: bool = False,
-                 reframe: bool | None = None):
+                 reframe: bool | None = None, second_pass: bool = False):
         """``flip_average``: also align the mirrored crop and average the two sets of output
         landmarks (about twice the time; pose, shape and mesh stay the unmirrored fit's).
         ``reframe``: a face aligned from a detector box (or from the box of its 68 fixed 3D
         landmarks, ``box_kind="landmarks_3d"``) whose fit turns more than ``REFRAME_YAW_DEG`` of
         that kind, or from a detector box without keypoints that framed it otherwise than its own
         landmarks do (``REFRAME_CROP_MISMATCH``), is aligned a second time from that fit's
-        landmark box (None: on for the DFF, where validation chose it, off for the SIFT ablation)."""
+        landmark box (None: on for the DFF, where validation chose it, off for the SIFT ablation).
+        ``second_pass``: every face from a detector box is aligned that second time, turned or not
+        (about twice the alignment time; docs/training.md, round 13)."""
         if output not in ("regressed", "model"):
             raise ValueError("output must be 'regressed' (the cascade's 68 targets) or 'model' (the fitted 3DMM)")
         self.model = model or MorphableModel.load()
@@ -165,6 +167,7 @@ class FaceAligner:
         self.output = output
         self.flip_average = bool(flip_average)
         self.reframe = descent.descriptor == "dff" if reframe is None else bool(reframe)
+        self.second_pass = bool(second_pass)
         self._detector_spec = detector
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
         self._detector_threads = detector_threads
@@ -273,7 +276,7 @@ class FaceAligner:
         image_bgr = validate_image(image_bgr)
         descent = self._descent  # one model for the whole frame, even if swapped meanwhile
         results = self._align_batch(image_bgr, requests, descent)
-        if self.reframe:
+        if self.reframe or self.second_pass:
             # The detector's box frames a profile worse than the face's own fit does
             # (docs/training.md, round 7): such faces start again from their landmark box.
             boxes = {i: face_crop.landmark_box(f.landmarks) for i, (r, f) in enumerate(zip(requests, results))
@@ -288,7 +291,12 @@ class FaceAligner:
     def _reframe_wanted(self, request: AlignRequest, face: FaceResult) -> bool:
         """Whether ``face`` should be aligned again from its own landmark box: it turned beyond its
         box kind's ``REFRAME_YAW_DEG``, or its box, not the detector's own, framed it otherwise
-        than its landmarks do (``REFRAME_CROP_MISMATCH``)."""
+        than its landmarks do (``REFRAME_CROP_MISMATCH``); or ``second_pass`` asks for every
+        detector box."""
+        if self.second_pass and request.box_kind == "detector":
+            return True
+        if not self.reframe:
+            return False
         limit = REFRAME_YAW_DEG.get(request.box_kind)
         if limit is not None and abs(np.degrees(face.camera[cam.YAW])) > limit:
             return True

@@ -144,7 +144,7 @@ class OursMethod(Method):
     """This project's aligner (shipped model; the untrained stand-in when none is shipped)."""
 
     def __init__(self, descriptor: str = "dff", aligner=None, allow_stand_in: bool = True, refine_pose: bool = True,
-                 flip_average: bool = False, detector: str | None = None):
+                 flip_average: bool = False, detector: str | None = None, second_pass: bool = False):
         self.name = f"ours-{descriptor}"
         self.label = f"Ours ({descriptor.upper()})"
         self._default = aligner is None
@@ -162,6 +162,9 @@ class OursMethod(Method):
         if flip_average:  # mirrored crop aligned too, landmarks averaged
             aligner.flip_average = True
             self.label += ", flip-averaged"
+        if second_pass:  # every detected face aligned again from its own landmark box
+            aligner.second_pass = True
+            self.label += ", second pass"
         if detector is not None:  # another detector's boxes (no keypoints) in the detector protocol
             aligner.set_detector(detector)
             self.label += f", {detector} detector"
@@ -198,6 +201,7 @@ class OursMethod(Method):
             self.aligner = FaceAligner.from_default(descriptor=self.name.split("-", 1)[1], threads=n,
                                                     refine_pose=self.aligner.pose_refiner is not None,
                                                     flip_average=self.aligner.flip_average,
+                                                    second_pass=self.aligner.second_pass,
                                                     detector=self.detector_name or "default")
             self._tracker = None
 

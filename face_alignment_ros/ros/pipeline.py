@@ -47,6 +47,7 @@ class PipelineConfig:
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 10.0
     flip_average: bool = False            # FaceAligner.flip_average: mirrored crop too, averaged
+    second_pass: bool = False             # FaceAligner.second_pass: detected faces aligned again
 
     def smoothing_settings(self) -> OneEuroSettings | None:
         return OneEuroSettings(self.smoothing_min_cutoff, self.smoothing_beta) if self.smoothing else None
@@ -116,7 +117,7 @@ class FramePipeline:
             backend = create_backend(descent, dff_weights=self.dff_weights, device=self.device,
                                      threads=self.threads.network)
             self.aligner = FaceAligner(descent, backend, model=self._model, detector=self._detector,
-                                       flip_average=self.config.flip_average)
+                                       flip_average=self.config.flip_average, second_pass=self.config.second_pass)
             self.tracker = None
         if self.tracker is None:
             self.tracker = FaceTracker(self.aligner, self.config.redetect_every, self.config.min_confidence,
@@ -133,6 +134,7 @@ class FramePipeline:
                 setattr(self.config, k, v)
         if self.aligner is not None:
             self.aligner.flip_average = self.config.flip_average
+            self.aligner.second_pass = self.config.second_pass
         if self.tracker is not None:
             self.tracker.redetect_every = self.config.redetect_every
             self.tracker.min_confidence = self.config.min_confidence
