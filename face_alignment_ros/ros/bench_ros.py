@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--domain-id", type=int, default=None, help="default: random in [40, 200]")
     p.add_argument("--flip-average", action="store_true", help="node flip_average: the mirrored crop aligned too")
+    p.add_argument("--second-pass", action="store_true",
+                   help="node second_pass: detected faces aligned again from their own landmark box")
     p.add_argument("--dff-weights", default=None,
                    help="DFF weights file (its inference graph beside it; default: the shipped ones)")
     args = p.parse_args(argv)
@@ -125,7 +127,8 @@ def main(argv=None) -> int:
     domain = args.domain_id if args.domain_id is not None else random.randint(40, 200)
     rclpy.init(domain_id=domain)
     graph = Graph("/bench/image", None, aligner_overrides={"dff_weights": str(weights), "num_threads": args.threads,
-                                                            "flip_average": args.flip_average},
+                                                            "flip_average": args.flip_average,
+                                                            "second_pass": args.second_pass},
                   model_overrides={"model_file": str(descent)})
     graph.start()
     rows = []
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
               f"{args.rate:g} Hz, {args.duration:g} s per face count, "
               f"{'trained models' if trained else 'UNTRAINED STAND-IN models (timing only)'}, {os.cpu_count()} CPUs, "
               f"node num_threads {args.threads} (policy: {graph.aligner.pipeline.threads}), "
-              f"{'flip_average, ' if args.flip_average else ''}"
+              f"{'flip_average, ' if args.flip_average else ''}{'second_pass, ' if args.second_pass else ''}"
               f"network runtime {getattr(runtime, 'runtime', '?')}", flush=True)
         ctx = mp.get_context("spawn")
         for faces in args.faces:
