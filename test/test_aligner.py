@@ -194,6 +194,19 @@ def test_crop_mismatch_measures_scale_and_centre_shift():
     assert scale == pytest.approx(0.0, abs=1e-9) and shift == pytest.approx(0.5)
 
 
+def _count_passes(aligner, monkeypatch) -> list:
+    """The box kind of every alignment pass the aligner makes from now on, in order."""
+    batch = aligner._align_batch
+    kinds = []
+
+    def counted(image, requests, descent):
+        kinds.extend(r.box_kind for r in requests)
+        return batch(image, requests, descent)
+
+    monkeypatch.setattr(aligner, "_align_batch", counted)
+    return kinds
+
+
 def test_a_padded_given_box_is_aligned_again_from_the_faces_own_landmarks(astronaut, monkeypatch):
     """Another detector's convention (here a box 1.5x the landmarks', passed as a detector box
     without keypoints) frames the face wrongly; the second pass from the fit's landmark box gives
@@ -208,14 +221,7 @@ def test_a_padded_given_box_is_aligned_again_from_the_faces_own_landmarks(astron
     x0, y0, x1, y1 = landmark_box(reference.landmarks)
     cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
     padded = (cx - 0.75 * w, cy - 0.75 * h, cx + 0.75 * w, cy + 0.75 * h)
-    batch = aligner._align_batch
-    kinds = []
-
-    def counted(image, requests, descent):
-        kinds.extend(r.box_kind for r in requests)
-        return batch(image, requests, descent)
-
-    monkeypatch.setattr(aligner, "_align_batch", counted)
+    kinds = _count_passes(aligner, monkeypatch)
     fixed = aligner.align(astronaut, padded)
     assert kinds == ["detector", "landmarks"]
     np.testing.assert_array_equal(fixed.box, np.asarray(padded, np.float32))  # the given box stays the face's box
@@ -244,14 +250,7 @@ def test_second_pass_aligns_every_detected_face_again_from_its_own_landmark_box(
 
     aligner = _shipped(descriptor)
     assert not aligner.second_pass
-    batch = aligner._align_batch
-    kinds = []
-
-    def counted(image, requests, descent):
-        kinds.extend(r.box_kind for r in requests)
-        return batch(image, requests, descent)
-
-    monkeypatch.setattr(aligner, "_align_batch", counted)
+    kinds = _count_passes(aligner, monkeypatch)
     once = aligner.detect_and_align(astronaut)[0]
     assert kinds == ["detector"]
     aligner.second_pass = True
