@@ -278,7 +278,8 @@ class FaceAligner:
         results = self._align_batch(image_bgr, requests, descent)
         if self.reframe or self.second_pass:
             # The detector's box frames a profile worse than the face's own fit does
-            # (docs/training.md, round 7): such faces start again from their landmark box.
+            # (docs/training.md, round 7): such faces start again from their landmark box (with
+            # second_pass, every face from a detector box).
             boxes = {i: face_crop.landmark_box(f.landmarks) for i, (r, f) in enumerate(zip(requests, results))
                      if r.previous is None and self._reframe_wanted(r, f)}
             turned = [i for i, box in boxes.items() if face_crop.box_problem(box, image_bgr.shape) is None]

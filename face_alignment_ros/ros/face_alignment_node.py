@@ -84,7 +84,7 @@ PARAMS = [
           "lags less on fast motion.", range=(0.0, 1000.0)),
     Param("flip_average", False, "Also align each face's mirrored crop and average the landmarks: more accurate "
           "(held-out photos 5.23 -> 5.06% inter-pupil), about twice the alignment time (docs/training.md, round 12)."),
-    Param("second_pass", False, "Align each newly detected face a second time from its own landmark box: more "
+    Param("second_pass", False, "Align each face the detector finds a second time from its own landmark box: more "
           "accurate (held-out photos from the detector 5.23 -> 5.10%), on detection frames only, where it about "
           "doubles the alignment time (docs/training.md, round 13)."),
     Param("publish_tf", True, "Broadcast the head frames face_<id> (REP-155) on TF."),
