@@ -72,6 +72,30 @@ def test_evaluate_rows_and_summary(tmp_path):
     assert "| Fake |" in table and "[60,90]" in table
 
 
+class JawOff(Fake):
+    """Moves only the 17 jaw points, by 2 px."""
+    name, label = "jaw-off", "Jaw off"
+
+    def align_box(self, image, box, box_kind="landmarks"):
+        lm = _gt() + [box[0] - 30, box[1] - 25]
+        lm[:17] += [2.0, 0.0]
+        return peers.Prediction(lm)
+
+
+def test_photos_are_scored_per_landmark_group():
+    data = _dataset((None, None))
+    photos = Dataset("fake-photos", "300w", len(data), data._iter)
+    res = ev.evaluate(photos, [JawOff()], protocols=("given_box",), progress=False)
+    groups = res["summary"]["jaw-off"]["given_box"]["inter_pupil_groups"]
+    gt = _gt()
+    pupil = np.linalg.norm(gt[36:42].mean(0) - gt[42:48].mean(0))
+    assert groups["jaw"] == pytest.approx(2.0 / pupil, rel=1e-4)
+    assert all(groups[g] == 0.0 for g in ("brows", "nose", "eyes", "mouth"))
+    assert all(f"nme_inter_pupil_{g}" in res["rows"][0] for g in groups)
+    table = ev.format_tables(res)
+    assert "per landmark group" in table and f"| Jaw off | {100 * 2.0 / pupil:.2f} | 0.00 |" in table
+
+
 def test_mediapipe_mapping():
     m = peers.MEDIAPIPE_TO_IBUG68
     assert m.shape == (68,) and len(set(m.tolist())) == 68 and m.min() >= 0 and m.max() < 468

@@ -50,6 +50,8 @@ def _errors(pred, sample) -> dict:
     and head-pose errors (``head_pose.pose_errors``)."""
     lm = None if pred is None else pred.landmarks
     row = {f"nme_{k}": metrics.nme(lm, sample.landmarks, k) for k in metrics.NORMALISATIONS}
+    row.update({f"nme_inter_pupil_{g}": metrics.nme(lm, sample.landmarks, "inter_pupil", points=points)
+                for g, points in metrics.REGIONS.items()})
     if sample.visible is not None:
         row["nme_visible_inner_box"] = metrics.nme_visible_inner(lm, sample.landmarks, sample.visible, "box")
     if sample.landmarks_3d is not None:
@@ -103,6 +105,9 @@ def summarise_rows(rows: list[dict]) -> dict:
              "median_ms": float(np.median([r["ms"] for r in sel])) if sel else float("nan")}
         for k in metrics.NORMALISATIONS:
             s[k] = metrics.summarise([r[f"nme_{k}"] for r in found])
+        if found and f"nme_inter_pupil_{next(iter(metrics.REGIONS))}" in found[0]:
+            s["inter_pupil_groups"] = {g: metrics.summarise([r[f"nme_inter_pupil_{g}"] for r in found])["mean"]
+                                       for g in metrics.REGIONS}
         yaws = [r["yaw_deg"] for r in found]
         if found and all(y != "" for y in yaws):
             s["yaw_bins_box"] = metrics.yaw_bin_summary([r["nme_box"] for r in found], yaws)
@@ -247,8 +252,21 @@ def format_tables(result: dict) -> str:
                                           for b in metrics.YAW_BIN_NAMES)
                              + f" | {_pct(y['mean'])} | {_pct(y['std'])} | {_pct(vis)} |")
             lines.append("")
+        if result.get("kind") == "300w":
+            lines += ["Inter-pupil NME (%) per landmark group:", "", *format_group_table(result, protocol), ""]
         lines += format_3d_tables(result, protocol)
     return "\n".join(lines)
+
+
+def format_group_table(result: dict, protocol: str, suffix: str = "") -> list[str]:
+    """Markdown rows: each method's inter-pupil NME per landmark group (``metrics.REGIONS``)."""
+    lines = ["| method | " + " | ".join(metrics.REGIONS) + " |", "|---|" + "---:|" * len(metrics.REGIONS)]
+    for method, per in result["summary"].items():
+        groups = per.get(protocol, {}).get("inter_pupil_groups")
+        if groups:
+            lines.append(f"| {result['methods'][method]['label']}{suffix} | "
+                         + " | ".join(_pct(groups[g]) for g in metrics.REGIONS) + " |")
+    return lines
 
 
 def _deg(v) -> str:

@@ -124,7 +124,13 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
              methods: list[str] | None = None) -> Path:
     from face_alignment_ros.evaluation.bench_peers import benchmark_methods, format_markdown, plot_speed
     from face_alignment_ros.evaluation.datasets import heldout_300w, synthetic_renders
-    from face_alignment_ros.evaluation.evaluate import PROTOCOLS, evaluate, format_3d_tables, write_outputs
+    from face_alignment_ros.evaluation.evaluate import (
+        PROTOCOLS,
+        evaluate,
+        format_3d_tables,
+        format_group_table,
+        write_outputs,
+    )
     from face_alignment_ros.evaluation.matching import VIEW_BIN_NAMES, run_matching
     from face_alignment_ros.evaluation.peers import OursMethod, available_methods, create_method
 
@@ -253,6 +259,9 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
         L += _300w_table(real, "given_box")
         L += ["", "Detector:", ""]
         L += _300w_table(real, "detector")
+        L += ["", "Inter-pupil NME (%) per landmark group, given box / detector:", ""]
+        L += format_group_table(real, "given_box", " — given box")
+        L += format_group_table(real, "detector", " — detector")[2:]
         L += ["", f"![CED given box]({rel}/ced_{real['data']}_given_box.png) "
               f"![CED detector]({rel}/ced_{real['data']}_detector.png)", ""]
 
