@@ -105,7 +105,7 @@ def summarise_rows(rows: list[dict]) -> dict:
              "median_ms": float(np.median([r["ms"] for r in sel])) if sel else float("nan")}
         for k in metrics.NORMALISATIONS:
             s[k] = metrics.summarise([r[f"nme_{k}"] for r in found])
-        if found and f"nme_inter_pupil_{next(iter(metrics.REGIONS))}" in found[0]:
+        if found:  # every row carries them (_errors)
             s["inter_pupil_groups"] = {g: metrics.summarise([r[f"nme_inter_pupil_{g}"] for r in found])["mean"]
                                        for g in metrics.REGIONS}
         yaws = [r["yaw_deg"] for r in found]
@@ -253,19 +253,22 @@ def format_tables(result: dict) -> str:
                              + f" | {_pct(y['mean'])} | {_pct(y['std'])} | {_pct(vis)} |")
             lines.append("")
         if result.get("kind") == "300w":
-            lines += ["Inter-pupil NME (%) per landmark group:", "", *format_group_table(result, protocol), ""]
+            lines += ["Inter-pupil NME (%) per landmark group:", "", *format_group_table(result, [protocol]), ""]
         lines += format_3d_tables(result, protocol)
     return "\n".join(lines)
 
 
-def format_group_table(result: dict, protocol: str, suffix: str = "") -> list[str]:
-    """Markdown rows: each method's inter-pupil NME per landmark group (``metrics.REGIONS``)."""
+def format_group_table(result: dict, protocols: list[str]) -> list[str]:
+    """Markdown table: each method's inter-pupil NME per landmark group (``metrics.REGIONS``), a
+    row per protocol (named in the row when there are several)."""
     lines = ["| method | " + " | ".join(metrics.REGIONS) + " |", "|---|" + "---:|" * len(metrics.REGIONS)]
-    for method, per in result["summary"].items():
-        groups = per.get(protocol, {}).get("inter_pupil_groups")
-        if groups:
-            lines.append(f"| {result['methods'][method]['label']}{suffix} | "
-                         + " | ".join(_pct(groups[g]) for g in metrics.REGIONS) + " |")
+    for protocol in protocols:
+        suffix = f" — {protocol.replace('_', ' ')}" if len(protocols) > 1 else ""
+        for method, per in result["summary"].items():
+            groups = per.get(protocol, {}).get("inter_pupil_groups")
+            if groups:
+                lines.append(f"| {result['methods'][method]['label']}{suffix} | "
+                             + " | ".join(_pct(groups[g]) for g in metrics.REGIONS) + " |")
     return lines
 
 

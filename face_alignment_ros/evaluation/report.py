@@ -260,8 +260,7 @@ def generate(out_path: str | Path = "BENCHMARKS.md", quick: bool = False, allow_
         L += ["", "Detector:", ""]
         L += _300w_table(real, "detector")
         L += ["", "Inter-pupil NME (%) per landmark group, given box / detector:", ""]
-        L += format_group_table(real, "given_box", " — given box")
-        L += format_group_table(real, "detector", " — detector")[2:]
+        L += format_group_table(real, ["given_box", "detector"])
         L += ["", f"![CED given box]({rel}/ced_{real['data']}_given_box.png) "
               f"![CED detector]({rel}/ced_{real['data']}_detector.png)", ""]
 
