@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 
@@ -491,6 +492,57 @@ def test_annotation_offset_round_trips_and_goes_with_any_cut(tmp_path):
     assert loaded.first(2, 2, 1).annotation_offset is None  # measured after both global stages
     assert loaded.first(2, 1).annotation_offset is None
     assert _with_fine_stages(loaded)[0].annotation_offset is None  # new stages: measured on others
+
+
+def _with_annotation_shape(model, seed=0):
+    rng = np.random.default_rng(seed)
+    reference = np.stack([np.cos(np.arange(68)), np.sin(2 * np.arange(68))], 1) * 20
+    return model.with_annotation_shape(rng.normal(scale=0.01, size=(136, 136)), rng.normal(size=136),
+                                       reference - reference.mean(axis=0), provenance={"annotation_shape": {}})
+
+
+def test_annotation_shape_stage_round_trips_and_goes_with_any_change(tmp_path):
+    model = _with_fine_stages(_with_stages(_model()))[0].with_annotation_offset(np.ones(136, np.float32))
+    shaped = _with_annotation_shape(model)
+    path = tmp_path / "m.npz"
+    shaped.save(path)
+    loaded = DescentModel.load(path)
+    assert loaded.has_annotation_shape and loaded.has_annotation_stages
+    for name in ("R_A", "b_A", "m_A"):
+        np.testing.assert_allclose(getattr(loaded, name), getattr(shaped, name))
+    x = np.random.default_rng(1).normal(scale=20, size=(68, 2)).astype(np.float32)
+    np.testing.assert_allclose(loaded.annotation_shape_step(x), shaped.annotation_shape_step(x), rtol=1e-5)
+    assert not DescentModel.load(_saved(model, tmp_path)).has_annotation_shape
+    assert loaded.first(2) is loaded  # nothing cut: kept
+    assert not loaded.first(2, 2, 0).has_annotation_shape  # learned after the global stages
+    assert not _with_fine_stages(loaded)[0].has_annotation_stages
+    new_offset = loaded.with_annotation_offset(np.zeros(136, np.float32))
+    assert not new_offset.has_annotation_shape  # it learned on what the old offset left
+
+
+def test_annotation_shape_step_turns_and_scales_with_the_face():
+    """The stage reads the shape in its own frame: a face turned, scaled and moved in the crop
+    gets the same move, turned and scaled with it."""
+    model = _with_annotation_shape(_model())
+    x = model.m_A.reshape(68, 2) + np.random.default_rng(2).normal(size=(68, 2))
+    step = model.annotation_shape_step(x)
+    angle, scale = np.radians(25), 1.7
+    turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = model.annotation_shape_step(x @ turn.T + [40.0, -13.0])
+    np.testing.assert_allclose(moved, step @ turn.T, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_annotation_shape_stages_are_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _with_annotation_shape(_model()).save(path)
+    _assert_refused(path, "'R_A' holds NaN|'R_A' must be", R_A=np.full((136, 136), np.nan, np.float32))
+    _assert_refused(path, "'m_A' .* all zeros", R_A=np.zeros((136, 136), np.float32), m_A=np.zeros(136, np.float32))
+    _assert_refused(path, "'annotation_shape' says 136 but 'b_A' holds 10", m_A=np.ones(136, np.float32),
+                    b_A=np.zeros(10, np.float32))
+    _rewrite(path, b_A=np.zeros(136, np.float32))
+    _assert_refused(path, "'annotation_shape' is str", annotation_shape="yes")
+    with pytest.raises(ModelFileError, match="needs all of"):
+        dataclasses.replace(_with_annotation_shape(_model()), b_A=None).validate()
 
 
 def _saved(model, tmp_path):

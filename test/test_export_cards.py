@@ -43,6 +43,10 @@ def test_fine_stage_lines():
     assert len(_fine_stage_lines({**summary, "start_error_scale": 1.0})) == 4  # not widened: no line
     widened = _fine_stage_lines({**summary, "start_error_scale": 1.2})
     assert len(widened) == 5 and "widened 1.2x" in widened[1]
+    summary["annotation_shape"] = {"lambda": 0.03, "nme_after": {"val": {"all": 4.75}}}
+    shaped = _fine_stage_lines(summary)
+    assert len(shaped) == 5 and "Annotation shape stage" in shaped[3] and "lambda 0.03" in shaped[3]
+    assert '"all": 4.75' in shaped[3]
 
 
 def test_kind_counts_are_checked():

@@ -160,6 +160,24 @@ def test_annotation_offset_fades_beyond_the_annotated_photos_yaw():
     np.testing.assert_allclose(annotation_convention(descent, x, np.radians(80)), 0.0)
 
 
+def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
+    from face_alignment_ros.core.landmark_stages import annotation_convention
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(scale=20, size=(68, 2))
+    reference -= reference.mean(axis=0)
+    offset = np.tile([1.0, -2.0], 68).astype(np.float32)
+    descent = stand_in_aligner("sift", detector=None).descent.with_annotation_offset(offset)
+    descent = descent.with_annotation_shape(rng.normal(scale=0.02, size=(136, 136)), rng.normal(size=136), reference)
+    x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
+    step = descent.annotation_shape_step(x)
+    assert np.abs(step).mean() > 0.1
+    np.testing.assert_allclose(annotation_convention(descent, x, 0.0), x + offset.reshape(68, 2) + step, rtol=1e-5)
+    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(52.5)),
+                               x + 0.5 * (offset.reshape(68, 2) + step), rtol=1e-5)
+    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(-80)), x)
+
+
 def test_aligner_adds_the_annotation_offset_after_the_pose_refit(astronaut):
     base = stand_in_aligner("sift", detector=None)
     cls, box = type(base), (150, 30, 250, 150)
@@ -176,6 +194,20 @@ def test_aligner_adds_the_annotation_offset_after_the_pose_refit(astronaut):
     if abs(np.degrees(before.camera[cam.YAW])) <= 45:  # the stand-in fits the astronaut near frontal
         np.testing.assert_allclose(after.landmarks[:, 0] - before.landmarks[:, 0], 2.0 * crop_px, atol=1e-3)
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
+
+
+def test_aligner_applies_an_annotation_shape_stage_alone_after_the_pose_refit(astronaut):
+    base = stand_in_aligner("sift", detector=None)
+    cls, box = type(base), (150, 30, 250, 150)
+    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
+    before = plain.align(astronaut, box)
+    reference = np.random.default_rng(0).normal(scale=20, size=(68, 2))
+    plain.set_descent_model(base.descent.with_annotation_shape(np.zeros((136, 136)), np.full(136, 0.5),
+                                                               reference - reference.mean(axis=0)))
+    after = plain.align(astronaut, box)
+    np.testing.assert_array_equal(after.camera, before.camera)  # fitted to the points before it
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
+    assert not np.allclose(after.landmarks, before.landmarks)
 
 
 def test_pose_refinement_fits_the_output_landmarks(astronaut):

@@ -103,7 +103,9 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     per_stage = summary["heldout_inter_pupil_nme_percent"]["detector"]["nme_per_iteration"]
     offsets = int(model.annotation_offset is not None)  # the toy samples count as annotated photos
     assert offsets and summary["annotation_offset"]["mean_norm_px"] >= 0
-    assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations + offsets
+    shapes = int(model.has_annotation_shape)
+    assert shapes == (summary["annotation_shape"] is not None)
+    assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations + offsets + shapes
     assert per_stage[1] < per_stage[0]
     assert summary["heldout_inter_pupil_nme_percent"]["detector"]["count"] == 30
     args.local_stages = 0  # global stages alone, as round 8 shipped them
@@ -130,6 +132,41 @@ def test_annotation_offset_is_the_annotated_photos_mean_error_only():
     np.testing.assert_allclose(annotation_offset(landmarks, data), 1.0)
     assert annotation_offset(landmarks, {**data, "conventions": np.array(["fitted"] * 6)}) is None
     assert annotation_offset(landmarks, {k: v for k, v in data.items() if k != "conventions"}) is None
+
+
+def test_the_annotation_shape_stage_learns_a_convention_that_depends_on_the_shape():
+    """Photos whose annotators put the points a fixed linear function of the face's shape away
+    (in the face's own frame, so turned and scaled with it): the stage learns it from the
+    training photos as annotated, and validation faces land on their targets. Mirror images, of
+    another convention, are not read."""
+    from face_alignment_ros.core.descent_model import similarity_frames
+    from face_alignment_ros.training.learn_fine_stages import learn_annotation_shape
+
+    rng = np.random.default_rng(0)
+    reference = np.stack([np.cos(np.arange(68)), np.sin(2 * np.arange(68))], 1) * 20
+    n = 2000
+    shapes = reference + rng.normal(scale=1.5, size=(n, 68, 2))  # faces of many shapes
+    angle, scale = rng.uniform(-0.5, 0.5, n), rng.uniform(0.7, 1.4, n)
+    turns = scale[:, None, None] * np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1),
+                                             np.stack([np.sin(angle), np.cos(angle)], -1)], 1)
+    landmarks = np.einsum("npk,njk->npj", shapes, turns) + rng.uniform(20, 40, (n, 1, 2))
+    mixing = rng.normal(scale=0.05, size=(136, 136))
+    normalised, frames = similarity_frames(landmarks, reference - reference.mean(axis=0))
+    frame_moves = (normalised - reference + reference.mean(axis=0)).reshape(n, -1) @ mixing.T + 0.5
+    moves = np.einsum("npk,njk->npj", frame_moves.reshape(n, 68, 2), np.linalg.inv(frames))
+    groups = np.array(["train"] * 1900 + ["val"] * 100)
+    conventions = np.array(["annotated"] * 1500 + ["mirrored"] * 400 + ["annotated"] * 100)
+    offset = np.full((68, 2), 0.2, np.float32)  # learned before, in crop px: the stage adds to it
+    targets = (landmarks + offset + moves).astype(np.float32)
+    targets[1500:1900] = landmarks[1500:1900] - 3.0  # another convention: must not be learned
+    data = {"targets": targets, "groups": groups, "conventions": conventions,
+            "normalisers": np.full(n, 10.0, np.float32)}
+    learned = learn_annotation_shape(landmarks.astype(np.float32), offset, data)
+    val = slice(1900, None)
+    before = np.abs(landmarks[val] + offset - targets[val]).mean()
+    assert np.abs(learned["landmarks"][val] - targets[val]).mean() < 0.02 * before
+    np.testing.assert_allclose(learned["reference"].mean(axis=0), 0.0, atol=1e-4)
+    assert learn_annotation_shape(landmarks, None, {**data, "conventions": np.array(["fitted"] * n)}) is None
 
 
 def test_the_stages_learn_one_symmetric_convention_from_photos_and_mirror_images():

@@ -370,7 +370,7 @@ class FaceAligner:
         history = refined.history
         if self.output == "regressed":  # the pose above was fitted to the points before the offset
             crop_landmarks = annotation_convention(descent, refined.landmarks, state.camera[cam.YAW])
-            if descent.annotation_offset is not None:
+            if descent.has_annotation_stages:
                 history = history + [crop_landmarks]
         else:
             crop_landmarks = self.cascade.model_landmarks(state.camera, state.shape_params)

@@ -43,6 +43,14 @@ after everything else (and after the pose refit, which fits the points before it
 learns on the training photos and their mirror images, so it lands halfway between the
 annotators' convention and its mirror image; 300-W's is not symmetric, and this offset, the mean
 remaining error of the training photos as annotated, restores it (docs/training.md, round 9).
+
+Optionally after it, the annotation shape stage: ``R_A`` (136, 136), ``b_A`` (136,) and its
+reference shape ``m_A`` (136,). Where annotators put a point depends on the face's shape, and
+the regressions above pull every shape towards the mean; one ridge regression from the landmarks,
+turned, scaled and centred onto the reference (``similarity_frames``), to the training photos'
+remaining error as annotated, in that frame, corrects both (docs/training.md, round 14):
+
+    Delta X = M^-1 (R_A (x_n - m_A) + b_A)    (x_n = M (X - mean(X)), the landmarks in the frame)
 """
 from __future__ import annotations
 
@@ -70,6 +78,8 @@ REQUIRED_METADATA = ("schema_version", "descriptor", "descriptor_dim", "n_landma
 MAX_DESCRIPTOR_DIM = 512
 MAX_ITERATIONS = 16
 CROP_SIZE_RANGE = (16, 1024)
+# the annotation stages are measured after everything else: a model that changes drops them
+NO_ANNOTATION = {"o_A": None, "R_A": None, "b_A": None, "m_A": None}
 FINE_LAYOUT_RANGES = {"crop_size": CROP_SIZE_RANGE, "cell": (1, 64), "grid": (1, 8), "bins": (1, 16)}
 
 
@@ -96,6 +106,9 @@ class DescentModel:
     b_P: np.ndarray | None = None  # (P, 136)
     local_neighbours: np.ndarray | None = None  # (68, K) int: landmark l reads these landmarks
     o_A: np.ndarray | None = None  # (136,) annotation offset, crop px; None: none
+    R_A: np.ndarray | None = None  # (136, 136) annotation shape stage; None: none
+    b_A: np.ndarray | None = None  # (136,)
+    m_A: np.ndarray | None = None  # (136,) its reference shape, centred
 
     def __post_init__(self):
         if self.R_L is None and self.b_L is None:
@@ -148,10 +161,35 @@ class DescentModel:
         return None if self.o_A is None else self.o_A.reshape(N_LANDMARKS, 2)
 
     def with_annotation_offset(self, offset: np.ndarray | None, provenance: dict | None = None) -> DescentModel:
+        # the shape stage learned on what this offset left: a new offset drops it
         model = replace(self, o_A=None if offset is None else np.asarray(offset, np.float32).reshape(-1),
+                        R_A=None, b_A=None, m_A=None, provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
+
+    @property
+    def has_annotation_shape(self) -> bool:
+        return self.R_A is not None
+
+    @property
+    def has_annotation_stages(self) -> bool:
+        """Whether the output moves into the annotators' convention (offset or shape stage)."""
+        return self.o_A is not None or self.R_A is not None
+
+    def with_annotation_shape(self, R_A: np.ndarray, b_A: np.ndarray, reference: np.ndarray,
+                              provenance: dict | None = None) -> DescentModel:
+        """This model with the given annotation shape stage (replacing any it had)."""
+        model = replace(self, R_A=np.asarray(R_A, np.float32), b_A=np.asarray(b_A, np.float32).reshape(-1),
+                        m_A=np.asarray(reference, np.float32).reshape(-1),
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
+
+    def annotation_shape_step(self, landmarks: np.ndarray) -> np.ndarray:
+        """The annotation shape stage's Delta X (68, 2) crop px at ``landmarks`` (68, 2)."""
+        normalised, frame = similarity_frames(landmarks[None], self.m_A.reshape(N_LANDMARKS, 2))
+        moves = (self.R_A @ (normalised.reshape(-1) - self.m_A) + self.b_A).reshape(N_LANDMARKS, 2)
+        return (moves @ np.linalg.inv(frame[0]).T).astype(np.float32)
 
     @property
     def uses_fine_crop(self) -> bool:
@@ -176,7 +214,7 @@ class DescentModel:
         if self.local_iterations and layout != self.fine_layout:
             raise ValueError(f"the fine stages must read the local stages' layout {self.fine_layout}, got {layout}")
         u, v = low_rank_factors(R_F, rank)
-        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout, o_A=None,
+        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout, **NO_ANNOTATION,
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
@@ -199,7 +237,8 @@ class DescentModel:
         stages: those are learned on what the local ones leave (``with_fine_stages`` next)."""
         model = replace(self, W_P=np.asarray(W_P, np.float32), b_P=np.asarray(b_P, np.float32),
                         local_neighbours=np.asarray(neighbours, np.int64), fine_layout=layout,
-                        U_F=None, V_F=None, b_F=None, o_A=None, provenance=dict(self.provenance, **(provenance or {})))
+                        U_F=None, V_F=None, b_F=None, **NO_ANNOTATION,
+                        provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
 
@@ -249,7 +288,7 @@ class DescentModel:
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
                        b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
                        U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f],
-                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], o_A=None, provenance=provenance)
+                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], **NO_ANNOTATION, provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -266,6 +305,7 @@ class DescentModel:
                 "local_neighbours": np.asarray(self.local_neighbours).tolist()} if self.local_iterations else {}),
             **({"fine_layout": self.fine_layout.to_dict()} if self.uses_fine_crop else {}),
             **({"annotation_offset": True} if self.o_A is not None else {}),
+            **({"annotation_shape": True} if self.R_A is not None else {}),
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -284,6 +324,9 @@ class DescentModel:
             stages.update(W_P=self.W_P.astype(dtype), b_P=self.b_P.astype(np.float32))
         if self.o_A is not None:
             stages.update(o_A=self.o_A.astype(np.float32))
+        if self.R_A is not None:  # small: kept in float32
+            stages.update(R_A=self.R_A.astype(np.float32), b_A=self.b_A.astype(np.float32),
+                          m_A=self.m_A.astype(np.float32))
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
                             R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
@@ -349,6 +392,8 @@ class DescentModel:
                 shapes.update(W_P=(n_p, N_LANDMARKS, 2, neighbours.shape[1] * layout.dim), b_P=(n_p, 2 * N_LANDMARKS))
             if meta["annotation_offset"]:
                 shapes.update(o_A=(2 * N_LANDMARKS,))
+            if meta["annotation_shape"]:
+                shapes.update(R_A=(2 * N_LANDMARKS, 2 * N_LANDMARKS), b_A=(2 * N_LANDMARKS,), m_A=(2 * N_LANDMARKS,))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -364,7 +409,8 @@ class DescentModel:
                     b_F=arrays["b_F"].astype(np.float32) if "b_F" in arrays else None, fine_layout=layout,
                     W_P=arrays["W_P"].astype(np.float32) if "W_P" in arrays else None,
                     b_P=arrays["b_P"].astype(np.float32) if "b_P" in arrays else None, local_neighbours=neighbours,
-                    o_A=arrays["o_A"].astype(np.float32) if "o_A" in arrays else None)
+                    o_A=arrays["o_A"].astype(np.float32) if "o_A" in arrays else None,
+                    **{name: arrays[name].astype(np.float32) for name in ("R_A", "b_A", "m_A") if name in arrays})
         model.validate(f"descent model {source}")
         return model
 
@@ -409,6 +455,7 @@ class DescentModel:
                                      or self.o_A.dtype.kind != "f" or not np.all(np.abs(self.o_A) <= self.crop_size)):
             raise ModelFileError(f"{source}: field 'o_A' must be {2 * N_LANDMARKS} finite floats within the crop "
                                  f"size {self.crop_size}, got {_describe(self.o_A)}")
+        _check_annotation_shape(source, self)
         if (n_f > 0 or n_p > 0) and self.fine_layout is None:
             raise ModelFileError(f"{source}: fine 2D stages without a 'fine_layout'")
         _check_number(source, "regularisation", self.regularisation, low=0.0)
@@ -417,6 +464,22 @@ class DescentModel:
             raise ModelFileError(f"{source}: field 'box_priors' names neither 'detector' nor 'landmarks'")
         for kind, prior in self.box_priors.items():
             _check_box_prior(source, kind, prior.to_dict())
+
+
+def similarity_frames(shapes: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``shapes`` (n, 68, 2) centred, turned and scaled onto ``reference`` (68, 2, centred) by
+    least squares: returns them (n, 68, 2) and each one's 2 x 2 matrix M, so that the normalised
+    shape is M (X - mean(X)) and a move d in that frame is M^-1 d in the shape's own."""
+    x = np.asarray(shapes, np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    ref = np.asarray(reference, np.float64)
+    size = (x ** 2).sum(axis=(1, 2))
+    degenerate = size < 1e-9  # every point in one place: no frame to read, the identity serves
+    size = np.where(degenerate, 1.0, size)
+    a = np.where(degenerate, 1.0, (x * ref).sum(axis=(1, 2)) / size)
+    b = np.where(degenerate, 0.0, (x[..., 0] * ref[..., 1] - x[..., 1] * ref[..., 0]).sum(axis=1) / size)
+    frames = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], axis=1)
+    return np.einsum("npk,njk->npj", x, frames), frames
 
 
 def local_moves(weights: np.ndarray, offsets: np.ndarray, histograms: np.ndarray, neighbours: np.ndarray,
@@ -488,6 +551,24 @@ def _check_fine_layout(source: str, layout) -> None:
         _check_int(source, f"fine_layout.{name}", layout[name], low, high)
 
 
+def _check_annotation_shape(source: str, model: DescentModel) -> None:
+    """The annotation shape stage's three arrays come together, finite, of their shapes."""
+    arrays = {"R_A": (2 * N_LANDMARKS, 2 * N_LANDMARKS), "b_A": (2 * N_LANDMARKS,), "m_A": (2 * N_LANDMARKS,)}
+    present = [getattr(model, name) is not None for name in arrays]
+    if not any(present):
+        return
+    if not all(present):
+        raise ModelFileError(f"{source}: the annotation shape stage needs all of {list(arrays)}")
+    for name, shape in arrays.items():
+        arr = getattr(model, name)
+        if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype.kind != "f" \
+                or not np.all(np.isfinite(arr)):
+            raise ModelFileError(f"{source}: field '{name}' must be finite floats of shape {shape}, "
+                                 f"got {_describe(arr)}")
+    if not np.any(model.m_A):
+        raise ModelFileError(f"{source}: field 'm_A' (the reference shape) is all zeros")
+
+
 def _check_neighbours(source: str, neighbours) -> None:
     """(68, K) landmark indices, each row starting with its own landmark."""
     table = np.asarray(neighbours)
@@ -540,7 +621,8 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
     if len(got) == len(shape) and got[0] != shape[0]:
         count = {"R_L": "landmark_iterations", "b_L": "landmark_iterations", "U_F": "fine_iterations",
                  "V_F": "fine_iterations", "b_F": "fine_iterations", "W_P": "local_iterations",
-                 "b_P": "local_iterations", "o_A": "annotation_offset"}.get(name, "iterations")
+                 "b_P": "local_iterations", "o_A": "annotation_offset", "R_A": "annotation_shape",
+                 "b_A": "annotation_shape", "m_A": "annotation_shape"}.get(name, "iterations")
         raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
@@ -583,6 +665,7 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
     _check_int(src, "fine_iterations", meta.setdefault("fine_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "local_iterations", meta.setdefault("local_iterations", 0), 0, MAX_ITERATIONS)
     _check_type(src, "annotation_offset", meta.setdefault("annotation_offset", False), bool, "true or false")
+    _check_type(src, "annotation_shape", meta.setdefault("annotation_shape", False), bool, "true or false")
     if meta["fine_iterations"] or meta["local_iterations"]:
         _check_fine_layout(src, meta.get("fine_layout"))
     if meta["fine_iterations"]:

@@ -40,21 +40,24 @@ def refine_landmarks(descent: DescentModel, sampler: Sampler, state: CascadeStat
     return state
 
 
-# The annotated training photos reach about 45 deg of yaw: the annotation offset learned on them
-# applies in full up to there and fades out by 60 deg, beyond which only fitted labels were seen
-ANNOTATION_OFFSET_YAW_DEG = (45.0, 60.0)
+# The annotated training photos reach about 45 deg of yaw: the annotation offset
+# and shape stage learned on them apply in full up to there and fade out by 60 deg, beyond which
+# only fitted labels were seen
+ANNOTATION_YAW_DEG = (45.0, 60.0)
 
 
 def annotation_convention(descent: DescentModel, landmarks: np.ndarray, yaw: float) -> np.ndarray:
     """The output landmarks in the annotators' convention: ``landmarks`` (crop pixels) plus the
-    descent model's annotation offset, faded out beyond the yaw (radians) that the annotated
-    photos cover."""
-    offset = descent.annotation_offset
-    if offset is None:
+    descent model's annotation offset and shape stage, faded out beyond the yaw (radians) that the
+    annotated photos cover."""
+    if not descent.has_annotation_stages:
         return landmarks
-    full, zero = np.radians(ANNOTATION_OFFSET_YAW_DEG)
+    moves = np.zeros_like(landmarks) if descent.annotation_offset is None else descent.annotation_offset.copy()
+    if descent.has_annotation_shape:
+        moves = moves + descent.annotation_shape_step(landmarks)
+    full, zero = np.radians(ANNOTATION_YAW_DEG)
     weight = float(np.clip((zero - abs(float(yaw))) / (zero - full), 0.0, 1.0))
-    return (landmarks + weight * offset).astype(np.float32)
+    return (landmarks + weight * moves).astype(np.float32)
 
 
 def fine_crop(image_bgr: np.ndarray, crop_box, layout: HistogramLayout, crop: np.ndarray | None = None) -> np.ndarray:

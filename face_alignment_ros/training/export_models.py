@@ -40,7 +40,8 @@ CARDS_DIR = "model_cards"
 
 STAGES_NOTE = " (here: after the whole cascade, then after each final 2D stage)"
 FINE_STAGES_NOTE = (" (here: after the cascade and its DFF 2D stages, then after each fine 2D stage,"
-                    " local ones first, and last with the annotation offset)")
+                    " local ones first, then with the annotation offset and last with the annotation shape stage, where"
+                    " the model has them)")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=resources.ASSETS_DIR, help="destination (default: the package)")
@@ -197,6 +198,12 @@ def _fine_stage_lines(summary: dict) -> list[str]:
                          f"photos' targets and their mirror images' met halfway across the gap between the two "
                          f"conventions, {offset['convention_gap_px']} crop px on average; the offset restores the "
                          f"annotators'.")
+    shape = summary.get("annotation_shape")
+    if shape:
+        lines.append(f"- Annotation shape stage (after the offset; docs/training.md, round 14): a ridge regression "
+                     f"(lambda {shape['lambda']}, chosen on validation) from the landmarks, turned, scaled and "
+                     f"centred onto the training photos' mean shape, to their remaining error as annotated. NME (%) "
+                     f"with it: `{json.dumps(shape['nme_after'])}`")
     return lines + [
         f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} shipped,"
         f" layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "

@@ -24,7 +24,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from face_alignment_ros.core.descent_model import local_moves, low_rank_factors
+from face_alignment_ros.core.descent_model import local_moves, low_rank_factors, similarity_frames
 from face_alignment_ros.core.gradient_histograms import HistogramLayout, histograms_at, orientation_channels
 from face_alignment_ros.core.landmark_stages import fine_points, refine_landmarks
 from face_alignment_ros.core.morphable_model import N_LANDMARKS
@@ -41,6 +41,8 @@ from face_alignment_ros.training.learn_landmark_stages import (
 FINE_LAMBDAS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 100.0)
 # the local stages' regressions are 68 small ones: validation wants less ridge (round 9 chose 0.5)
 LOCAL_LAMBDAS = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
+# the annotation shape stage: one regression of 136 x 136 from ~11,500 photos; validation chose 0.03
+ANNOTATION_SHAPE_LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # a further stage ships only if it lowers validation NME by this much (points of %): each costs
 # 0.6 MB of the package and a millisecond a face
 MIN_STAGE_GAIN = 0.01
@@ -95,6 +97,44 @@ def convention_shift(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
     gap between the two conventions."""
     annotated, mirrored = (_mean_residual(landmarks, data, c) for c in ("annotated", "mirrored"))
     return None if annotated is None or mirrored is None else (annotated - mirrored).astype(np.float32)
+
+
+def learn_annotation_shape(landmarks: np.ndarray, offset: np.ndarray | None, data: dict,
+                           lambdas=ANNOTATION_SHAPE_LAMBDAS) -> dict | None:
+    """The annotation shape stage (core/descent_model.py): a ridge regression from ``landmarks``
+    (n, 68, 2), each turned, scaled and centred onto the training photos' mean annotated shape, to
+    what the training photos as annotated still miss after ``offset``, in that frame; lambda
+    chosen on the ``val`` rows. Returns its weights, bias, reference shape and lambda, and the
+    landmarks with it; None without annotated training photos (or with no shape to them)."""
+    conventions = data.get("conventions")
+    if conventions is None:
+        return None
+    groups, targets, norms = data["groups"], data["targets"], data["normalisers"]
+    train = np.flatnonzero((groups == "train") & (conventions == "annotated"))
+    val = np.flatnonzero(groups == "val")
+    if not len(train):
+        return None
+    base = landmarks if offset is None else landmarks + offset
+    reference = targets[train].mean(axis=0)
+    reference = reference - reference.mean(axis=0)
+    if not np.any(np.abs(reference) > 1e-6):  # every point in one place: no shape to read
+        return None
+    normalised, frames = similarity_frames(landmarks, reference)
+    features = (normalised - reference).reshape(len(landmarks), -1)
+    missed = np.einsum("npk,njk->npj", targets - base, frames).reshape(len(landmarks), -1)
+    inverse = np.linalg.inv(frames)
+
+    def moved(rows, r, b):
+        return base[rows] + np.einsum("npk,njk->npj", (features[rows] @ r.T + b).reshape(-1, N_LANDMARKS, 2),
+                                      inverse[rows])
+    best = None
+    for lam, (r, b) in zip(lambdas, ridge_path(features[train], missed[train], lambdas)):
+        err = float(nme_rows(moved(val, r, b), targets[val], norms[val]).mean()) if len(val) else 0.0
+        if best is None or err < best[0]:
+            best = (err, lam, r, b)
+    _, lam, r, b = best
+    return {"R": r, "b": b, "reference": reference.astype(np.float32), "lambda": lam,
+            "landmarks": moved(np.arange(len(landmarks)), r, b).astype(np.float32)}
 
 
 def symmetric_targets(data: dict, shift: np.ndarray) -> dict:
@@ -251,6 +291,7 @@ def run(stage, args, records, priors, start_from) -> dict:
 
     model = descent
     with_offset = not getattr(args, "no_annotation_offset", False)
+    with_shape = not getattr(args, "no_annotation_shape", False)
     shift = convention_shift(starts, data) if with_offset else None
     # the stages learn (and choose lambdas and counts) in one symmetric convention; the figures
     # reported and the offset are against the photos' own points
@@ -291,19 +332,34 @@ def run(stage, args, records, priors, start_from) -> dict:
             "stages_learned_symmetric_targets": shift is not None}})
         offset_nme = evaluate_groups(final + offset, data, eval_rows)
         stage.log.info("annotation offset: mean %.2f px; NME %s", offset_px, json.dumps(offset_nme))
+    shaped = learn_annotation_shape(final, offset, data) if with_shape else None
+    shape_nme = None
+    if shaped is not None:
+        shape_nme = evaluate_groups(shaped["landmarks"], data, eval_rows)
+        before = (offset_nme or evaluate_groups(final, data, eval_rows))["val"]["all"]
+        stage.log.info("annotation shape stage: lambda %s; NME %s", shaped["lambda"], json.dumps(shape_nme))
+        if before - shape_nme["val"]["all"] < MIN_STAGE_GAIN:  # on validation only
+            stage.log.info("annotation shape stage: not shipped (validation %.3f -> %.3f)",
+                           before, shape_nme["val"]["all"])
+            shaped = shape_nme = None
+        else:
+            model = model.with_annotation_shape(shaped["R"], shaped["b"], shaped["reference"], provenance={
+                "annotation_shape": {"samples": "training photos as annotated", "lambda": shaped["lambda"]}})
     sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     # the figures against the photos' own points (the learners' are against their learning targets)
     local_nme = [evaluate_groups(x, data, eval_rows) for x in local["landmarks"]]
     fine_nme = [evaluate_groups(x, data, eval_rows) for x in learned["landmarks"]]
     # before the fine stages, then after each shipped one, local and global
-    after = local_nme[: n_local + 1] + fine_nme[1: n_stages + 1] + ([offset_nme] if offset_nme else [])
+    after = (local_nme[: n_local + 1] + fine_nme[1: n_stages + 1] + ([offset_nme] if offset_nme else [])
+             + ([shape_nme] if shape_nme else []))
     summary = {"sha256": sha, "stage_targets": "symmetric" if shift is not None else "as annotated",
                "start_error_scale": scale, "local_stages": {
         "chosen": n_local, "neighbours": args.local_neighbours, "lambda": local["lambda"],
         "nme_after_stage": local_nme},
         "annotation_offset": None if offset is None else {
             "mean_norm_px": offset_px, "nme_after": offset_nme, "convention_gap_px": gap_px},
+        "annotation_shape": None if shaped is None else {"lambda": shaped["lambda"], "nme_after": shape_nme},
         "fine_stages": {
         "chosen": n_stages, "layout": layout.to_dict(), "rank": args.fine_rank, "lambda": learned["lambda"],
         "validation_nme_full_rank": learned["val_full_rank"],
