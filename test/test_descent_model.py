@@ -494,30 +494,36 @@ def test_annotation_offset_round_trips_and_goes_with_any_cut(tmp_path):
     assert _with_fine_stages(loaded)[0].annotation_offset is None  # new stages: measured on others
 
 
-def _with_annotation_shape(model, seed=0):
+def _with_annotation_shape(model, seed=0, name="annotation_shape"):
     rng = np.random.default_rng(seed)
     reference = np.stack([np.cos(np.arange(68)), np.sin(2 * np.arange(68))], 1) * 20
-    return model.with_annotation_shape(rng.normal(scale=0.01, size=(136, 136)), rng.normal(size=136),
-                                       reference - reference.mean(axis=0), provenance={"annotation_shape": {}})
+    return model.with_shape_stage(name, rng.normal(scale=0.01, size=(136, 136)), rng.normal(size=136),
+                                  reference - reference.mean(axis=0), provenance={name: {}})
 
 
-def test_annotation_shape_stage_round_trips_and_goes_with_any_change(tmp_path):
+def test_shape_stages_round_trip_and_go_with_any_change(tmp_path):
     model = _with_fine_stages(_with_stages(_model()))[0].with_annotation_offset(np.ones(136, np.float32))
-    shaped = _with_annotation_shape(model)
+    shaped = _with_annotation_shape(_with_annotation_shape(model, 3, "fitted_shape"))
     path = tmp_path / "m.npz"
     shaped.save(path)
     loaded = DescentModel.load(path)
-    assert loaded.has_annotation_shape and loaded.has_annotation_stages
-    for name in ("R_A", "b_A", "m_A"):
+    assert loaded.has_shape_stage("annotation_shape") and loaded.has_annotation_stages
+    assert loaded.has_shape_stage("fitted_shape")
+    for name in ("R_A", "b_A", "m_A", "R_G", "b_G", "m_G"):
         np.testing.assert_allclose(getattr(loaded, name), getattr(shaped, name))
     x = np.random.default_rng(1).normal(scale=20, size=(68, 2)).astype(np.float32)
-    np.testing.assert_allclose(loaded.annotation_shape_step(x), shaped.annotation_shape_step(x), rtol=1e-5)
-    assert not DescentModel.load(_saved(model, tmp_path)).has_annotation_shape
+    for name in ("annotation_shape", "fitted_shape"):
+        np.testing.assert_allclose(loaded.shape_step(name, x), shaped.shape_step(name, x), rtol=1e-5)
+    assert not np.allclose(loaded.shape_step("annotation_shape", x), loaded.shape_step("fitted_shape", x))
+    plain = DescentModel.load(_saved(model, tmp_path))
+    assert not plain.has_shape_stage("annotation_shape") and not plain.has_shape_stage("fitted_shape")
     assert loaded.first(2) is loaded  # nothing cut: kept
-    assert not loaded.first(2, 2, 0).has_annotation_shape  # learned after the global stages
+    cut = loaded.first(2, 2, 0)  # learned after the global stages
+    assert not cut.has_shape_stage("annotation_shape") and not cut.has_shape_stage("fitted_shape")
     assert not _with_fine_stages(loaded)[0].has_annotation_stages
     new_offset = loaded.with_annotation_offset(np.zeros(136, np.float32))
-    assert not new_offset.has_annotation_shape  # it learned on what the old offset left
+    assert not new_offset.has_shape_stage("annotation_shape")  # it learned on what the old offset left
+    assert new_offset.has_shape_stage("fitted_shape")  # learned before any offset
 
 
 def test_annotation_shape_step_turns_and_scales_with_the_face():
@@ -525,10 +531,10 @@ def test_annotation_shape_step_turns_and_scales_with_the_face():
     gets the same move, turned and scaled with it."""
     model = _with_annotation_shape(_model())
     x = model.m_A.reshape(68, 2) + np.random.default_rng(2).normal(size=(68, 2))
-    step = model.annotation_shape_step(x)
+    step = model.shape_step("annotation_shape", x)
     angle, scale = np.radians(25), 1.7
     turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    moved = model.annotation_shape_step(x @ turn.T + [40.0, -13.0])
+    moved = model.shape_step("annotation_shape", x @ turn.T + [40.0, -13.0])
     np.testing.assert_allclose(moved, step @ turn.T, rtol=1e-4, atol=1e-4)
 
 
@@ -541,6 +547,8 @@ def test_bad_annotation_shape_stages_are_refused(tmp_path):
                     b_A=np.zeros(10, np.float32))
     _rewrite(path, b_A=np.zeros(136, np.float32))
     _assert_refused(path, "'annotation_shape' is str", annotation_shape="yes")
+    _with_annotation_shape(_model(), name="fitted_shape").save(path)
+    _assert_refused(path, "'fitted_shape' says 136 but 'm_G' holds 3", m_G=np.ones(3, np.float32))
     with pytest.raises(ModelFileError, match="needs all of"):
         dataclasses.replace(_with_annotation_shape(_model()), b_A=None).validate()
 

@@ -43,10 +43,15 @@ def test_fine_stage_lines():
     assert len(_fine_stage_lines({**summary, "start_error_scale": 1.0})) == 4  # not widened: no line
     widened = _fine_stage_lines({**summary, "start_error_scale": 1.2})
     assert len(widened) == 5 and "widened 1.2x" in widened[1]
-    summary["annotation_shape"] = {"lambda": 0.03, "nme_after": {"val": {"all": 4.75}}}
+    summary["shape_stages"] = {
+        "annotation_shape": {"lambda": 0.03, "samples": "the photos", "chosen_on": "validation photos",
+                             "choice_nme": [4.82, 4.75], "nme_after": {"val": {"all": 4.75}}},
+        "fitted_shape": {"lambda": 0.1, "samples": "the renders", "chosen_on": "20% of those",
+                         "choice_nme": [2.5, 2.2], "nme_after": {"renders": {"all": 2.1}}}}
     shaped = _fine_stage_lines(summary)
-    assert len(shaped) == 5 and "Annotation shape stage" in shaped[3] and "lambda 0.03" in shaped[3]
-    assert '"all": 4.75' in shaped[3]
+    assert len(shaped) == 6 and "Annotation shape stage (after the offset" in shaped[3] and "lambda 0.03" in shaped[3]
+    assert '"all": 4.75' in shaped[3] and "4.82 -> 4.75" in shaped[3]
+    assert "Fitted shape stage (on the points the pose refit fits" in shaped[4] and "20% of those" in shaped[4]
 
 
 def test_kind_counts_are_checked():

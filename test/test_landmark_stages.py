@@ -168,9 +168,10 @@ def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
     reference -= reference.mean(axis=0)
     offset = np.tile([1.0, -2.0], 68).astype(np.float32)
     descent = stand_in_aligner("sift", detector=None).descent.with_annotation_offset(offset)
-    descent = descent.with_annotation_shape(rng.normal(scale=0.02, size=(136, 136)), rng.normal(size=136), reference)
+    descent = descent.with_shape_stage("annotation_shape", rng.normal(scale=0.02, size=(136, 136)),
+                                       rng.normal(size=136), reference)
     x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
-    step = descent.annotation_shape_step(x)
+    step = descent.shape_step("annotation_shape", x)
     assert np.abs(step).mean() > 0.1
     np.testing.assert_allclose(annotation_convention(descent, x, 0.0), x + offset.reshape(68, 2) + step, rtol=1e-5)
     np.testing.assert_allclose(annotation_convention(descent, x, np.radians(52.5)),
@@ -202,12 +203,26 @@ def test_aligner_applies_an_annotation_shape_stage_alone_after_the_pose_refit(as
     plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
     before = plain.align(astronaut, box)
     reference = np.random.default_rng(0).normal(scale=20, size=(68, 2))
-    plain.set_descent_model(base.descent.with_annotation_shape(np.zeros((136, 136)), np.full(136, 0.5),
+    plain.set_descent_model(base.descent.with_shape_stage("annotation_shape", np.zeros((136, 136)), np.full(136, 0.5),
                                                                reference - reference.mean(axis=0)))
     after = plain.align(astronaut, box)
     np.testing.assert_array_equal(after.camera, before.camera)  # fitted to the points before it
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
     assert not np.allclose(after.landmarks, before.landmarks)
+
+
+def test_the_fitted_shape_stage_moves_only_the_points_the_pose_refit_fits(astronaut):
+    base = stand_in_aligner("sift", detector=None)
+    cls, box = type(base), (150, 30, 250, 150)
+    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
+    before = plain.align(astronaut, box)
+    reference = np.random.default_rng(0).normal(scale=20, size=(68, 2))
+    plain.set_descent_model(base.descent.with_shape_stage("fitted_shape", np.zeros((136, 136)), np.full(136, 0.5),
+                                                          reference - reference.mean(axis=0)))
+    after = plain.align(astronaut, box)
+    np.testing.assert_array_equal(after.landmarks, before.landmarks)
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration)
+    assert not np.allclose(after.camera, before.camera)  # the refit fitted the moved points
 
 
 def test_pose_refinement_fits_the_output_landmarks(astronaut):

@@ -103,8 +103,9 @@ def test_the_stage_writes_a_model_with_the_chosen_stages_and_reuses_its_cascade_
     per_stage = summary["heldout_inter_pupil_nme_percent"]["detector"]["nme_per_iteration"]
     offsets = int(model.annotation_offset is not None)  # the toy samples count as annotated photos
     assert offsets and summary["annotation_offset"]["mean_norm_px"] >= 0
-    shapes = int(model.has_annotation_shape)
-    assert shapes == (summary["annotation_shape"] is not None)
+    shapes = int(model.has_shape_stage("annotation_shape"))  # only it moves the output
+    assert shapes == ("annotation_shape" in summary["shape_stages"])
+    assert model.has_shape_stage("fitted_shape") == ("fitted_shape" in summary["shape_stages"])
     assert len(per_stage) == 1 + model.local_iterations + model.fine_iterations + offsets + shapes
     assert per_stage[1] < per_stage[0]
     assert summary["heldout_inter_pupil_nme_percent"]["detector"]["count"] == 30
@@ -167,6 +168,28 @@ def test_the_annotation_shape_stage_learns_a_convention_that_depends_on_the_shap
     assert np.abs(learned["landmarks"][val] - targets[val]).mean() < 0.02 * before
     np.testing.assert_allclose(learned["reference"].mean(axis=0), 0.0, atol=1e-4)
     assert learn_annotation_shape(landmarks, None, {**data, "conventions": np.array(["fitted"] * n)}) is None
+
+
+def test_the_fitted_shape_stage_learns_on_fitted_labels_and_chooses_lambda_on_some_left_out():
+    from face_alignment_ros.training.learn_fine_stages import FITTED_CHOICE_SHARE, learn_fitted_shape
+
+    rng = np.random.default_rng(1)
+    reference = np.stack([np.cos(np.arange(68)), np.sin(2 * np.arange(68))], 1) * 20
+    n = 1000
+    landmarks = (reference + rng.normal(scale=1.5, size=(n, 68, 2)) + 30).astype(np.float32)
+    targets = landmarks + 0.3 * (landmarks - landmarks.mean(axis=1, keepdims=True))  # a 1.3x wider convention
+    conventions = np.array(["fitted"] * 600 + ["annotated"] * 400)
+    targets[600:] = landmarks[600:] - 2.0  # the photos' convention: not read
+    data = {"targets": targets.astype(np.float32), "groups": np.array(["train"] * n), "conventions": conventions,
+            "normalisers": np.full(n, 10.0, np.float32)}
+    learned = learn_fitted_shape(landmarks, data)
+    before, after = learned["choice_nme"]
+    assert after < 0.1 * before
+    fitted = slice(0, 600)
+    assert np.abs(learned["landmarks"][fitted] - targets[fitted]).mean() < 0.1 * np.abs(
+        landmarks[fitted] - targets[fitted]).mean()
+    assert 0 < FITTED_CHOICE_SHARE < 1
+    assert learn_fitted_shape(landmarks, {**data, "conventions": np.array(["annotated"] * n)}) is None
 
 
 def test_the_stages_learn_one_symmetric_convention_from_photos_and_mirror_images():

@@ -19,6 +19,7 @@ from face_alignment_ros.core.face_detector import Detection, FaceDetector, creat
 from face_alignment_ros.core.landmark_stages import (
     annotation_convention,
     fine_crop,
+    fitted_convention,
     mirror_fine_crop,
     refine_fine,
     refine_landmarks,
@@ -357,8 +358,10 @@ class FaceAligner:
         refiner = self.pose_refiner
         if refiner is not None:
             # the 2D stages' landmarks are the best 2D estimate: on the validation identities'
-            # profiled views the head pose error fell 5.02 -> 4.53 deg against the cascade's
-            camera, params = refiner.refine(refined.landmarks, state.camera, state.shape_params,
+            # profiled views the head pose error fell 5.02 -> 4.53 deg against the cascade's;
+            # the fitted shape stage puts them in the model's convention (round 14)
+            camera, params = refiner.refine(fitted_convention(descent, refined.landmarks), state.camera,
+                                            state.shape_params,
                                             state.dense_visible[:N_LANDMARKS],  # the 68 come first
                                             descent.regularisation)
             state = replace(state, camera=camera, shape_params=params)

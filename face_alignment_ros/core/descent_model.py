@@ -51,6 +51,10 @@ turned, scaled and centred onto the reference (``similarity_frames``), to the tr
 remaining error as annotated, in that frame, corrects both (docs/training.md, round 14):
 
     Delta X = M^-1 (R_A (x_n - m_A) + b_A)    (x_n = M (X - mean(X)), the landmarks in the frame)
+
+Optionally, the fitted shape stage: ``R_G``, ``b_G``, ``m_G``, the same regression learned on the
+3DMM's fitted labels of the training renders and profiled views. It moves the points that the
+pose refit fits into the model's own convention; the output landmarks do not see it.
 """
 from __future__ import annotations
 
@@ -78,8 +82,11 @@ REQUIRED_METADATA = ("schema_version", "descriptor", "descriptor_dim", "n_landma
 MAX_DESCRIPTOR_DIM = 512
 MAX_ITERATIONS = 16
 CROP_SIZE_RANGE = (16, 1024)
-# the annotation stages are measured after everything else: a model that changes drops them
-NO_ANNOTATION = {"o_A": None, "R_A": None, "b_A": None, "m_A": None}
+# shape stages (weights, bias, reference shape) by name, as flagged in the metadata
+SHAPE_STAGES = {"annotation_shape": ("R_A", "b_A", "m_A"), "fitted_shape": ("R_G", "b_G", "m_G")}
+SHAPE_ARRAYS = {"R": (2 * N_LANDMARKS, 2 * N_LANDMARKS), "b": (2 * N_LANDMARKS,), "m": (2 * N_LANDMARKS,)}
+# the offset and shape stages are measured after everything else: a model that changes drops them
+NO_LAST_STAGES = {"o_A": None, **{name: None for fields in SHAPE_STAGES.values() for name in fields}}
 FINE_LAYOUT_RANGES = {"crop_size": CROP_SIZE_RANGE, "cell": (1, 64), "grid": (1, 8), "bins": (1, 16)}
 
 
@@ -109,6 +116,9 @@ class DescentModel:
     R_A: np.ndarray | None = None  # (136, 136) annotation shape stage; None: none
     b_A: np.ndarray | None = None  # (136,)
     m_A: np.ndarray | None = None  # (136,) its reference shape, centred
+    R_G: np.ndarray | None = None  # (136, 136) fitted shape stage; None: none
+    b_G: np.ndarray | None = None  # (136,)
+    m_G: np.ndarray | None = None  # (136,)
 
     def __post_init__(self):
         if self.R_L is None and self.b_L is None:
@@ -163,32 +173,34 @@ class DescentModel:
     def with_annotation_offset(self, offset: np.ndarray | None, provenance: dict | None = None) -> DescentModel:
         # the shape stage learned on what this offset left: a new offset drops it
         model = replace(self, o_A=None if offset is None else np.asarray(offset, np.float32).reshape(-1),
-                        R_A=None, b_A=None, m_A=None, provenance=dict(self.provenance, **(provenance or {})))
-        model.validate()
-        return model
-
-    @property
-    def has_annotation_shape(self) -> bool:
-        return self.R_A is not None
-
-    @property
-    def has_annotation_stages(self) -> bool:
-        """Whether the output moves into the annotators' convention (offset or shape stage)."""
-        return self.o_A is not None or self.R_A is not None
-
-    def with_annotation_shape(self, R_A: np.ndarray, b_A: np.ndarray, reference: np.ndarray,
-                              provenance: dict | None = None) -> DescentModel:
-        """This model with the given annotation shape stage (replacing any it had)."""
-        model = replace(self, R_A=np.asarray(R_A, np.float32), b_A=np.asarray(b_A, np.float32).reshape(-1),
-                        m_A=np.asarray(reference, np.float32).reshape(-1),
+                        **dict.fromkeys(SHAPE_STAGES["annotation_shape"]),
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
 
-    def annotation_shape_step(self, landmarks: np.ndarray) -> np.ndarray:
-        """The annotation shape stage's Delta X (68, 2) crop px at ``landmarks`` (68, 2)."""
-        normalised, frame = similarity_frames(landmarks[None], self.m_A.reshape(N_LANDMARKS, 2))
-        moves = (self.R_A @ (normalised.reshape(-1) - self.m_A) + self.b_A).reshape(N_LANDMARKS, 2)
+    def has_shape_stage(self, name: str) -> bool:
+        return getattr(self, SHAPE_STAGES[name][0]) is not None
+
+    @property
+    def has_annotation_stages(self) -> bool:
+        """Whether the output moves into the annotators' convention (offset or shape stage)."""
+        return self.o_A is not None or self.has_shape_stage("annotation_shape")
+
+    def with_shape_stage(self, name: str, weights: np.ndarray, bias: np.ndarray, reference: np.ndarray,
+                         provenance: dict | None = None) -> DescentModel:
+        """This model with the shape stage ``name`` (``SHAPE_STAGES``) replaced by the given one."""
+        w, b, m = SHAPE_STAGES[name]
+        model = replace(self, **{w: np.asarray(weights, np.float32), b: np.asarray(bias, np.float32).reshape(-1),
+                                 m: np.asarray(reference, np.float32).reshape(-1)},
+                        provenance=dict(self.provenance, **(provenance or {})))
+        model.validate()
+        return model
+
+    def shape_step(self, name: str, landmarks: np.ndarray) -> np.ndarray:
+        """Shape stage ``name``'s Delta X (68, 2) crop px at ``landmarks`` (68, 2)."""
+        weights, bias, reference = (getattr(self, f) for f in SHAPE_STAGES[name])
+        normalised, frame = similarity_frames(np.asarray(landmarks)[None], reference.reshape(N_LANDMARKS, 2))
+        moves = (weights @ (normalised.reshape(-1) - reference) + bias).reshape(N_LANDMARKS, 2)
         return (moves @ np.linalg.inv(frame[0]).T).astype(np.float32)
 
     @property
@@ -214,7 +226,7 @@ class DescentModel:
         if self.local_iterations and layout != self.fine_layout:
             raise ValueError(f"the fine stages must read the local stages' layout {self.fine_layout}, got {layout}")
         u, v = low_rank_factors(R_F, rank)
-        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout, **NO_ANNOTATION,
+        model = replace(self, U_F=u, V_F=v, b_F=np.asarray(b_F, np.float32), fine_layout=layout, **NO_LAST_STAGES,
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
@@ -237,7 +249,7 @@ class DescentModel:
         stages: those are learned on what the local ones leave (``with_fine_stages`` next)."""
         model = replace(self, W_P=np.asarray(W_P, np.float32), b_P=np.asarray(b_P, np.float32),
                         local_neighbours=np.asarray(neighbours, np.int64), fine_layout=layout,
-                        U_F=None, V_F=None, b_F=None, **NO_ANNOTATION,
+                        U_F=None, V_F=None, b_F=None, **NO_LAST_STAGES,
                         provenance=dict(self.provenance, **(provenance or {})))
         model.validate()
         return model
@@ -288,7 +300,7 @@ class DescentModel:
         return replace(self, R_X=self.R_X[:iterations], b_X=self.b_X[:iterations], R_w=self.R_w[:iterations],
                        b_w=self.b_w[:iterations], R_L=self.R_L[:keep_l], b_L=self.b_L[:keep_l],
                        U_F=self.U_F[:keep_f], V_F=self.V_F[:keep_f], b_F=self.b_F[:keep_f],
-                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], **NO_ANNOTATION, provenance=provenance)
+                       W_P=self.W_P[:keep_p], b_P=self.b_P[:keep_p], **NO_LAST_STAGES, provenance=provenance)
 
     def metadata(self) -> dict:
         return {
@@ -305,7 +317,7 @@ class DescentModel:
                 "local_neighbours": np.asarray(self.local_neighbours).tolist()} if self.local_iterations else {}),
             **({"fine_layout": self.fine_layout.to_dict()} if self.uses_fine_crop else {}),
             **({"annotation_offset": True} if self.o_A is not None else {}),
-            **({"annotation_shape": True} if self.R_A is not None else {}),
+            **{name: True for name in SHAPE_STAGES if self.has_shape_stage(name)},
             "crop_size": int(self.crop_size),
             "regularisation": float(self.regularisation),
             "box_priors": {k: v.to_dict() for k, v in self.box_priors.items()},
@@ -324,9 +336,9 @@ class DescentModel:
             stages.update(W_P=self.W_P.astype(dtype), b_P=self.b_P.astype(np.float32))
         if self.o_A is not None:
             stages.update(o_A=self.o_A.astype(np.float32))
-        if self.R_A is not None:  # small: kept in float32
-            stages.update(R_A=self.R_A.astype(np.float32), b_A=self.b_A.astype(np.float32),
-                          m_A=self.m_A.astype(np.float32))
+        for name, fields in SHAPE_STAGES.items():  # small: kept in float32
+            if self.has_shape_stage(name):
+                stages.update({f: getattr(self, f).astype(np.float32) for f in fields})
         np.savez_compressed(buf, metadata_json=np.array(json.dumps(self.metadata())),
                             R_X=self.R_X.astype(dtype), b_X=self.b_X.astype(np.float32),
                             R_w=self.R_w.astype(dtype), b_w=self.b_w.astype(np.float32), **stages)
@@ -392,8 +404,9 @@ class DescentModel:
                 shapes.update(W_P=(n_p, N_LANDMARKS, 2, neighbours.shape[1] * layout.dim), b_P=(n_p, 2 * N_LANDMARKS))
             if meta["annotation_offset"]:
                 shapes.update(o_A=(2 * N_LANDMARKS,))
-            if meta["annotation_shape"]:
-                shapes.update(R_A=(2 * N_LANDMARKS, 2 * N_LANDMARKS), b_A=(2 * N_LANDMARKS,), m_A=(2 * N_LANDMARKS,))
+            for name, fields in SHAPE_STAGES.items():
+                if meta[name]:
+                    shapes.update(zip(fields, SHAPE_ARRAYS.values()))
             arrays = {name: _read_array(archive, name, source, shape, meta)
                       for name, shape in shapes.items()}
         model = cls(R_X=arrays["R_X"].astype(np.float32), b_X=arrays["b_X"].astype(np.float32),
@@ -410,7 +423,8 @@ class DescentModel:
                     W_P=arrays["W_P"].astype(np.float32) if "W_P" in arrays else None,
                     b_P=arrays["b_P"].astype(np.float32) if "b_P" in arrays else None, local_neighbours=neighbours,
                     o_A=arrays["o_A"].astype(np.float32) if "o_A" in arrays else None,
-                    **{name: arrays[name].astype(np.float32) for name in ("R_A", "b_A", "m_A") if name in arrays})
+                    **{f: arrays[f].astype(np.float32) for fields in SHAPE_STAGES.values() for f in fields
+                       if f in arrays})
         model.validate(f"descent model {source}")
         return model
 
@@ -455,7 +469,8 @@ class DescentModel:
                                      or self.o_A.dtype.kind != "f" or not np.all(np.abs(self.o_A) <= self.crop_size)):
             raise ModelFileError(f"{source}: field 'o_A' must be {2 * N_LANDMARKS} finite floats within the crop "
                                  f"size {self.crop_size}, got {_describe(self.o_A)}")
-        _check_annotation_shape(source, self)
+        for fields in SHAPE_STAGES.values():
+            _check_shape_stage(source, self, fields)
         if (n_f > 0 or n_p > 0) and self.fine_layout is None:
             raise ModelFileError(f"{source}: fine 2D stages without a 'fine_layout'")
         _check_number(source, "regularisation", self.regularisation, low=0.0)
@@ -551,22 +566,21 @@ def _check_fine_layout(source: str, layout) -> None:
         _check_int(source, f"fine_layout.{name}", layout[name], low, high)
 
 
-def _check_annotation_shape(source: str, model: DescentModel) -> None:
-    """The annotation shape stage's three arrays come together, finite, of their shapes."""
-    arrays = {"R_A": (2 * N_LANDMARKS, 2 * N_LANDMARKS), "b_A": (2 * N_LANDMARKS,), "m_A": (2 * N_LANDMARKS,)}
-    present = [getattr(model, name) is not None for name in arrays]
+def _check_shape_stage(source: str, model: DescentModel, fields: tuple[str, str, str]) -> None:
+    """A shape stage's three arrays come together, finite, of their shapes, with a reference shape."""
+    present = [getattr(model, name) is not None for name in fields]
     if not any(present):
         return
     if not all(present):
-        raise ModelFileError(f"{source}: the annotation shape stage needs all of {list(arrays)}")
-    for name, shape in arrays.items():
+        raise ModelFileError(f"{source}: a shape stage needs all of {list(fields)}")
+    for name, shape in zip(fields, SHAPE_ARRAYS.values()):
         arr = getattr(model, name)
         if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype.kind != "f" \
                 or not np.all(np.isfinite(arr)):
             raise ModelFileError(f"{source}: field '{name}' must be finite floats of shape {shape}, "
                                  f"got {_describe(arr)}")
-    if not np.any(model.m_A):
-        raise ModelFileError(f"{source}: field 'm_A' (the reference shape) is all zeros")
+    if not np.any(getattr(model, fields[2])):
+        raise ModelFileError(f"{source}: field '{fields[2]}' (the reference shape) is all zeros")
 
 
 def _check_neighbours(source: str, neighbours) -> None:
@@ -621,8 +635,8 @@ def _read_array(archive: zipfile.ZipFile, name: str, source: str, shape: tuple, 
     if len(got) == len(shape) and got[0] != shape[0]:
         count = {"R_L": "landmark_iterations", "b_L": "landmark_iterations", "U_F": "fine_iterations",
                  "V_F": "fine_iterations", "b_F": "fine_iterations", "W_P": "local_iterations",
-                 "b_P": "local_iterations", "o_A": "annotation_offset", "R_A": "annotation_shape",
-                 "b_A": "annotation_shape", "m_A": "annotation_shape"}.get(name, "iterations")
+                 "b_P": "local_iterations", "o_A": "annotation_offset",
+                 **{f: stage for stage, fields in SHAPE_STAGES.items() for f in fields}}.get(name, "iterations")
         raise ModelFileError(f"descent model {source}: field '{count}' says {shape[0]} "
                              f"but '{name}' holds {got[0]}")
     if got != shape:
@@ -665,7 +679,8 @@ def _read_metadata(archive: zipfile.ZipFile, source: str) -> dict:
     _check_int(src, "fine_iterations", meta.setdefault("fine_iterations", 0), 0, MAX_ITERATIONS)
     _check_int(src, "local_iterations", meta.setdefault("local_iterations", 0), 0, MAX_ITERATIONS)
     _check_type(src, "annotation_offset", meta.setdefault("annotation_offset", False), bool, "true or false")
-    _check_type(src, "annotation_shape", meta.setdefault("annotation_shape", False), bool, "true or false")
+    for name in SHAPE_STAGES:
+        _check_type(src, name, meta.setdefault(name, False), bool, "true or false")
     if meta["fine_iterations"] or meta["local_iterations"]:
         _check_fine_layout(src, meta.get("fine_layout"))
     if meta["fine_iterations"]:

@@ -53,11 +53,19 @@ def annotation_convention(descent: DescentModel, landmarks: np.ndarray, yaw: flo
     if not descent.has_annotation_stages:
         return landmarks
     moves = np.zeros_like(landmarks) if descent.annotation_offset is None else descent.annotation_offset.copy()
-    if descent.has_annotation_shape:
-        moves = moves + descent.annotation_shape_step(landmarks)
+    if descent.has_shape_stage("annotation_shape"):
+        moves = moves + descent.shape_step("annotation_shape", landmarks)
     full, zero = np.radians(ANNOTATION_YAW_DEG)
     weight = float(np.clip((zero - abs(float(yaw))) / (zero - full), 0.0, 1.0))
     return (landmarks + weight * moves).astype(np.float32)
+
+
+def fitted_convention(descent: DescentModel, landmarks: np.ndarray) -> np.ndarray:
+    """``landmarks`` (crop pixels) moved by the descent model's fitted shape stage, if any: the
+    points in the 3DMM's own convention, for the pose refit to fit."""
+    if not descent.has_shape_stage("fitted_shape"):
+        return landmarks
+    return (landmarks + descent.shape_step("fitted_shape", landmarks)).astype(np.float32)
 
 
 def fine_crop(image_bgr: np.ndarray, crop_box, layout: HistogramLayout, crop: np.ndarray | None = None) -> np.ndarray:

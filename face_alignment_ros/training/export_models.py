@@ -198,12 +198,14 @@ def _fine_stage_lines(summary: dict) -> list[str]:
                          f"photos' targets and their mirror images' met halfway across the gap between the two "
                          f"conventions, {offset['convention_gap_px']} crop px on average; the offset restores the "
                          f"annotators'.")
-    shape = summary.get("annotation_shape")
-    if shape:
-        lines.append(f"- Annotation shape stage (after the offset; docs/training.md, round 14): a ridge regression "
-                     f"(lambda {shape['lambda']}, chosen on validation) from the landmarks, turned, scaled and "
-                     f"centred onto the training photos' mean shape, to their remaining error as annotated. NME (%) "
-                     f"with it: `{json.dumps(shape['nme_after'])}`")
+    where = {"annotation_shape": "after the offset, on the output landmarks",
+             "fitted_shape": "on the points the pose refit fits, not on the output"}
+    for name, shape in (summary.get("shape_stages") or {}).items():
+        lines.append(f"- {name.replace('_', ' ').capitalize()} stage ({where.get(name, '')}; docs/training.md, round "
+                     f"14): a ridge regression from the landmarks, turned, scaled and centred onto the mean target "
+                     f"shape, to what {shape['samples']} still miss; lambda {shape['lambda']}, chosen on "
+                     f"{shape['chosen_on']} (NME % there {shape['choice_nme'][0]} -> {shape['choice_nme'][1]}). "
+                     f"NME (%) with it: `{json.dumps(shape['nme_after'])}`")
     return lines + [
         f"- Fine 2D stages (gradient-orientation histograms, core/gradient_histograms.py): {fine['chosen']} shipped,"
         f" layout `{json.dumps(fine['layout'])}`, regressors stored at rank {fine['rank']}; lambda per "

@@ -221,9 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "the mirrored copies otherwise leave on real photos), and let the fine stages learn the "
                            "photos' and their mirror images' points as they are instead of in one symmetric "
                            "convention")
-    fine.add_argument("--no-annotation-shape", action="store_true",
-                      help="do not learn the annotation shape stage (a regression from the landmarks' shape to the "
-                           "training photos' remaining error as annotated, after the offset)")
+    fine.add_argument("--no-shape-stages", action="store_true",
+                      help="do not learn the shape stages: regressions from the landmarks' shape to the training "
+                           "photos' remaining error as annotated (after the offset, on the output) and to the "
+                           "renders' and profiled views' fitted labels (on the points the pose refit fits)")
     fine.add_argument("--start-error-scale", type=float, default=START_ERROR_SCALE,
                       help="widen the training photos' remaining error by this factor before the fine stages learn "
                            "from it: the DFF network learned those photos, so the cascade leaves them less error "

@@ -41,8 +41,11 @@ from face_alignment_ros.training.learn_landmark_stages import (
 FINE_LAMBDAS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 100.0)
 # the local stages' regressions are 68 small ones: validation wants less ridge (round 9 chose 0.5)
 LOCAL_LAMBDAS = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
-# the annotation shape stage: one regression of 136 x 136 from ~11,500 photos; validation chose 0.03
-ANNOTATION_SHAPE_LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# shape stages: one regression of 136 x 136 from thousands of rows; round 14 chose 0.03 for the
+# annotation shape stage, and the fitted one chose the grid's end until it reached 0.001
+SHAPE_LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# the fitted shape stage chooses lambda on this share of its rows, left out
+FITTED_CHOICE_SHARE = 0.2
 # a further stage ships only if it lowers validation NME by this much (points of %): each costs
 # 0.6 MB of the package and a millisecond a face
 MIN_STAGE_GAIN = 0.01
@@ -99,19 +102,14 @@ def convention_shift(landmarks: np.ndarray, data: dict) -> np.ndarray | None:
     return None if annotated is None or mirrored is None else (annotated - mirrored).astype(np.float32)
 
 
-def learn_annotation_shape(landmarks: np.ndarray, offset: np.ndarray | None, data: dict,
-                           lambdas=ANNOTATION_SHAPE_LAMBDAS) -> dict | None:
-    """The annotation shape stage (core/descent_model.py): a ridge regression from ``landmarks``
-    (n, 68, 2), each turned, scaled and centred onto the training photos' mean annotated shape, to
-    what the training photos as annotated still miss after ``offset``, in that frame; lambda
-    chosen on the ``val`` rows. Returns its weights, bias, reference shape and lambda, and the
-    landmarks with it; None without annotated training photos (or with no shape to them)."""
-    conventions = data.get("conventions")
-    if conventions is None:
-        return None
-    groups, targets, norms = data["groups"], data["targets"], data["normalisers"]
-    train = np.flatnonzero((groups == "train") & (conventions == "annotated"))
-    val = np.flatnonzero(groups == "val")
+def learn_shape_stage(landmarks: np.ndarray, offset: np.ndarray | None, data: dict, train: np.ndarray,
+                      choice: np.ndarray, lambdas=SHAPE_LAMBDAS) -> dict | None:
+    """A shape stage (core/descent_model.py): a ridge regression from ``landmarks`` (n, 68, 2),
+    each turned, scaled and centred onto the mean target shape of the ``train`` rows, to what those
+    rows still miss after ``offset``, in that frame; lambda chosen on the ``choice`` rows. Returns
+    its weights, bias, reference shape, lambda and the choice rows' NME (%) before and with it,
+    and the landmarks with it; None without train rows (or with no shape to their targets)."""
+    targets, norms = data["targets"], data["normalisers"]
     if not len(train):
         return None
     base = landmarks if offset is None else landmarks + offset
@@ -127,14 +125,49 @@ def learn_annotation_shape(landmarks: np.ndarray, offset: np.ndarray | None, dat
     def moved(rows, r, b):
         return base[rows] + np.einsum("npk,njk->npj", (features[rows] @ r.T + b).reshape(-1, N_LANDMARKS, 2),
                                       inverse[rows])
+
+    def choice_nme(x):
+        return round(100 * float(nme_rows(x, targets[choice], norms[choice]).mean()), 3) if len(choice) else 0.0
     best = None
     for lam, (r, b) in zip(lambdas, ridge_path(features[train], missed[train], lambdas)):
-        err = float(nme_rows(moved(val, r, b), targets[val], norms[val]).mean()) if len(val) else 0.0
+        err = choice_nme(moved(choice, r, b))
         if best is None or err < best[0]:
             best = (err, lam, r, b)
-    _, lam, r, b = best
+    err, lam, r, b = best
     return {"R": r, "b": b, "reference": reference.astype(np.float32), "lambda": lam,
+            "choice_nme": [choice_nme(base[choice]), err],
             "landmarks": moved(np.arange(len(landmarks)), r, b).astype(np.float32)}
+
+
+def learn_annotation_shape(landmarks: np.ndarray, offset: np.ndarray | None, data: dict) -> dict | None:
+    """The annotation shape stage: learned on the training photos as annotated, after ``offset``;
+    lambda chosen on the validation photos. None without conventions."""
+    conventions = data.get("conventions")
+    if conventions is None:
+        return None
+    groups = data["groups"]
+    train = np.flatnonzero((groups == "train") & (conventions == "annotated"))
+    return learn_shape_stage(landmarks, offset, data, train, np.flatnonzero(groups == "val"))
+
+
+def learn_fitted_shape(landmarks: np.ndarray, data: dict, seed: int = 0) -> dict | None:
+    """The fitted shape stage: learned on the fitted labels of the training renders and profiled
+    views. No validation rows carry those labels, so lambda is chosen on a seeded
+    ``FITTED_CHOICE_SHARE`` of them left out, and the stage is then learned on all of them. None
+    without such rows."""
+    conventions = data.get("conventions")
+    if conventions is None:
+        return None
+    rows = np.flatnonzero((data["groups"] == "train") & (conventions == "fitted"))
+    if len(rows) < 2:
+        return None
+    choice = np.sort(np.random.default_rng(seed).choice(rows, max(1, int(FITTED_CHOICE_SHARE * len(rows))),
+                                                        replace=False))
+    chosen = learn_shape_stage(landmarks, None, data, np.setdiff1d(rows, choice), choice)
+    if chosen is None:
+        return None
+    stage = learn_shape_stage(landmarks, None, data, rows, choice, lambdas=(chosen["lambda"],))
+    return dict(stage, choice_nme=chosen["choice_nme"])  # the choice rows' figures before they were learned
 
 
 def symmetric_targets(data: dict, shift: np.ndarray) -> dict:
@@ -291,7 +324,7 @@ def run(stage, args, records, priors, start_from) -> dict:
 
     model = descent
     with_offset = not getattr(args, "no_annotation_offset", False)
-    with_shape = not getattr(args, "no_annotation_shape", False)
+    with_shapes = not getattr(args, "no_shape_stages", False)
     shift = convention_shift(starts, data) if with_offset else None
     # the stages learn (and choose lambdas and counts) in one symmetric convention; the figures
     # reported and the offset are against the photos' own points
@@ -332,19 +365,33 @@ def run(stage, args, records, priors, start_from) -> dict:
             "stages_learned_symmetric_targets": shift is not None}})
         offset_nme = evaluate_groups(final + offset, data, eval_rows)
         stage.log.info("annotation offset: mean %.2f px; NME %s", offset_px, json.dumps(offset_nme))
-    shaped = learn_annotation_shape(final, offset, data) if with_shape else None
-    shape_nme = None
-    if shaped is not None:
-        shape_nme = evaluate_groups(shaped["landmarks"], data, eval_rows)
-        before = (offset_nme or evaluate_groups(final, data, eval_rows))["val"]["all"]
-        stage.log.info("annotation shape stage: lambda %s; NME %s", shaped["lambda"], json.dumps(shape_nme))
-        if before - shape_nme["val"]["all"] < MIN_STAGE_GAIN:  # on validation only
-            stage.log.info("annotation shape stage: not shipped (validation %.3f -> %.3f)",
-                           before, shape_nme["val"]["all"])
-            shaped = shape_nme = None
-        else:
-            model = model.with_annotation_shape(shaped["R"], shaped["b"], shaped["reference"], provenance={
-                "annotation_shape": {"samples": "training photos as annotated", "lambda": shaped["lambda"]}})
+    learned_shapes = {} if not with_shapes else {
+        "annotation_shape": (learn_annotation_shape(final, offset, data), "the training photos as annotated",
+                             "validation photos"),
+        "fitted_shape": (learn_fitted_shape(final, data, getattr(args, "seed", 0)),
+                         "the fitted labels of the training renders and profiled views",
+                         f"{FITTED_CHOICE_SHARE:.0%} of those, left out")}
+    shapes = {}
+    for name, (shaped, samples_text, choice_text) in learned_shapes.items():
+        if shaped is None:
+            continue
+        before, after_stage = shaped["choice_nme"]
+        kept = before - after_stage >= MIN_STAGE_GAIN
+        stage.log.info("%s stage: lambda %s; NME of the %s %.3f -> %.3f; %s", name.replace("_", " "),
+                       shaped["lambda"], choice_text, before, after_stage, "shipped" if kept else "not shipped")
+        if not kept:
+            continue
+        model = model.with_shape_stage(name, shaped["R"], shaped["b"], shaped["reference"], provenance={
+            name: {"samples": samples_text, "lambda": shaped["lambda"]}})
+        shapes[name] = {"lambda": shaped["lambda"], "samples": samples_text, "chosen_on": choice_text,
+                        "choice_nme": shaped["choice_nme"], "landmarks": shaped["landmarks"]}
+    # the output with the annotation stage; the pose refit's points against held-out renders' fitted labels
+    renders = eval_rows[data["groups"][eval_rows] == "renders"]
+    for name, rows in (("annotation_shape", eval_rows), ("fitted_shape", renders)):
+        if name in shapes:
+            shapes[name]["nme_after"] = evaluate_groups(shapes[name]["landmarks"], data, rows)
+            stage.log.info("%s stage: NME %s", name.replace("_", " "), json.dumps(shapes[name]["nme_after"]))
+    shape_nme = shapes.get("annotation_shape", {}).get("nme_after")
     sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
     # the figures against the photos' own points (the learners' are against their learning targets)
@@ -359,7 +406,7 @@ def run(stage, args, records, priors, start_from) -> dict:
         "nme_after_stage": local_nme},
         "annotation_offset": None if offset is None else {
             "mean_norm_px": offset_px, "nme_after": offset_nme, "convention_gap_px": gap_px},
-        "annotation_shape": None if shaped is None else {"lambda": shaped["lambda"], "nme_after": shape_nme},
+        "shape_stages": {name: {k: v for k, v in x.items() if k != "landmarks"} for name, x in shapes.items()},
         "fine_stages": {
         "chosen": n_stages, "layout": layout.to_dict(), "rank": args.fine_rank, "lambda": learned["lambda"],
         "validation_nme_full_rank": learned["val_full_rank"],
