@@ -507,7 +507,7 @@ def test_shape_stages_round_trip_and_go_with_any_change(tmp_path):
     path = tmp_path / "m.npz"
     shaped.save(path)
     loaded = DescentModel.load(path)
-    assert loaded.has_shape_stage("annotation_shape") and loaded.has_annotation_stages
+    assert loaded.has_shape_stage("annotation_shape") and loaded.has_output_stages
     assert loaded.has_shape_stage("fitted_shape")
     for name in ("R_A", "b_A", "m_A", "R_G", "b_G", "m_G"):
         np.testing.assert_allclose(getattr(loaded, name), getattr(shaped, name))
@@ -520,7 +520,7 @@ def test_shape_stages_round_trip_and_go_with_any_change(tmp_path):
     assert loaded.first(2) is loaded  # nothing cut: kept
     cut = loaded.first(2, 2, 0)  # learned after the global stages
     assert not cut.has_shape_stage("annotation_shape") and not cut.has_shape_stage("fitted_shape")
-    assert not _with_fine_stages(loaded)[0].has_annotation_stages
+    assert not _with_fine_stages(loaded)[0].has_output_stages
     new_offset = loaded.with_annotation_offset(np.zeros(136, np.float32))
     assert not new_offset.has_shape_stage("annotation_shape")  # it learned on what the old offset left
     assert new_offset.has_shape_stage("fitted_shape")  # learned before any offset

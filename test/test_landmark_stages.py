@@ -148,20 +148,20 @@ def test_aligner_applies_local_fine_stages_before_the_global_ones(astronaut):
 
 
 def test_annotation_offset_fades_beyond_the_annotated_photos_yaw():
-    from face_alignment_ros.core.landmark_stages import annotation_convention
+    from face_alignment_ros.core.landmark_stages import output_convention
 
     descent = stand_in_aligner("sift", detector=None).descent
     x = np.zeros((68, 2), np.float32)
-    assert annotation_convention(descent, x, 0.0) is x  # no offset: the points as they are
+    assert output_convention(descent, x, 0.0) is x  # no offset: the points as they are
     offset = np.tile([1.0, -2.0], 68).astype(np.float32)
     descent = descent.with_annotation_offset(offset)
-    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(-30)), offset.reshape(68, 2))
-    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(52.5)), 0.5 * offset.reshape(68, 2))
-    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(80)), 0.0)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(-30)), offset.reshape(68, 2))
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)), 0.5 * offset.reshape(68, 2))
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(80)), 0.0)
 
 
 def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
-    from face_alignment_ros.core.landmark_stages import annotation_convention
+    from face_alignment_ros.core.landmark_stages import output_convention
 
     rng = np.random.default_rng(0)
     reference = rng.normal(scale=20, size=(68, 2))
@@ -173,10 +173,28 @@ def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
     x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
     step = descent.shape_step("annotation_shape", x)
     assert np.abs(step).mean() > 0.1
-    np.testing.assert_allclose(annotation_convention(descent, x, 0.0), x + offset.reshape(68, 2) + step, rtol=1e-5)
-    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(52.5)),
+    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset.reshape(68, 2) + step, rtol=1e-5)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)),
                                x + 0.5 * (offset.reshape(68, 2) + step), rtol=1e-5)
-    np.testing.assert_allclose(annotation_convention(descent, x, np.radians(-80)), x)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(-80)), x)
+
+
+def test_the_fitted_shape_stage_takes_over_the_output_beyond_the_annotated_photos_yaw():
+    from face_alignment_ros.core.landmark_stages import output_convention
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(scale=20, size=(68, 2))
+    reference -= reference.mean(axis=0)
+    offset = np.tile([1.0, -2.0], 68).astype(np.float32)
+    descent = stand_in_aligner("sift", detector=None).descent.with_annotation_offset(offset)
+    descent = descent.with_shape_stage("fitted_shape", rng.normal(scale=0.02, size=(136, 136)),
+                                       rng.normal(size=136), reference)
+    x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
+    fitted = descent.shape_step("fitted_shape", x)
+    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset.reshape(68, 2), rtol=1e-5)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)),
+                               x + 0.5 * offset.reshape(68, 2) + 0.5 * fitted, rtol=1e-5)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(-80)), x + fitted, rtol=1e-5)
 
 
 def test_aligner_adds_the_annotation_offset_after_the_pose_refit(astronaut):
@@ -211,7 +229,7 @@ def test_aligner_applies_an_annotation_shape_stage_alone_after_the_pose_refit(as
     assert not np.allclose(after.landmarks, before.landmarks)
 
 
-def test_the_fitted_shape_stage_moves_only_the_points_the_pose_refit_fits(astronaut):
+def test_the_fitted_shape_stage_moves_the_points_the_pose_refit_fits_not_a_frontal_output(astronaut):
     base = stand_in_aligner("sift", detector=None)
     cls, box = type(base), (150, 30, 250, 150)
     plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
@@ -220,8 +238,11 @@ def test_the_fitted_shape_stage_moves_only_the_points_the_pose_refit_fits(astron
     plain.set_descent_model(base.descent.with_shape_stage("fitted_shape", np.zeros((136, 136)), np.full(136, 0.5),
                                                           reference - reference.mean(axis=0)))
     after = plain.align(astronaut, box)
+    from face_alignment_ros.core import camera as cam
+
+    assert abs(np.degrees(after.camera[cam.YAW])) <= 45  # near frontal: the output in the annotators' convention
     np.testing.assert_array_equal(after.landmarks, before.landmarks)
-    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration)
+    assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
     assert not np.allclose(after.camera, before.camera)  # the refit fitted the moved points
 
 

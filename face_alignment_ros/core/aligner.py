@@ -17,10 +17,10 @@ from face_alignment_ros.core.descriptors import DescriptorBackend, create_backen
 from face_alignment_ros.core.face_crop import crop_image, validate_image
 from face_alignment_ros.core.face_detector import Detection, FaceDetector, create_detector
 from face_alignment_ros.core.landmark_stages import (
-    annotation_convention,
     fine_crop,
     fitted_convention,
     mirror_fine_crop,
+    output_convention,
     refine_fine,
     refine_landmarks,
 )
@@ -372,8 +372,8 @@ class FaceAligner:
         visible = state.dense_visible[:len(self.model.landmarks)].copy()
         history = refined.history
         if self.output == "regressed":  # the pose above was fitted to the points before the offset
-            crop_landmarks = annotation_convention(descent, refined.landmarks, state.camera[cam.YAW])
-            if descent.has_annotation_stages:
+            crop_landmarks = output_convention(descent, refined.landmarks, state.camera[cam.YAW])
+            if descent.has_output_stages:
                 history = history + [crop_landmarks]
         else:
             crop_landmarks = self.cascade.model_landmarks(state.camera, state.shape_params)

@@ -54,7 +54,8 @@ remaining error as annotated, in that frame, corrects both (docs/training.md, ro
 
 Optionally, the fitted shape stage: ``R_G``, ``b_G``, ``m_G``, the same regression learned on the
 3DMM's fitted labels of the training renders and profiled views. It moves the points that the
-pose refit fits into the model's own convention; the output landmarks do not see it.
+pose refit fits into the model's own convention, and the output landmarks beyond the yaw the
+annotated photos cover (core/landmark_stages.output_convention).
 """
 from __future__ import annotations
 
@@ -182,9 +183,9 @@ class DescentModel:
         return getattr(self, SHAPE_STAGES[name][0]) is not None
 
     @property
-    def has_annotation_stages(self) -> bool:
-        """Whether the output moves into the annotators' convention (offset or shape stage)."""
-        return self.o_A is not None or self.has_shape_stage("annotation_shape")
+    def has_output_stages(self) -> bool:
+        """Whether the output landmarks move last (annotation offset or a shape stage)."""
+        return self.o_A is not None or any(self.has_shape_stage(name) for name in SHAPE_STAGES)
 
     def with_shape_stage(self, name: str, weights: np.ndarray, bias: np.ndarray, reference: np.ndarray,
                          provenance: dict | None = None) -> DescentModel:

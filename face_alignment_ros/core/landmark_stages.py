@@ -40,24 +40,28 @@ def refine_landmarks(descent: DescentModel, sampler: Sampler, state: CascadeStat
     return state
 
 
-# The annotated training photos reach about 45 deg of yaw: the annotation offset
-# and shape stage learned on them apply in full up to there and fade out by 60 deg, beyond which
-# only fitted labels were seen
+# The annotated training photos reach about 45 deg of yaw: the annotation offset and shape stage
+# learned on them apply in full up to there and fade out by 60 deg, beyond which only fitted
+# labels were seen, and the fitted shape stage takes over
 ANNOTATION_YAW_DEG = (45.0, 60.0)
 
 
-def annotation_convention(descent: DescentModel, landmarks: np.ndarray, yaw: float) -> np.ndarray:
-    """The output landmarks in the annotators' convention: ``landmarks`` (crop pixels) plus the
-    descent model's annotation offset and shape stage, faded out beyond the yaw (radians) that the
-    annotated photos cover."""
-    if not descent.has_annotation_stages:
+def output_convention(descent: DescentModel, landmarks: np.ndarray, yaw: float) -> np.ndarray:
+    """The output landmarks: ``landmarks`` (crop pixels) in the annotators' convention (the
+    descent model's annotation offset and shape stage) up to the yaw (radians) that the annotated
+    photos cover, in the 3DMM's fitted one (its fitted shape stage) beyond, blended between."""
+    if not descent.has_output_stages:
         return landmarks
-    moves = np.zeros_like(landmarks) if descent.annotation_offset is None else descent.annotation_offset.copy()
-    if descent.has_shape_stage("annotation_shape"):
-        moves = moves + descent.shape_step("annotation_shape", landmarks)
     full, zero = np.radians(ANNOTATION_YAW_DEG)
     weight = float(np.clip((zero - abs(float(yaw))) / (zero - full), 0.0, 1.0))
-    return (landmarks + weight * moves).astype(np.float32)
+    moves = np.zeros_like(landmarks)
+    if descent.annotation_offset is not None:
+        moves += weight * descent.annotation_offset
+    if weight > 0 and descent.has_shape_stage("annotation_shape"):
+        moves += weight * descent.shape_step("annotation_shape", landmarks)
+    if weight < 1 and descent.has_shape_stage("fitted_shape"):
+        moves += (1 - weight) * descent.shape_step("fitted_shape", landmarks)
+    return (landmarks + moves).astype(np.float32)
 
 
 def fitted_convention(descent: DescentModel, landmarks: np.ndarray) -> np.ndarray:
