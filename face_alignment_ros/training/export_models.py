@@ -199,7 +199,7 @@ def _fine_stage_lines(summary: dict) -> list[str]:
                          f"conventions, {offset['convention_gap_px']} crop px on average; the offset restores the "
                          f"annotators'.")
     where = {"annotation_shape": "after the offset, on the output landmarks",
-             "fitted_shape": "on the points the pose refit fits, not on the output"}
+             "fitted_shape": "on the points the pose refit fits, and on the output beyond 45-60 deg of yaw"}
     for name, shape in (summary.get("shape_stages") or {}).items():
         lines.append(f"- {name.replace('_', ' ').capitalize()} stage ({where.get(name, '')}; docs/training.md, round "
                      f"14): a ridge regression from the landmarks, turned, scaled and centred onto the mean target "
