@@ -160,40 +160,37 @@ def test_annotation_offset_fades_beyond_the_annotated_photos_yaw():
     np.testing.assert_allclose(output_convention(descent, x, np.radians(80)), 0.0)
 
 
-def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
-    from face_alignment_ros.core.landmark_stages import output_convention
-
-    rng = np.random.default_rng(0)
+def _offset_and_shape_stage(name: str, seed: int):
+    """A stand-in descent model with an annotation offset and the shape stage ``name``, random
+    landmarks near its reference shape, the offset (68, 2) and the stage's step there."""
+    rng = np.random.default_rng(seed)
     reference = rng.normal(scale=20, size=(68, 2))
     reference -= reference.mean(axis=0)
     offset = np.tile([1.0, -2.0], 68).astype(np.float32)
     descent = stand_in_aligner("sift", detector=None).descent.with_annotation_offset(offset)
-    descent = descent.with_shape_stage("annotation_shape", rng.normal(scale=0.02, size=(136, 136)),
-                                       rng.normal(size=136), reference)
+    descent = descent.with_shape_stage(name, rng.normal(scale=0.02, size=(136, 136)), rng.normal(size=136), reference)
     x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
-    step = descent.shape_step("annotation_shape", x)
+    step = descent.shape_step(name, x)
     assert np.abs(step).mean() > 0.1
-    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset.reshape(68, 2) + step, rtol=1e-5)
-    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)),
-                               x + 0.5 * (offset.reshape(68, 2) + step), rtol=1e-5)
+    return descent, x, offset.reshape(68, 2), step
+
+
+def test_annotation_shape_stage_adds_to_the_offset_and_fades_with_it():
+    from face_alignment_ros.core.landmark_stages import output_convention
+
+    descent, x, offset, step = _offset_and_shape_stage("annotation_shape", 0)
+    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset + step, rtol=1e-5)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)), x + 0.5 * (offset + step), rtol=1e-5)
     np.testing.assert_allclose(output_convention(descent, x, np.radians(-80)), x)
 
 
 def test_the_fitted_shape_stage_takes_over_the_output_beyond_the_annotated_photos_yaw():
     from face_alignment_ros.core.landmark_stages import output_convention
 
-    rng = np.random.default_rng(1)
-    reference = rng.normal(scale=20, size=(68, 2))
-    reference -= reference.mean(axis=0)
-    offset = np.tile([1.0, -2.0], 68).astype(np.float32)
-    descent = stand_in_aligner("sift", detector=None).descent.with_annotation_offset(offset)
-    descent = descent.with_shape_stage("fitted_shape", rng.normal(scale=0.02, size=(136, 136)),
-                                       rng.normal(size=136), reference)
-    x = (reference + 60 + rng.normal(size=(68, 2))).astype(np.float32)
-    fitted = descent.shape_step("fitted_shape", x)
-    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset.reshape(68, 2), rtol=1e-5)
-    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)),
-                               x + 0.5 * offset.reshape(68, 2) + 0.5 * fitted, rtol=1e-5)
+    descent, x, offset, fitted = _offset_and_shape_stage("fitted_shape", 1)
+    np.testing.assert_allclose(output_convention(descent, x, 0.0), x + offset, rtol=1e-5)
+    np.testing.assert_allclose(output_convention(descent, x, np.radians(52.5)), x + 0.5 * (offset + fitted),
+                               rtol=1e-5)
     np.testing.assert_allclose(output_convention(descent, x, np.radians(-80)), x + fitted, rtol=1e-5)
 
 
@@ -215,31 +212,30 @@ def test_aligner_adds_the_annotation_offset_after_the_pose_refit(astronaut):
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
 
 
-def test_aligner_applies_an_annotation_shape_stage_alone_after_the_pose_refit(astronaut):
+def _aligned_without_and_with_shape_stage(astronaut, name: str):
+    """The stand-in's face on the astronaut, aligned with the pose refit, without and with a shape
+    stage ``name`` that moves every point by half a crop pixel in its frame."""
     base = stand_in_aligner("sift", detector=None)
-    cls, box = type(base), (150, 30, 250, 150)
-    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
+    box = (150, 30, 250, 150)
+    plain = type(base)(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
     before = plain.align(astronaut, box)
     reference = np.random.default_rng(0).normal(scale=20, size=(68, 2))
-    plain.set_descent_model(base.descent.with_shape_stage("annotation_shape", np.zeros((136, 136)), np.full(136, 0.5),
-                                                               reference - reference.mean(axis=0)))
-    after = plain.align(astronaut, box)
+    plain.set_descent_model(base.descent.with_shape_stage(name, np.zeros((136, 136)), np.full(136, 0.5),
+                                                          reference - reference.mean(axis=0)))
+    return before, plain.align(astronaut, box)
+
+
+def test_aligner_applies_an_annotation_shape_stage_alone_after_the_pose_refit(astronaut):
+    before, after = _aligned_without_and_with_shape_stage(astronaut, "annotation_shape")
     np.testing.assert_array_equal(after.camera, before.camera)  # fitted to the points before it
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
     assert not np.allclose(after.landmarks, before.landmarks)
 
 
 def test_the_fitted_shape_stage_moves_the_points_the_pose_refit_fits_not_a_frontal_output(astronaut):
-    base = stand_in_aligner("sift", detector=None)
-    cls, box = type(base), (150, 30, 250, 150)
-    plain = cls(base.descent, base.backend, model=base.model, detector=None, refine_pose=True)
-    before = plain.align(astronaut, box)
-    reference = np.random.default_rng(0).normal(scale=20, size=(68, 2))
-    plain.set_descent_model(base.descent.with_shape_stage("fitted_shape", np.zeros((136, 136)), np.full(136, 0.5),
-                                                          reference - reference.mean(axis=0)))
-    after = plain.align(astronaut, box)
     from face_alignment_ros.core import camera as cam
 
+    before, after = _aligned_without_and_with_shape_stage(astronaut, "fitted_shape")
     assert abs(np.degrees(after.camera[cam.YAW])) <= 45  # near frontal: the output in the annotators' convention
     np.testing.assert_array_equal(after.landmarks, before.landmarks)
     assert len(after.landmarks_per_iteration) == len(before.landmarks_per_iteration) + 1
