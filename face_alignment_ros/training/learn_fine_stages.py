@@ -290,6 +290,37 @@ def learn_fine_stages(fine: list, starts: np.ndarray, data: dict, crop_size: int
     return out
 
 
+def _add_shape_stages(stage, model, final: np.ndarray, offset: np.ndarray | None, data: dict,
+                      eval_rows: np.ndarray, seed: int):
+    """Learn both shape stages on the ``final`` landmarks and add each that gains at least
+    ``MIN_STAGE_GAIN`` where its lambda was chosen. Returns the model and, per shipped stage, its
+    summary with the landmarks after it and their NME: the output for the annotation stage, the
+    pose refit's points against the held-out renders' fitted labels for the fitted one."""
+    renders = eval_rows[data["groups"][eval_rows] == "renders"]
+    candidates = {
+        "annotation_shape": (learn_annotation_shape(final, offset, data), "the training photos as annotated",
+                             "validation photos", eval_rows),
+        "fitted_shape": (learn_fitted_shape(final, data, seed), "the fitted labels of the training renders and "
+                         "profiled views", f"{FITTED_CHOICE_SHARE:.0%} of those, left out", renders)}
+    shapes = {}
+    for name, (shaped, samples_text, choice_text, report_rows) in candidates.items():
+        if shaped is None:
+            continue
+        before, after = shaped["choice_nme"]
+        kept = before - after >= MIN_STAGE_GAIN
+        stage.log.info("%s stage: lambda %s; NME of the %s %.3f -> %.3f; %s", name.replace("_", " "),
+                       shaped["lambda"], choice_text, before, after, "shipped" if kept else "not shipped")
+        if not kept:
+            continue
+        model = model.with_shape_stage(name, shaped["R"], shaped["b"], shaped["reference"], provenance={
+            name: {"samples": samples_text, "lambda": shaped["lambda"]}})
+        shapes[name] = {"lambda": shaped["lambda"], "samples": samples_text, "chosen_on": choice_text,
+                        "choice_nme": shaped["choice_nme"], "landmarks": shaped["landmarks"],
+                        "nme_after": evaluate_groups(shaped["landmarks"], data, report_rows)}
+        stage.log.info("%s stage: NME %s", name.replace("_", " "), json.dumps(shapes[name]["nme_after"]))
+    return model, shapes
+
+
 def run(stage, args, records, priors, start_from) -> dict:
     """Stage ``descent --local-stages P --fine-stages N``: learn the local, then the global fine
     stages on top of the descent model ``start_from`` (its cascade and DFF 2D stages; any fine
@@ -365,32 +396,9 @@ def run(stage, args, records, priors, start_from) -> dict:
             "stages_learned_symmetric_targets": shift is not None}})
         offset_nme = evaluate_groups(final + offset, data, eval_rows)
         stage.log.info("annotation offset: mean %.2f px; NME %s", offset_px, json.dumps(offset_nme))
-    learned_shapes = {} if not with_shapes else {
-        "annotation_shape": (learn_annotation_shape(final, offset, data), "the training photos as annotated",
-                             "validation photos"),
-        "fitted_shape": (learn_fitted_shape(final, data, getattr(args, "seed", 0)),
-                         "the fitted labels of the training renders and profiled views",
-                         f"{FITTED_CHOICE_SHARE:.0%} of those, left out")}
     shapes = {}
-    for name, (shaped, samples_text, choice_text) in learned_shapes.items():
-        if shaped is None:
-            continue
-        before, after_stage = shaped["choice_nme"]
-        kept = before - after_stage >= MIN_STAGE_GAIN
-        stage.log.info("%s stage: lambda %s; NME of the %s %.3f -> %.3f; %s", name.replace("_", " "),
-                       shaped["lambda"], choice_text, before, after_stage, "shipped" if kept else "not shipped")
-        if not kept:
-            continue
-        model = model.with_shape_stage(name, shaped["R"], shaped["b"], shaped["reference"], provenance={
-            name: {"samples": samples_text, "lambda": shaped["lambda"]}})
-        shapes[name] = {"lambda": shaped["lambda"], "samples": samples_text, "chosen_on": choice_text,
-                        "choice_nme": shaped["choice_nme"], "landmarks": shaped["landmarks"]}
-    # the output with the annotation stage; the pose refit's points against held-out renders' fitted labels
-    renders = eval_rows[data["groups"][eval_rows] == "renders"]
-    for name, rows in (("annotation_shape", eval_rows), ("fitted_shape", renders)):
-        if name in shapes:
-            shapes[name]["nme_after"] = evaluate_groups(shapes[name]["landmarks"], data, rows)
-            stage.log.info("%s stage: NME %s", name.replace("_", " "), json.dumps(shapes[name]["nme_after"]))
+    if with_shapes:
+        model, shapes = _add_shape_stages(stage, model, final, offset, data, eval_rows, getattr(args, "seed", 0))
     shape_nme = shapes.get("annotation_shape", {}).get("nme_after")
     sha = model.save(stage.path(resources.DESCENT_MODEL_FILES[kind]))
     model.save(stage.path(descent_float32_file(kind)), dtype=np.float32)
